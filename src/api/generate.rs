@@ -1,0 +1,192 @@
+//! The path every generation request shares after parsing: validate sampling parameters against the model's
+//! limits, submit to the engine, then either collect the whole answer or stream it as SSE chunks. The
+//! endpoint-specific JSON (chat vs. completions) is produced by a `Shape`.
+
+use super::error::ApiError;
+use super::openai_types::{SamplingFields, Usage};
+use crate::engine::request::{Event, FinishReason, SamplingParams, TokenLogprob};
+use crate::engine::Engine;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// One generated token as the HTTP layer reports it.
+#[derive(Debug, Clone)]
+pub struct TokenOut {
+    pub id: u32,
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// A finished, non-streamed generation.
+pub struct Collected {
+    pub text: String,
+    pub tokens: Vec<TokenOut>,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// Turns the engine's events into one endpoint's JSON bodies.
+pub trait Shape: Send + 'static {
+    /// A chunk carrying new text and the tokens behind it (streaming).
+    fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> serde_json::Value;
+    /// The chunk announcing the end (streaming).
+    fn finish(&mut self, reason: FinishReason) -> serde_json::Value;
+    /// The usage-only chunk (stream_options.include_usage).
+    fn usage(&mut self, usage: Usage) -> serde_json::Value;
+    /// An optional first chunk (chat sends the assistant role).
+    fn start(&mut self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+fn range<T: PartialOrd + std::fmt::Display>(param: &'static str, v: Option<T>, lo: T, hi: T) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !(x >= lo && x <= hi) => Err(ApiError::invalid(param, format!("{param} must be between {lo} and {hi}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Validates the sampling fields and fits max_tokens to the context left after the prompt.
+pub fn sampling_params(
+    f: SamplingFields,
+    logprobs: Option<usize>,
+    prompt_len: usize,
+    max_total: usize,
+) -> Result<SamplingParams, ApiError> {
+    range("temperature", f.temperature, 0.0, 2.0)?;
+    range("top_p", f.top_p, f32::MIN_POSITIVE, 1.0)?;
+    range("presence_penalty", f.presence_penalty, -2.0, 2.0)?;
+    range("frequency_penalty", f.frequency_penalty, -2.0, 2.0)?;
+    range("min_p", f.min_p, 0.0, 1.0)?;
+    range("repetition_penalty", f.repetition_penalty, f32::MIN_POSITIVE, 10.0)?;
+    if f.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+    }
+    if f.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::invalid("logit_bias", "logit_bias is not supported"));
+    }
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(_) => return Err(ApiError::invalid("top_k", "top_k must be -1 (off) or positive")),
+    };
+    let stop = f.stop.map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+        return Err(ApiError::invalid("stop", "stop takes up to 4 non-empty strings of at most 256 bytes"));
+    }
+    let max_tokens = match f.max_completion_tokens.or(f.max_tokens) {
+        Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", "max_tokens must be at least 1")),
+        Some(m) => m as usize,
+        None => max_total.saturating_sub(prompt_len),
+    };
+    if prompt_len + max_tokens > max_total || max_tokens == 0 {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                "messages",
+                format!(
+                    "This model's maximum context length is {max_total} tokens. However, you requested {} tokens \
+                     ({prompt_len} in the messages, {max_tokens} in the completion). Please reduce the length of \
+                     the messages or completion.",
+                    prompt_len + max_tokens
+                ),
+            )
+        });
+    }
+    Ok(SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_p: f.top_p.unwrap_or(1.0),
+        top_k,
+        min_p: f.min_p.unwrap_or(0.0),
+        seed: f.seed.map(|s| s as u64),
+        max_tokens,
+        stop,
+        stop_token_ids: f.stop_token_ids.unwrap_or_default(),
+        ignore_eos: f.ignore_eos,
+        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        logprobs,
+    })
+}
+
+/// Waits for the whole answer.
+pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiError> {
+    let (mut text, mut tokens) = (String::new(), vec![]);
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Token { id, text: t, logprob } => {
+                text.push_str(&t);
+                tokens.push(TokenOut { id, logprob });
+            }
+            Event::Done { text: t, reason, prompt_tokens, completion_tokens } => {
+                text.push_str(&t);
+                return Ok(Collected { text, tokens, reason, usage: Usage::new(prompt_tokens, completion_tokens) });
+            }
+            Event::Error(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    Err(ApiError::internal("engine dropped the request"))
+}
+
+fn sse_json(v: &serde_json::Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+/// Streams the answer as SSE, ending with `data: [DONE]`. Dropping the stream (client gone) drops the
+/// receiver, and the engine frees the sequence at its next step.
+pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage: bool) -> Response {
+    let s = async_stream::stream! {
+        let mut rx = rx;
+        if let Some(first) = shape.start() {
+            yield sse_json(&first);
+        }
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Token { id, text, logprob } => {
+                    let has_lp = logprob.is_some();
+                    if !text.is_empty() || has_lp {
+                        yield sse_json(&shape.delta(&text, &[TokenOut { id, logprob }]));
+                    }
+                }
+                Event::Done { text, reason, prompt_tokens, completion_tokens } => {
+                    if !text.is_empty() {
+                        yield sse_json(&shape.delta(&text, &[]));
+                    }
+                    yield sse_json(&shape.finish(reason));
+                    if include_usage {
+                        yield sse_json(&shape.usage(Usage::new(prompt_tokens, completion_tokens)));
+                    }
+                    break;
+                }
+                Event::Error(e) => {
+                    yield sse_json(&ApiError::internal(e).body());
+                    break;
+                }
+            }
+        }
+        yield SseEvent::default().data("[DONE]");
+    };
+    sse_response(s)
+}
+
+fn sse_response(s: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
+    use futures::StreamExt;
+    Sse::new(s.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Submits to the engine, mapping refusals to 429/503.
+pub fn submit(engine: &Arc<Engine>, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ApiError> {
+    Ok(engine.submit(prompt, params)?)
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}

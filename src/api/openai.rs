@@ -1,0 +1,280 @@
+//! OpenAI-compatible endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models.
+//! Parsing and prompt building happen here (tokenization off the async runtime); generation is shared
+//! (generate.rs).
+
+use super::error::ApiError;
+use super::generate::{self, Collected, Shape, TokenOut};
+use super::openai_types::*;
+use super::{AppState, JsonBody};
+use crate::engine::request::FinishReason;
+use crate::engine::Engine;
+use crate::models::chat_template::ChatMessage;
+use crate::models::tokenizer::TextTokenizer;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The engine serving `requested`, or 503 (not ready) / 404 (another name).
+fn engine_for(state: &AppState, requested: &str) -> Result<Arc<Engine>, ApiError> {
+    let engine = state.engine.load_full().ok_or_else(ApiError::not_ready)?;
+    if requested != state.served_name(&engine) {
+        return Err(ApiError::model_not_found(requested));
+    }
+    Ok(engine)
+}
+
+fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
+    let content = match m.content {
+        None => String::new(),
+        Some(MessageContent::Text(t)) => t,
+        Some(MessageContent::Parts(parts)) => {
+            let mut s = String::new();
+            for p in parts {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => s.push_str(&t),
+                    (kind, _) => {
+                        return Err(ApiError::invalid("messages", format!("content part type '{kind}' is not supported")))
+                    }
+                }
+            }
+            s
+        }
+    };
+    if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer" | "tool") {
+        return Err(ApiError::invalid("messages", format!("unknown role '{}'", m.role)));
+    }
+    Ok(ChatMessage { role: m.role, content })
+}
+
+pub async fn chat(State(state): State<AppState>, JsonBody(req): JsonBody<ChatCompletionRequest>) -> Result<Response, ApiError> {
+    let engine = engine_for(&state, &req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    let top = match (req.logprobs, req.top_logprobs) {
+        (_, Some(n)) if !(0..=20).contains(&n) => return Err(ApiError::invalid("top_logprobs", "top_logprobs must be between 0 and 20")),
+        (false, Some(n)) if n > 0 => return Err(ApiError::invalid("top_logprobs", "top_logprobs requires logprobs: true")),
+        (true, n) => Some(n.unwrap_or(0) as usize),
+        (false, _) => None,
+    };
+    let messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
+    if state.log_prompts {
+        tracing::info!(messages = ?messages, "chat request");
+    }
+    let model = engine.model().clone();
+    let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
+        let tmpl = model.chat_template.as_ref().ok_or_else(|| {
+            ApiError::invalid("messages", "this model has no chat template; use /v1/completions")
+        })?;
+        let text = tmpl.render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token)?;
+        Ok(model.tokenizer.encode(&text, false)?)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
+    let rx = generate::submit(&engine, prompt, params)?;
+    let shape = ChatShape::new(state.served_name(&engine), engine.clone(), top.is_some());
+    if req.stream {
+        return Ok(generate::stream(rx, shape, req.stream_options.unwrap_or_default().include_usage));
+    }
+    let done = generate::collect(rx).await?;
+    Ok(Json(shape.full(done)).into_response())
+}
+
+fn chat_logprobs(tok: &TextTokenizer, tokens: &[TokenOut]) -> ChatLogprobs {
+    let entry = |id: u32, lp: f32| {
+        let t = tok.token_text(id);
+        TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp }
+    };
+    let content = tokens
+        .iter()
+        .filter_map(|t| {
+            let lp = t.logprob.as_ref()?;
+            let e = entry(t.id, lp.logprob);
+            Some(ChatTokenLogprob {
+                token: e.token,
+                logprob: e.logprob,
+                bytes: e.bytes,
+                top_logprobs: lp.top.iter().map(|&(id, l)| entry(id, l)).collect(),
+            })
+        })
+        .collect();
+    ChatLogprobs { content }
+}
+
+struct ChatShape {
+    id: String,
+    created: u64,
+    model: String,
+    engine: Arc<Engine>,
+    logprobs: bool,
+}
+
+impl ChatShape {
+    fn new(model: String, engine: Arc<Engine>, logprobs: bool) -> Self {
+        ChatShape { id: generate::new_id("chatcmpl"), created: generate::unix_now(), model, engine, logprobs }
+    }
+
+    fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "system_fingerprint": Value::Null, "choices": choices, "usage": usage})
+    }
+
+    fn full(&self, done: Collected) -> Value {
+        let logprobs = self.logprobs.then(|| chat_logprobs(&self.engine.model().tokenizer, &done.tokens));
+        json!({"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+               "system_fingerprint": Value::Null,
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                            "logprobs": logprobs, "finish_reason": done.reason.as_str()}],
+               "usage": done.usage})
+    }
+}
+
+impl Shape for ChatShape {
+    fn start(&mut self) -> Option<Value> {
+        Some(self.chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+            None,
+        ))
+    }
+
+    fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> Value {
+        let lp = self.logprobs.then(|| chat_logprobs(&self.engine.model().tokenizer, tokens));
+        self.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None)
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Value {
+        self.chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]), None)
+    }
+
+    fn usage(&mut self, usage: Usage) -> Value {
+        self.chunk(json!([]), Some(usage))
+    }
+}
+
+fn completion_prompt(engine: &Engine, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+    let tok = &engine.model().tokenizer;
+    let ids = match prompt {
+        Prompt::Text(t) => tok.encode(&t, true)?,
+        Prompt::Texts(v) if v.len() == 1 => tok.encode(&v[0], true)?,
+        Prompt::Ids(ids) => ids,
+        Prompt::IdLists(mut v) if v.len() == 1 => v.remove(0),
+        _ => return Err(ApiError::invalid("prompt", "only one prompt per request is supported")),
+    };
+    let vocab = engine.model().llama.config().vocab_size as u32;
+    if ids.is_empty() {
+        return Err(ApiError::invalid("prompt", "prompt must not be empty"));
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+        return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary (size {vocab})")));
+    }
+    Ok(ids)
+}
+
+pub async fn completions(State(state): State<AppState>, JsonBody(req): JsonBody<CompletionRequest>) -> Result<Response, ApiError> {
+    let engine = engine_for(&state, &req.model)?;
+    if req.echo {
+        return Err(ApiError::invalid("echo", "echo is not supported"));
+    }
+    if req.suffix.is_some() {
+        return Err(ApiError::invalid("suffix", "suffix is not supported"));
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::invalid("best_of", "only best_of = 1 is supported"));
+    }
+    let top = match req.logprobs {
+        Some(n) if !(0..=5).contains(&n) => return Err(ApiError::invalid("logprobs", "logprobs must be between 0 and 5")),
+        n => n.map(|n| n as usize),
+    };
+    if state.log_prompts {
+        tracing::info!(prompt = ?req.prompt, "completion request");
+    }
+    let e = engine.clone();
+    let prompt_in = req.prompt;
+    let prompt = tokio::task::spawn_blocking(move || completion_prompt(&e, prompt_in)).await.map_err(ApiError::internal)??;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
+    let rx = generate::submit(&engine, prompt, params)?;
+    let shape = CompletionShape {
+        id: generate::new_id("cmpl"),
+        created: generate::unix_now(),
+        model: state.served_name(&engine),
+        engine: engine.clone(),
+        logprobs: top.is_some(),
+        offset: 0,
+    };
+    if req.stream {
+        return Ok(generate::stream(rx, shape, req.stream_options.unwrap_or_default().include_usage));
+    }
+    let done = generate::collect(rx).await?;
+    Ok(Json(shape.full(done)).into_response())
+}
+
+struct CompletionShape {
+    id: String,
+    created: u64,
+    model: String,
+    engine: Arc<Engine>,
+    logprobs: bool,
+    /// Bytes of text sent so far (text_offset of the next token).
+    offset: usize,
+}
+
+impl CompletionShape {
+    fn logprobs(&mut self, tokens: &[TokenOut]) -> Option<CompletionLogprobs> {
+        if !self.logprobs {
+            return None;
+        }
+        let tok = &self.engine.model().tokenizer;
+        let mut out = CompletionLogprobs::default();
+        for t in tokens {
+            let Some(lp) = &t.logprob else { continue };
+            let text = tok.token_text(t.id);
+            out.text_offset.push(self.offset);
+            self.offset += text.len();
+            out.tokens.push(text);
+            out.token_logprobs.push(lp.logprob);
+            out.top_logprobs.push(lp.top.iter().map(|&(id, l)| (tok.token_text(id), json!(l))).collect());
+        }
+        Some(out)
+    }
+
+    fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+               "system_fingerprint": Value::Null, "choices": choices, "usage": usage})
+    }
+
+    fn full(mut self, done: Collected) -> Value {
+        let lp = self.logprobs(&done.tokens);
+        self.chunk(
+            json!([{"index": 0, "text": done.text, "logprobs": lp, "finish_reason": done.reason.as_str()}]),
+            Some(done.usage),
+        )
+    }
+}
+
+impl Shape for CompletionShape {
+    fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> Value {
+        let lp = self.logprobs(tokens);
+        self.chunk(json!([{"index": 0, "text": text, "logprobs": lp, "finish_reason": null}]), None)
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Value {
+        self.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]), None)
+    }
+
+    fn usage(&mut self, usage: Usage) -> Value {
+        self.chunk(json!([]), Some(usage))
+    }
+}
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<ModelCard> = state
+        .engine
+        .load_full()
+        .map(|e| ModelCard { id: state.served_name(&e), object: "model", created: state.started_at, owned_by: "teal" })
+        .into_iter()
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

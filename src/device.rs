@@ -1,0 +1,59 @@
+//! Device and dtype selection from user strings; the one place that knows whether CUDA was compiled in.
+
+use crate::error::{Result, TealError};
+use candle_core::{DType, Device};
+
+/// `cpu`, `cuda` (device 0) or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.as_str() {
+        "cuda" => 0,
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| TealError::Config(format!("unknown device '{s}': use cpu, cuda or cuda:N")))?,
+    };
+    cuda_device(ordinal)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal).map_err(|e| TealError::Device(format!("cuda:{ordinal}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Err(TealError::Device(format!(
+        "cuda:{ordinal} requested, but teal was built without CUDA support (rebuild with --features cuda)"
+    )))
+}
+
+/// `auto` (None), `f32`, `f16` or `bf16`.
+pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(None),
+        "f32" | "float32" => Ok(Some(DType::F32)),
+        "f16" | "float16" | "half" => Ok(Some(DType::F16)),
+        "bf16" | "bfloat16" => Ok(Some(DType::BF16)),
+        other => Err(TealError::Config(format!("unknown dtype '{other}': use auto, f32, f16 or bf16"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_dtypes() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("tpu").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse_device("cuda:0").unwrap_err().to_string().contains("without CUDA support"));
+        assert_eq!(parse_dtype("bf16").unwrap(), Some(DType::BF16));
+        assert_eq!(parse_dtype("auto").unwrap(), None);
+        assert!(parse_dtype("int3").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The inference engine of one model: a bounded request queue in front of a dedicated thread that runs
+//! continuous batching over a preallocated paged KV pool. Each engine owns its model, pool and device, so two
+//! engines (blue and green) can live in one process.
+
+pub mod kv_cache;
+pub mod request;
+pub mod sampling;
+pub mod scheduler;
+pub mod sequence;
+mod worker;
+
+use crate::error::{Result, TealError};
+use crate::models::Model;
+use crate::telemetry::EngineMetrics;
+use request::{Event, GenRequest, SamplingParams};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// KV pool size in tokens, shared by all running sequences.
+    pub max_total_tokens: usize,
+    pub block_size: usize,
+    /// Most sequences decoded together.
+    pub max_batch_size: usize,
+    /// Most new tokens per step (longer prompts are prefilled in chunks of this size).
+    pub max_step_tokens: usize,
+    /// Most requests waiting for admission; past it, `submit` refuses (HTTP 429).
+    pub max_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_total_tokens: 16384, block_size: 16, max_batch_size: 32, max_step_tokens: 512, max_queue: 256 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the request queue is full ({0} waiting)")]
+    QueueFull(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+pub struct Engine {
+    model: Arc<Model>,
+    tx: Mutex<Option<Sender<GenRequest>>>,
+    pending: Arc<AtomicUsize>,
+    config: EngineConfig,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    kv_capacity: usize,
+    kv_bytes: usize,
+}
+
+impl Engine {
+    /// Preallocates the KV pool on the model's device and starts the engine thread.
+    pub fn start(model: Arc<Model>, config: EngineConfig, metrics: EngineMetrics) -> Result<Self> {
+        let c = model.llama.config();
+        if config.block_size == 0 || config.max_batch_size == 0 || config.max_step_tokens == 0 {
+            return Err(TealError::Config("block size, batch size and step tokens must be positive".into()));
+        }
+        let pool = kv_cache::KvPool::new(
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            config.max_total_tokens,
+            config.block_size,
+            model.llama.device(),
+        )?;
+        let (kv_capacity, kv_bytes) = (pool.capacity_tokens(), pool.bytes());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let worker = worker::Worker {
+            model: model.clone(),
+            pool,
+            rx,
+            pending: pending.clone(),
+            limits: scheduler::Limits {
+                block_size: config.block_size,
+                max_seqs: config.max_batch_size,
+                max_step_tokens: config.max_step_tokens,
+            },
+            metrics,
+            waiting: Default::default(),
+            running: vec![],
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("teal-engine-{}", model.name))
+            .spawn(move || worker.run())
+            .map_err(|e| TealError::Device(format!("cannot start engine thread: {e}")))?;
+        Ok(Engine {
+            model,
+            tx: Mutex::new(Some(tx)),
+            pending,
+            config,
+            thread: Mutex::new(Some(thread)),
+            kv_capacity,
+            kv_bytes,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Tokens the KV pool holds; a request's prompt + max_tokens must fit in it.
+    pub fn kv_capacity(&self) -> usize {
+        self.kv_capacity
+    }
+
+    pub fn kv_bytes(&self) -> usize {
+        self.kv_bytes
+    }
+
+    /// The longest prompt + completion one request may ask for.
+    pub fn max_request_tokens(&self) -> usize {
+        self.model.max_context.min(self.kv_capacity - self.config.block_size)
+    }
+
+    /// Queues a tokenized request. The receiver yields its tokens; dropping it cancels the request.
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(SubmitError::Stopped)?;
+        let pending = self.pending.fetch_add(1, Ordering::AcqRel);
+        if pending >= self.config.max_queue {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::QueueFull(pending));
+        }
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        let req = GenRequest { prompt, params, events: etx, arrived: Instant::now() };
+        tx.send(req).map_err(|_| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            SubmitError::Stopped
+        })?;
+        Ok(erx)
+    }
+
+    /// Runs one short greedy generation end to end (prefill and decode) so the first user request does not pay
+    /// for first-touch allocations. Blocking: call it off the async runtime.
+    pub fn warm_up(&self) -> Result<()> {
+        let prompt = self.model.tokenizer.encode("Hello, warm-up.", true)?;
+        let params = SamplingParams { temperature: 0.0, max_tokens: 4, ignore_eos: true, ..Default::default() };
+        let mut rx = self.submit(prompt, params).map_err(|_| TealError::EngineStopped)?;
+        while let Some(ev) = rx.blocking_recv() {
+            match ev {
+                Event::Done { .. } => return Ok(()),
+                Event::Error(e) => return Err(TealError::Device(format!("warm-up failed: {e}"))),
+                Event::Token { .. } => {}
+            }
+        }
+        Err(TealError::EngineStopped)
+    }
+
+    /// Stops accepting requests and waits for the engine to finish the ones it has. Blocking.
+    pub fn shutdown(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}

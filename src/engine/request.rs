@@ -1,0 +1,89 @@
+//! What a caller hands the engine (a tokenized prompt and sampling parameters) and what comes back over the
+//! request's event channel (text deltas with their tokens, then one `Done`).
+
+use tokio::sync::mpsc::UnboundedSender;
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Extra ids that end generation, beside the model's eos ids.
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// HF-style: divides positive logits of already-seen tokens (prompt and output) by this, multiplies negative.
+    pub repetition_penalty: f32,
+    /// OpenAI-style, on output tokens: subtract `presence` once and `frequency * count`.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// `Some(n)`: report the chosen token's logprob and the `n` most likely alternatives.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            max_tokens: 16,
+            stop: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: false,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An eos/stop token or a stop string.
+    Stop,
+    /// max_tokens or the context length.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    /// The most likely tokens at this position, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// One generated token and the text it completed (may be empty: held back or an incomplete character).
+    Token { id: u32, text: String, logprob: Option<TokenLogprob> },
+    /// The end: any held-back text, why it ended and the token counts.
+    Done { text: String, reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The engine failed this request (the message is safe to show).
+    Error(String),
+}
+
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+}

@@ -1,0 +1,169 @@
+//! One request inside the engine: its tokens, KV blocks, sampler and the text it has produced. Turns each new
+//! token into the text the client may see now, holding back anything that could still become a stop string.
+
+use super::kv_cache::BlockTable;
+use super::request::{Event, FinishReason, GenRequest, SamplingParams, TokenLogprob};
+use super::sampling::Sampler;
+use crate::models::tokenizer::{IncrementalDecoder, TextTokenizer};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub struct Sequence {
+    /// Prompt followed by every generated token.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Positions whose keys and values are in the KV pool.
+    pub cached: usize,
+    pub blocks: BlockTable,
+    pub params: SamplingParams,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    /// Generated text so far (stop string excluded once found).
+    text: String,
+    /// Bytes of `text` already sent.
+    sent: usize,
+    events: UnboundedSender<Event>,
+    pub arrived: Instant,
+    pub first_scheduled: Option<Instant>,
+    last_token_at: Option<Instant>,
+    /// Tokens that end generation: the model's eos ids (unless ignored) and the request's own.
+    stop_ids: Vec<u32>,
+}
+
+/// What happened when a token was added.
+pub struct Step {
+    pub finished: Option<FinishReason>,
+    /// Seconds since the previous token (None for the first).
+    pub inter_token: Option<f64>,
+    pub first_token_latency: Option<f64>,
+}
+
+impl Sequence {
+    pub fn new(req: GenRequest, blocks: BlockTable, eos_ids: &[u32]) -> Self {
+        let mut stop_ids = req.params.stop_token_ids.clone();
+        if !req.params.ignore_eos {
+            stop_ids.extend_from_slice(eos_ids);
+        }
+        Sequence {
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            cached: 0,
+            blocks,
+            sampler: Sampler::new(req.params.seed),
+            params: req.params,
+            decoder: IncrementalDecoder::default(),
+            text: String::new(),
+            sent: 0,
+            events: req.events,
+            arrived: req.arrived,
+            first_scheduled: None,
+            last_token_at: None,
+            stop_ids,
+        }
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// The client hung up (its receiver is gone).
+    pub fn cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    pub fn send_error(&self, msg: &str) {
+        let _ = self.events.send(Event::Error(msg.to_string()));
+    }
+
+    /// Samples the next token from this sequence's logits row and reports it to the client.
+    pub fn sample(&mut self, logits: &mut [f32], tok: &TextTokenizer, max_context: usize) -> Step {
+        let (id, lp) = self.sampler.sample(logits, &self.params, &self.tokens, self.prompt_len);
+        self.push(id, lp, tok, max_context)
+    }
+
+    fn push(&mut self, id: u32, lp: Option<TokenLogprob>, tok: &TextTokenizer, max_context: usize) -> Step {
+        let now = Instant::now();
+        let inter_token = self.last_token_at.map(|t| (now - t).as_secs_f64());
+        let first_token_latency = self.last_token_at.is_none().then(|| (now - self.arrived).as_secs_f64());
+        self.last_token_at = Some(now);
+        self.tokens.push(id);
+        let mut finished = None;
+        if self.stop_ids.contains(&id) {
+            finished = Some(FinishReason::Stop);
+        } else {
+            // A decoding error on one token drops its text but must not fail the request.
+            let delta = self.decoder.step(tok, id).unwrap_or_default();
+            self.text.push_str(&delta);
+            if let Some(at) = find_stop(&self.text, self.sent, &self.params.stop) {
+                self.text.truncate(at);
+                finished = Some(FinishReason::Stop);
+            }
+        }
+        if finished.is_none() && (self.generated() >= self.params.max_tokens || self.tokens.len() >= max_context) {
+            finished = Some(FinishReason::Length);
+        }
+        let visible = if finished.is_some() { self.text.len() } else { self.text.len() - held_back(&self.text, &self.params.stop) };
+        let text = self.text[self.sent..visible.max(self.sent)].to_string();
+        self.sent = visible.max(self.sent);
+        let _ = self.events.send(Event::Token { id, text, logprob: lp });
+        if let Some(reason) = finished {
+            let _ = self.events.send(Event::Done {
+                text: String::new(),
+                reason,
+                prompt_tokens: self.prompt_len,
+                completion_tokens: self.generated(),
+            });
+        }
+        Step { finished, inter_token, first_token_latency }
+    }
+
+    /// Forgets the cache (blocks freed) so the sequence can be recomputed from its tokens later.
+    pub fn preempt(&mut self) {
+        self.blocks.release();
+        self.cached = 0;
+    }
+}
+
+/// Byte offset of the first stop string that starts at or after `from`.
+fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
+    let from = floor_char_boundary(text, from);
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i)).min()
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of some stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if i > best && text.ends_with(&s[..i]) {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_search_and_hold_back() {
+        let stops = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(find_stop("abc END x", 0, &stops), Some(4));
+        assert_eq!(find_stop("a\n\nEND", 0, &stops), Some(1));
+        assert_eq!(find_stop("abc", 0, &stops), None);
+        assert_eq!(held_back("abc EN", &stops), 2);
+        assert_eq!(held_back("abc\n", &stops), 1);
+        assert_eq!(held_back("abc", &stops), 0);
+        assert_eq!(held_back("é", &["éa".to_string()]), 2, "multi-byte prefixes are held whole");
+    }
+}

@@ -1,0 +1,182 @@
+//! The engine thread: drains new requests, asks the scheduler for a plan, runs one batched forward pass,
+//! samples, and streams tokens back. It owns the KV pool and every sequence; nothing else touches them.
+
+use super::kv_cache::KvPool;
+use super::request::GenRequest;
+use super::scheduler::{self, Decision, Limits, SeqView};
+use super::sequence::Sequence;
+use crate::error::Result;
+use crate::models::llama::StepInput;
+use crate::models::paged_attention::AttnMeta;
+use crate::models::Model;
+use crate::telemetry::EngineMetrics;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(super) struct Worker {
+    pub model: Arc<Model>,
+    pub pool: KvPool,
+    pub rx: Receiver<GenRequest>,
+    /// Requests submitted but not yet admitted (shared with the handle, which refuses past the limit).
+    pub pending: Arc<AtomicUsize>,
+    pub limits: Limits,
+    pub metrics: EngineMetrics,
+    pub waiting: VecDeque<Queued>,
+    pub running: Vec<Sequence>,
+}
+
+/// A waiting sequence; `fresh` is false for a preempted one (it no longer counts as pending).
+pub(super) struct Queued {
+    seq: Sequence,
+    fresh: bool,
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match self.rx.recv() {
+                    Ok(r) => self.enqueue(r),
+                    Err(_) => break, // every handle is gone and no work is left
+                }
+            }
+            while let Ok(r) = self.rx.try_recv() {
+                self.enqueue(r);
+            }
+            self.drop_cancelled();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            let err = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("internal engine panic".to_string()),
+            };
+            if let Some(e) = err {
+                tracing::error!(error = %e, "engine step failed; failing the running batch");
+                for seq in self.running.drain(..) {
+                    seq.send_error("the model failed to run this batch");
+                }
+            }
+            self.publish_gauges();
+        }
+        tracing::info!("engine stopped");
+    }
+
+    fn enqueue(&mut self, req: GenRequest) {
+        let seq = Sequence::new(req, self.pool.alloc.table(), &self.model.tokenizer.eos_ids);
+        self.waiting.push_back(Queued { seq, fresh: true });
+    }
+
+    /// Frees the sequences whose clients went away, at the latest one step after they left.
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|q| !(q.fresh && q.seq.cancelled()));
+        self.pending.fetch_sub(before - self.waiting.len(), Ordering::AcqRel);
+        self.waiting.retain(|q| !q.seq.cancelled());
+        self.running.retain(|s| !s.cancelled());
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let view = |s: &Sequence| SeqView { cached: s.cached, total: s.tokens.len(), blocks: s.blocks.len() };
+        let running: Vec<SeqView> = self.running.iter().map(view).collect();
+        let waiting: Vec<SeqView> = self.waiting.iter().map(|q| view(&q.seq)).collect();
+        let plan = scheduler::plan(&running, &waiting, self.pool.alloc.free_blocks(), self.limits);
+        let mut batch: Vec<(Sequence, usize)> = Vec::with_capacity(running.len() + plan.admit.len());
+        let mut preempted = vec![];
+        for (mut seq, d) in self.running.drain(..).zip(plan.running) {
+            match d {
+                Decision::Run(n) => batch.push((seq, n)),
+                Decision::Skip => batch.push((seq, 0)),
+                Decision::Preempt => {
+                    seq.preempt();
+                    self.metrics.preemptions.inc();
+                    preempted.push(seq);
+                }
+            }
+        }
+        for n in plan.admit {
+            let Some(mut q) = self.waiting.pop_front() else { break };
+            if !q.seq.blocks.reserve(q.seq.tokens.len() + 1) {
+                self.waiting.push_front(q);
+                break;
+            }
+            if q.fresh {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+            if q.seq.first_scheduled.is_none() {
+                q.seq.first_scheduled = Some(Instant::now());
+                self.metrics.queue_time.observe(q.seq.arrived.elapsed().as_secs_f64());
+                self.metrics.prompt_tokens.inc_by(q.seq.prompt_len as u64);
+            }
+            batch.push((q.seq, n));
+        }
+        for seq in preempted.into_iter().rev() {
+            self.waiting.push_front(Queued { seq, fresh: false });
+        }
+        self.execute(batch)
+    }
+
+    /// Runs the forward pass for the scheduled tokens and samples where a sequence reached its end.
+    fn execute(&mut self, mut batch: Vec<(Sequence, usize)>) -> Result<()> {
+        let mut meta = AttnMeta { block_size: self.pool.alloc.block_size, ..Default::default() };
+        let mut tokens = vec![];
+        let mut rows = vec![];
+        let mut sampled = vec![];
+        for (i, (seq, n)) in batch.iter_mut().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            if !seq.blocks.reserve(seq.cached + *n) {
+                return Err(crate::error::TealError::Device("KV pool exhausted mid-step".into()));
+            }
+            let b = meta.block_tables.len() as u32;
+            for pos in seq.cached..seq.cached + *n {
+                tokens.push(seq.tokens[pos]);
+                meta.token_seq.push(b);
+                meta.token_pos.push(pos as u32);
+                meta.slot_mapping.push(seq.blocks.slot(pos));
+            }
+            meta.block_tables.push(seq.blocks.ids().to_vec());
+            if seq.cached + *n == seq.tokens.len() {
+                rows.push(tokens.len() as u32 - 1);
+                sampled.push(i);
+            }
+        }
+        if tokens.is_empty() {
+            self.running = batch.into_iter().map(|(s, _)| s).collect();
+            return Ok(());
+        }
+        let input = StepInput { tokens, meta: Arc::new(meta), logits_rows: rows };
+        let logits = self.model.llama.forward(&input, &self.pool)?.to_vec2::<f32>()?;
+        for (seq, n) in batch.iter_mut() {
+            seq.cached += *n;
+        }
+        let mut finished = vec![false; batch.len()];
+        for (mut row, &i) in logits.into_iter().zip(&sampled) {
+            let seq = &mut batch[i].0;
+            let step = seq.sample(&mut row, &self.model.tokenizer, self.model.max_context);
+            self.metrics.generation_tokens.inc();
+            if let Some(t) = step.first_token_latency {
+                self.metrics.ttft.observe(t);
+            }
+            if let Some(t) = step.inter_token {
+                self.metrics.itl.observe(t);
+            }
+            if step.finished.is_some() {
+                self.metrics.e2e.observe(seq.arrived.elapsed().as_secs_f64());
+                finished[i] = true;
+            }
+        }
+        self.running =
+            batch.into_iter().zip(finished).filter(|(_, f)| !f).map(|((s, _), _)| s).collect();
+        Ok(())
+    }
+
+    fn publish_gauges(&self) {
+        self.metrics.batch_size.set(self.running.len() as i64);
+        self.metrics.waiting.set(self.waiting.len() as i64);
+        self.metrics.kv_usage.set(self.pool.usage());
+    }
+}

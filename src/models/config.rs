@@ -1,0 +1,237 @@
+//! Architecture hyper-parameters of a Llama-family model, read from a Hugging Face `config.json` or from GGUF
+//! metadata. One struct serves Llama, Mistral, Qwen2 and SmolLM configs: they differ only in the fields here.
+
+use crate::error::{Result, TealError};
+use serde::Deserialize;
+
+/// How the rotary embedding pairs dimensions. HF checkpoints rotate the two halves of each head
+/// ("neox" style); GGUF files converted by llama.cpp permute q/k so that adjacent pairs rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    Halves,
+    Interleaved,
+}
+
+/// Llama-3 style frequency scaling (`rope_scaling.rope_type == "llama3"`) or linear scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear { factor: f32 },
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f32,
+    pub rope_scaling: RopeScaling,
+    pub rope_style: RopeStyle,
+    pub tie_word_embeddings: bool,
+    /// Qwen2 puts a bias on the q, k and v projections.
+    pub qkv_bias: bool,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    model_type: Option<String>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+}
+
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f32 {
+    10000.0
+}
+
+const SUPPORTED_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+impl LlamaConfig {
+    /// Parses and validates a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let hf: HfConfig = serde_json::from_str(text)
+            .map_err(|e| TealError::InvalidModel(format!("config.json: {e}")))?;
+        let model_type = hf.model_type.clone().unwrap_or_default();
+        let known_arch = hf.architectures.iter().any(|a| {
+            matches!(a.as_str(), "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM")
+        });
+        if !SUPPORTED_TYPES.contains(&model_type.as_str()) && !known_arch {
+            return Err(TealError::UnsupportedModel(format!(
+                "model_type '{model_type}' (architectures {:?}); supported: llama, mistral, qwen2",
+                hf.architectures
+            )));
+        }
+        if let Some(act) = &hf.hidden_act {
+            if act != "silu" {
+                return Err(TealError::UnsupportedModel(format!("hidden_act '{act}' (only silu)")));
+            }
+        }
+        let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
+        let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
+        let cfg = LlamaConfig {
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: hf.vocab_size,
+            max_position_embeddings: hf.max_position_embeddings,
+            rms_norm_eps: hf.rms_norm_eps,
+            rope_theta: hf.rope_theta,
+            rope_scaling: parse_rope_scaling(hf.rope_scaling.as_ref())?,
+            rope_style: RopeStyle::Halves,
+            tie_word_embeddings: hf.tie_word_embeddings,
+            qkv_bias: model_type == "qwen2" || hf.attention_bias.unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the invariants the forward pass relies on, so a bad file fails at load, not mid-request.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TealError::InvalidModel(m));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 || self.hidden_size == 0 {
+            return bad("config has a zero dimension".into());
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+            return bad(format!("head_dim {} must be even", self.head_dim));
+        }
+        if self.vocab_size == 0 || self.max_position_embeddings == 0 {
+            return bad("vocab_size and max_position_embeddings must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Inverse frequencies of the rotary embedding, with the configured scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base: Vec<f32> =
+            (0..d / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f32 / d as f32)).collect();
+        match self.rope_scaling {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                let old = original_max_position as f32;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+    let num = |k: &str, d: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(d);
+    match kind {
+        "linear" => Ok(RopeScaling::Linear { factor: num("factor", 1.0) as f32 }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: num("factor", 8.0) as f32,
+            low_freq_factor: num("low_freq_factor", 1.0) as f32,
+            high_freq_factor: num("high_freq_factor", 4.0) as f32,
+            original_max_position: num("original_max_position_embeddings", 8192.0) as usize,
+        }),
+        "default" => Ok(RopeScaling::None),
+        other => Err(TealError::UnsupportedModel(format!("rope_scaling type '{other}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_gqa_and_tied() {
+        let c = LlamaConfig::from_hf_json(
+            r#"{"model_type":"llama","hidden_size":64,"intermediate_size":172,"num_hidden_layers":5,
+            "num_attention_heads":8,"num_key_value_heads":4,"vocab_size":512,"tie_word_embeddings":true}"#,
+        )
+        .unwrap();
+        assert_eq!((c.num_kv_heads, c.head_dim, c.tie_word_embeddings), (4, 8, true));
+        assert!(!c.qkv_bias);
+    }
+
+    #[test]
+    fn qwen2_has_bias_and_bad_heads_rejected() {
+        let q = LlamaConfig::from_hf_json(
+            r#"{"model_type":"qwen2","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":10}"#,
+        )
+        .unwrap();
+        assert!(q.qkv_bias);
+        let err = LlamaConfig::from_hf_json(
+            r#"{"model_type":"llama","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":4,"num_key_value_heads":3,"vocab_size":10}"#,
+        );
+        assert!(err.is_err());
+        assert!(LlamaConfig::from_hf_json(r#"{"model_type":"bert"}"#).is_err());
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies() {
+        let mut c = LlamaConfig::from_hf_json(
+            r#"{"model_type":"llama","hidden_size":128,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":1,"vocab_size":10,"rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#,
+        )
+        .unwrap();
+        let scaled = c.rope_inv_freq();
+        c.rope_scaling = RopeScaling::None;
+        let base = c.rope_inv_freq();
+        assert_eq!(scaled[0], base[0]);
+        assert!((scaled[63] - base[63] / 8.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,159 @@
+//! The Llama-family decoder (Llama, Mistral, Qwen2, SmolLM): weights only, no state. One forward pass runs a
+//! ragged batch (every sequence's new tokens concatenated, prefill and decode mixed) against the engine's KV
+//! pool and returns logits only for the rows the engine will sample from.
+
+use super::config::{LlamaConfig, RopeStyle};
+use super::paged_attention::{paged_attention, write_kv, AttnMeta};
+use super::weights::{Linear, Tn, WeightSource};
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    /// `[max_positions, head_dim/2]` rotary tables, computed once at load.
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+/// One engine step's input: the new tokens of every scheduled sequence and where they go.
+pub struct StepInput {
+    pub tokens: Vec<u32>,
+    pub meta: Arc<AttnMeta>,
+    /// Rows of the batch (indices into `tokens`) whose next-token logits are needed.
+    pub logits_rows: Vec<u32>,
+}
+
+/// The per-layer key and value pools the forward pass reads and writes.
+pub trait KvView {
+    fn layer(&self, i: usize) -> (&Tensor, &Tensor);
+}
+
+impl Llama {
+    pub fn load(cfg: LlamaConfig, src: &mut WeightSource, device: &Device) -> Result<Self> {
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let bias = |b: Tn| if cfg.qkv_bias { Some(b) } else { None };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            layers.push(Layer {
+                attn_norm: src.vector(Tn::AttnNorm(l), h, device)?,
+                q: src.linear(Tn::Q(l), bias(Tn::QBias(l)), (q_out, h), device)?,
+                k: src.linear(Tn::K(l), bias(Tn::KBias(l)), (kv_out, h), device)?,
+                v: src.linear(Tn::V(l), bias(Tn::VBias(l)), (kv_out, h), device)?,
+                o: src.linear(Tn::O(l), None, (h, q_out), device)?,
+                mlp_norm: src.vector(Tn::MlpNorm(l), h, device)?,
+                gate: src.linear(Tn::Gate(l), None, (i, h), device)?,
+                up: src.linear(Tn::Up(l), None, (i, h), device)?,
+                down: src.linear(Tn::Down(l), None, (h, i), device)?,
+            });
+        }
+        let embed = src.dense(Tn::Embed, device)?;
+        if embed.dims() != [cfg.vocab_size, h] {
+            return Err(crate::error::TealError::InvalidModel(format!(
+                "embedding has shape {:?}, expected [{}, {h}]",
+                embed.dims(),
+                cfg.vocab_size
+            )));
+        }
+        let head_tn = if src.has(Tn::LmHead) { Tn::LmHead } else { Tn::Embed };
+        let lm_head = src.linear(head_tn, None, (cfg.vocab_size, h), device)?;
+        let norm = src.vector(Tn::FinalNorm, h, device)?;
+        let (cos, sin) = rope_tables(&cfg, device)?;
+        Ok(Llama { dtype: src.activation_dtype(), cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone() })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs one step and returns f32 logits `[logits_rows.len(), vocab]`.
+    pub fn forward(&self, input: &StepInput, kv: &dyn KvView) -> Result<Tensor> {
+        let n = input.tokens.len();
+        let ids = Tensor::from_slice(&input.tokens, n, &self.device)?;
+        let positions = Tensor::from_slice(&input.meta.token_pos, n, &self.device)?;
+        let half = self.cfg.head_dim / 2;
+        let cos = self.cos.index_select(&positions, 0)?.reshape((n, 1, half))?;
+        let sin = self.sin.index_select(&positions, 0)?.reshape((n, 1, half))?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (kp, vp) = kv.layer(l);
+            x = self.block(layer, &x, &cos, &sin, kp, vp, &input.meta)?;
+        }
+        let rows = Tensor::from_slice(&input.logits_rows, input.logits_rows.len(), &self.device)?;
+        let x = x.index_select(&rows, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        meta: &Arc<AttnMeta>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (n, hd) = (x.dim(0)?, cfg.head_dim);
+        let eps = cfg.rms_norm_eps as f32;
+        let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
+        let q = layer.q.forward(&h)?.to_dtype(DType::F32)?.reshape((n, cfg.num_heads, 1, hd))?;
+        let k = layer.k.forward(&h)?.to_dtype(DType::F32)?.reshape((n, cfg.num_kv_heads, 1, hd))?;
+        let v = layer.v.forward(&h)?.to_dtype(DType::F32)?;
+        let (q, k) = match cfg.rope_style {
+            RopeStyle::Halves => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+        };
+        write_kv(kp, &k, meta)?;
+        write_kv(vp, &v, meta)?;
+        let attn = paged_attention(&q, kp, vp, meta, cfg.num_kv_heads)?.to_dtype(self.dtype)?;
+        let x = (x + layer.o.forward(&attn)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
+        let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        Ok((x + layer.down.forward(&mlp)?)?)
+    }
+}
+
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv = cfg.rope_inv_freq();
+    let half = inv.len();
+    let max = cfg.max_position_embeddings;
+    let mut angles = Vec::with_capacity(max * half);
+    for p in 0..max {
+        angles.extend(inv.iter().map(|f| p as f32 * f));
+    }
+    let t = Tensor::from_vec(angles, (max, half), device)?;
+    Ok((t.cos()?, t.sin()?))
+}

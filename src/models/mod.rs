@@ -1,0 +1,245 @@
+//! Model loading: turns a Hugging Face directory or a GGUF file into a ready `Model` (weights on the device,
+//! tokenizer, chat template, limits). Architecture code lives one file per family (llama.rs); the file formats
+//! live in weights.rs and gguf_meta.rs.
+
+pub mod chat_template;
+pub mod config;
+mod gguf_meta;
+pub mod llama;
+pub mod paged_attention;
+pub mod tokenizer;
+pub mod weights;
+
+use crate::error::{Result, TealError};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+use chat_template::ChatTemplate;
+use llama::Llama;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tokenizer::TextTokenizer;
+use weights::WeightSource;
+
+/// How to load: the device, and the dtype (`None`: f32 on CPU for dense checkpoints, GGUF kept quantized).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: Option<DType>,
+}
+
+/// Everything needed to serve one model version. Immutable after load and shareable between threads.
+pub struct Model {
+    pub name: String,
+    pub source: PathBuf,
+    pub llama: Llama,
+    pub tokenizer: TextTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    /// Longest prompt + completion the model accepts.
+    pub max_context: usize,
+    /// Human-readable weight format, e.g. "gguf Q4_1" or "safetensors F32".
+    pub format: String,
+}
+
+/// Where a model's files are, once resolved from a user-supplied path.
+enum Layout {
+    HfDir(PathBuf),
+    Gguf(PathBuf),
+}
+
+fn resolve(path: &Path) -> Result<Layout> {
+    if path.is_file() {
+        return if path.extension().is_some_and(|e| e == "gguf") {
+            Ok(Layout::Gguf(path.to_path_buf()))
+        } else {
+            Err(TealError::UnsupportedModel(format!("{}: not a .gguf file or a model directory", path.display())))
+        };
+    }
+    if !path.is_dir() {
+        return Err(TealError::ModelNotFound(path.display().to_string()));
+    }
+    if path.join("config.json").is_file() {
+        return Ok(Layout::HfDir(path.to_path_buf()));
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| TealError::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => Ok(Layout::Gguf(one.clone())),
+        [] => Err(TealError::InvalidModel(format!("{}: no config.json and no .gguf file", path.display()))),
+        _ => Err(TealError::InvalidModel(format!("{}: several .gguf files; name one", path.display()))),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TealError::io(path, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))
+}
+
+/// Loads a model from a directory (HF layout, or one .gguf inside) or a .gguf file.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    let mut model = match resolve(path)? {
+        Layout::HfDir(dir) => load_hf(&dir, opts)?,
+        Layout::Gguf(file) => load_gguf(&file, opts)?,
+    };
+    model.name = name;
+    model.source = path.to_path_buf();
+    Ok(model)
+}
+
+/// The safetensors files of a HF directory: one file, or every shard named by the index.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let Some(idx) = read_json(&index)? else {
+        return Err(TealError::InvalidModel(format!("{}: no model.safetensors or index", dir.display())));
+    };
+    let map = idx.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
+        TealError::InvalidModel(format!("{}: weight_map missing", index.display()))
+    })?;
+    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(&f);
+            if f.contains("..") || f.contains('/') || !p.is_file() {
+                Err(TealError::InvalidModel(format!("shard '{f}' missing or outside the model directory")))
+            } else {
+                Ok(p)
+            }
+        })
+        .collect()
+}
+
+fn json_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => vec![],
+    }
+}
+
+/// A special token in tokenizer_config.json: a string or an AddedToken object.
+fn token_str(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+/// The chat template of tokenizer_config.json (a string, or a list of named templates) or chat_template.jinja.
+fn hf_chat_template(dir: &Path, tcfg: &Value) -> Result<Option<String>> {
+    let from_cfg = match tcfg.get("chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template").and_then(Value::as_str).map(String::from)),
+        _ => None,
+    };
+    let file = dir.join("chat_template.jinja");
+    match from_cfg {
+        Some(t) => Ok(Some(t)),
+        None if file.is_file() => std::fs::read_to_string(&file).map(Some).map_err(|e| TealError::io(&file, e)),
+        None => Ok(None),
+    }
+}
+
+fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| TealError::io(&cfg_path, e))?;
+    let cfg = config::LlamaConfig::from_hf_json(&text)?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(TealError::InvalidModel(format!("{}: tokenizer.json missing", dir.display())));
+    }
+    let inner = TextTokenizer::from_file(&tok_path)?;
+    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+    let gcfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+    let cfg_json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let id_of = |key: &str| token_str(tcfg.get(key)).and_then(|t| inner.token_to_id(&t));
+    let bos = id_of("bos_token").or_else(|| json_ids(cfg_json.get("bos_token_id")).first().copied());
+    let mut eos = json_ids(gcfg.get("eos_token_id"));
+    eos.extend(json_ids(cfg_json.get("eos_token_id")));
+    eos.extend(id_of("eos_token"));
+    eos.dedup();
+    let add_bos = tcfg.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+    let tokenizer = TextTokenizer::new(inner, bos, dedup(eos), add_bos);
+    let chat_template = hf_chat_template(dir, &tcfg)?.map(ChatTemplate::new).transpose()?;
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    let mut src = WeightSource::safetensors(&safetensors_files(dir)?, dtype)?;
+    let max_context = cfg.max_position_embeddings;
+    let llama = Llama::load(cfg, &mut src, &opts.device)?;
+    check_vocab(&llama, &tokenizer)?;
+    Ok(Model {
+        name: String::new(),
+        source: dir.to_path_buf(),
+        llama,
+        tokenizer,
+        chat_template,
+        max_context,
+        format: format!("safetensors {dtype:?}"),
+    })
+}
+
+fn dedup(mut v: Vec<u32>) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(*x));
+    v
+}
+
+fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Model> {
+    let mut f = std::fs::File::open(file).map_err(|e| TealError::io(file, e))?;
+    let content = gguf_file::Content::read(&mut f)
+        .map_err(|e| TealError::InvalidModel(format!("{}: not a valid GGUF file: {e}", file.display())))?;
+    let cfg = gguf_meta::llama_config(&content)?;
+    let side_tokenizer = file.with_file_name("tokenizer.json");
+    let tokenizer = if side_tokenizer.is_file() {
+        let inner = TextTokenizer::from_file(&side_tokenizer)?;
+        let base = gguf_meta::tokenizer(&content).ok();
+        let (bos, eos, add) = base.map(|b| (b.bos_id, b.eos_ids, b.add_bos)).unwrap_or((None, vec![], false));
+        TextTokenizer::new(inner, bos, eos, add)
+    } else {
+        gguf_meta::tokenizer(&content)?
+    };
+    let chat_template = gguf_meta::chat_template(&content).map(ChatTemplate::new).transpose()?;
+    let quant = dominant_quant(&content);
+    let max_context = cfg.max_position_embeddings;
+    let mut src = WeightSource::gguf(file, content, opts.dtype)?;
+    let llama = Llama::load(cfg, &mut src, &opts.device)?;
+    check_vocab(&llama, &tokenizer)?;
+    let format = match opts.dtype {
+        Some(d) => format!("gguf {quant} dequantized to {d:?}"),
+        None => format!("gguf {quant}"),
+    };
+    Ok(Model { name: String::new(), source: file.to_path_buf(), llama, tokenizer, chat_template, max_context, format })
+}
+
+fn dominant_quant(c: &gguf_file::Content) -> String {
+    let mut counts = std::collections::HashMap::new();
+    for info in c.tensor_infos.values() {
+        *counts.entry(format!("{:?}", info.ggml_dtype)).or_insert(0usize) += 1;
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k).unwrap_or_default()
+}
+
+fn check_vocab(llama: &Llama, tok: &TextTokenizer) -> Result<()> {
+    let (model_vocab, tok_vocab) = (llama.config().vocab_size, tok.vocab_size());
+    if tok_vocab > model_vocab {
+        return Err(TealError::InvalidModel(format!(
+            "tokenizer has {tok_vocab} tokens but the model's vocabulary is {model_vocab}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Attention over the paged KV pool, as candle custom ops so the model code stays device-agnostic:
+//! - `write_kv`: stores the new tokens' keys or values at their pool slots (in place, like vLLM's
+//!   reshape_and_cache);
+//! - `paged_attention`: each new token attends to every earlier position of its own sequence, reading keys and
+//!   values straight from the pool through the sequence's block table (no gather copy, no padding).
+//!
+//! The CPU implementations are here; a CUDA implementation slots into the same ops' `cuda_fwd`.
+//! The pool is always f32 and laid out `[slots, kv_heads, head_dim]`, slot = block * block_size + offset.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Where each token of a ragged batch lives: its sequence, its position and its pool slot.
+#[derive(Debug, Clone, Default)]
+pub struct AttnMeta {
+    /// Per new token: the index of its sequence in `block_tables`.
+    pub token_seq: Vec<u32>,
+    /// Per new token: its absolute position in its sequence.
+    pub token_pos: Vec<u32>,
+    /// Per new token: the pool slot its key/value is written to.
+    pub slot_mapping: Vec<u32>,
+    /// Per sequence: the pool blocks holding its positions, in order.
+    pub block_tables: Vec<Vec<u32>>,
+    pub block_size: usize,
+}
+
+impl AttnMeta {
+    pub fn num_tokens(&self) -> usize {
+        self.token_seq.len()
+    }
+
+    fn slot_of(&self, seq: usize, pos: usize) -> usize {
+        self.block_tables[seq][pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32, got {:?}", s.dtype()) };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: must be contiguous"),
+    }
+}
+
+/// In-place write of `src` rows (`[tokens, row]`) into `pool` rows given by the slot mapping.
+struct WriteKv {
+    meta: Arc<AttnMeta>,
+}
+
+impl InplaceOp2 for WriteKv {
+    fn name(&self) -> &'static str {
+        "teal-write-kv"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let src = contiguous_f32(s2, l2, "kv source")?;
+        let CpuStorage::F32(pool) = s1 else { candle_core::bail!("kv pool must be f32") };
+        let Some((start, end)) = l1.contiguous_offsets() else { candle_core::bail!("kv pool must be contiguous") };
+        let pool = &mut pool[start..end];
+        let n = self.meta.slot_mapping.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let row = src.len() / n;
+        for (t, &slot) in self.meta.slot_mapping.iter().enumerate() {
+            let dst = slot as usize * row;
+            if dst + row > pool.len() {
+                candle_core::bail!("kv slot {slot} outside the pool");
+            }
+            pool[dst..dst + row].copy_from_slice(&src[t * row..(t + 1) * row]);
+        }
+        Ok(())
+    }
+}
+
+/// Writes the new tokens' keys (or values), shaped `[tokens, kv_heads, .., head_dim]`, into the pool.
+pub fn write_kv(pool: &Tensor, src: &Tensor, meta: &Arc<AttnMeta>) -> Result<()> {
+    let src = src.contiguous()?;
+    pool.inplace_op2(&src, &WriteKv { meta: meta.clone() })
+}
+
+struct PagedAttention {
+    meta: Arc<AttnMeta>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+impl PagedAttention {
+    /// One (token, head) pair: softmax(q K^T * scale) V over positions 0..=pos of the token's sequence.
+    fn head(&self, q: &[f32], kp: &[f32], vp: &[f32], t: usize, h: usize, out: &mut [f32]) {
+        let (hd, nkv) = (self.head_dim, self.num_kv_heads);
+        let kvh = h / (self.num_heads / nkv);
+        let seq = self.meta.token_seq[t] as usize;
+        let n = self.meta.token_pos[t] as usize + 1;
+        let qv = &q[(t * self.num_heads + h) * hd..][..hd];
+        let mut scores = Vec::with_capacity(n);
+        let mut max = f32::NEG_INFINITY;
+        for p in 0..n {
+            let off = (self.meta.slot_of(seq, p) * nkv + kvh) * hd;
+            let s = dot(qv, &kp[off..off + hd]) * self.scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        out.fill(0.0);
+        for (p, s) in scores.iter().enumerate() {
+            let off = (self.meta.slot_of(seq, p) * nkv + kvh) * hd;
+            let w = s / sum;
+            for (o, v) in out.iter_mut().zip(&vp[off..off + hd]) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorize without reassociating a single sum.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] += a[c * 8 + i] * b[c * 8 + i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+impl CustomOp3 for PagedAttention {
+    fn name(&self) -> &'static str {
+        "teal-paged-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = contiguous_f32(s1, l1, "query")?;
+        let kp = contiguous_f32(s2, l2, "key pool")?;
+        let vp = contiguous_f32(s3, l3, "value pool")?;
+        let (nh, hd) = (self.num_heads, self.head_dim);
+        let t_count = self.meta.num_tokens();
+        if q.len() != t_count * nh * hd {
+            candle_core::bail!("query has {} values, expected {}", q.len(), t_count * nh * hd);
+        }
+        let mut out = vec![0f32; q.len()];
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| self.head(q, kp, vp, i / nh, i % nh, o));
+        Ok((CpuStorage::F32(out), Shape::from((t_count, nh * hd))))
+    }
+}
+
+/// Attention of `q` (`[tokens, heads, 1, head_dim]`, f32) against the pools; returns `[tokens, heads*head_dim]`.
+pub fn paged_attention(
+    q: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+    meta: &Arc<AttnMeta>,
+    num_kv_heads: usize,
+) -> Result<Tensor> {
+    let (_, num_heads, _, head_dim) = q.dims4()?;
+    let op = PagedAttention {
+        meta: meta.clone(),
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    q.contiguous()?.apply_op3_no_bwd(k_pool, v_pool, &op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, D};
+
+    /// Dense causal attention with repeated kv heads, the textbook formula, as the reference.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, group: usize) -> Tensor {
+        // q: [T, nh, hd], k/v: [T, nkv, hd]
+        let (t, _nh, hd) = q.dims3().unwrap();
+        let k = k.repeat_interleave_heads(group);
+        let v = v.repeat_interleave_heads(group);
+        let q = q.transpose(0, 1).unwrap().contiguous().unwrap();
+        let k = k.transpose(0, 1).unwrap().contiguous().unwrap();
+        let v = v.transpose(0, 1).unwrap().contiguous().unwrap();
+        let att = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+        let mask: Vec<f32> =
+            (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let att = att.broadcast_add(&mask).unwrap();
+        let att = candle_nn::ops::softmax(&att, D::Minus1).unwrap();
+        att.matmul(&v).unwrap().transpose(0, 1).unwrap().contiguous().unwrap()
+    }
+
+    trait Repeat {
+        fn repeat_interleave_heads(&self, n: usize) -> Tensor;
+    }
+    impl Repeat for Tensor {
+        fn repeat_interleave_heads(&self, n: usize) -> Tensor {
+            let (t, h, d) = self.dims3().unwrap();
+            self.unsqueeze(2).unwrap().expand((t, h, n, d)).unwrap().reshape((t, h * n, d)).unwrap()
+        }
+    }
+
+    #[test]
+    fn matches_dense_causal_attention_with_scattered_blocks() {
+        let dev = Device::Cpu;
+        let (t, nh, nkv, hd, bs) = (13, 6, 2, 8, 4);
+        let q = Tensor::randn(0f32, 1.0, (t, nh, hd), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
+        // Blocks deliberately out of order to exercise the block table.
+        let table = vec![5u32, 1, 7, 0];
+        let meta = Arc::new(AttnMeta {
+            token_seq: vec![0; t],
+            token_pos: (0..t as u32).collect(),
+            slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
+            block_tables: vec![table],
+            block_size: bs,
+        });
+        let kp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();
+        let vp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();
+        write_kv(&kp, &k, &meta).unwrap();
+        write_kv(&vp, &v, &meta).unwrap();
+        let got = paged_attention(&q.unsqueeze(2).unwrap(), &kp, &vp, &meta, nkv).unwrap();
+        let want = reference(&q, &k, &v, nh / nkv).reshape((t, nh * hd)).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "max diff {diff}");
+    }
+}

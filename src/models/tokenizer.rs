@@ -1,0 +1,105 @@
+//! Text <-> token ids for one model: the Hugging Face tokenizer (from tokenizer.json or rebuilt from GGUF
+//! metadata), its special ids (BOS, every EOS), and streaming detokenization that never splits a UTF-8
+//! character or drops a SentencePiece leading space.
+
+use crate::error::{Result, TealError};
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pub bos_id: Option<u32>,
+    /// Every id that ends generation (tokenizer eos plus all of generation_config's eos ids).
+    pub eos_ids: Vec<u32>,
+    /// Whether a plain-text prompt gets a BOS token prepended.
+    pub add_bos: bool,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+impl TextTokenizer {
+    pub fn new(inner: Tokenizer, bos_id: Option<u32>, eos_ids: Vec<u32>, add_bos: bool) -> Self {
+        let text = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).unwrap_or_default();
+        let bos_token = text(bos_id);
+        let eos_token = text(eos_ids.first().copied());
+        TextTokenizer { inner, bos_id, eos_ids, add_bos, bos_token, eos_token }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Tokenizer> {
+        let mut tok = Tokenizer::from_file(path)
+            .map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))?;
+        // Some exported tokenizers pad every input to a fixed length; generation needs the raw ids.
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| TealError::Tokenizer(e.to_string()))?;
+        Ok(tok)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes a prompt. `special` adds BOS as the model expects for raw text; chat prompts are rendered by
+    /// the template, which already places its special tokens, so they pass `false` (as transformers does).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, special).map_err(|e| TealError::Tokenizer(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if special && self.add_bos {
+            if let Some(bos) = self.bos_id {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| TealError::Tokenizer(e.to_string()))
+    }
+
+    /// The token's own text with special tokens kept (for logprobs).
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_default()
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// Streaming detokenizer: decodes a small window of ids and emits only text that is complete.
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    /// Adds one id and returns the text it completes (possibly empty while a character is incomplete).
+    pub fn step(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = tok.decode(&self.ids[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            let delta = match full.get(prefix.len()..) {
+                Some(d) if full.starts_with(&prefix) => d.to_string(),
+                // The window's decoding changed its prefix (rare, e.g. merged spaces): emit the difference
+                // against the whole text so far instead.
+                _ => return self.resync(tok),
+            };
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            return Ok(delta);
+        }
+        Ok(String::new())
+    }
+
+    fn resync(&mut self, tok: &TextTokenizer) -> Result<String> {
+        let before = tok.decode(&self.ids[..self.read_offset])?;
+        let all = tok.decode(&self.ids)?;
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(all.get(before.len()..).unwrap_or_default().to_string())
+    }
+}
