@@ -24,6 +24,7 @@ pub struct Metrics {
     pub e2e: HistogramVec,
     pub queue_time: HistogramVec,
     pub batch_size: IntGaugeVec,
+    pub step_batch: HistogramVec,
     pub waiting: IntGaugeVec,
     pub kv_usage: GaugeVec,
     pub prompt_tokens: IntCounterVec,
@@ -64,6 +65,16 @@ impl Metrics {
             e2e: hist("teal_request_duration_seconds", "Time from request arrival to its last token"),
             queue_time: hist("teal_queue_time_seconds", "Time a request waited before its first step"),
             batch_size: igauge("teal_running_requests", "Sequences in the running batch"),
+            step_batch: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("teal_batch_size", "Sequences run together in one engine step")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+                    &["model"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
             waiting: igauge("teal_waiting_requests", "Requests queued for admission"),
             kv_usage,
             prompt_tokens: counter("teal_prompt_tokens_total", "Prompt tokens processed", &["model"]),
@@ -88,6 +99,7 @@ impl Metrics {
             e2e: self.e2e.with_label_values(&l),
             queue_time: self.queue_time.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
+            step_batch: self.step_batch.with_label_values(&l),
             waiting: self.waiting.with_label_values(&l),
             kv_usage: self.kv_usage.with_label_values(&l),
             prompt_tokens: self.prompt_tokens.with_label_values(&l),
@@ -111,6 +123,7 @@ pub struct EngineMetrics {
     pub e2e: Histogram,
     pub queue_time: Histogram,
     pub batch_size: IntGauge,
+    pub step_batch: Histogram,
     pub waiting: IntGauge,
     pub kv_usage: Gauge,
     pub prompt_tokens: IntCounter,

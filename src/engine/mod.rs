@@ -2,6 +2,7 @@
 //! continuous batching over a preallocated paged KV pool. Each engine owns its model, pool and device, so two
 //! engines (blue and green) can live in one process.
 
+pub mod direct;
 pub mod kv_cache;
 pub mod request;
 pub mod sampling;
@@ -128,9 +129,15 @@ impl Engine {
 
     /// Queues a tokenized request. The receiver yields its tokens; dropping it cancels the request.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        self.enqueue(prompt, params, self.config.max_queue)
+    }
+
+    /// Queues a request if fewer than `limit` are pending. The engine's own work (warm-up) is not limited
+    /// by the client queue size.
+    fn enqueue(&self, prompt: Vec<u32>, params: SamplingParams, limit: usize) -> Result<UnboundedReceiver<Event>, SubmitError> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(SubmitError::Stopped)?;
         let pending = self.pending.fetch_add(1, Ordering::AcqRel);
-        if pending >= self.config.max_queue {
+        if pending >= limit {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::QueueFull(pending));
         }
@@ -148,7 +155,7 @@ impl Engine {
     pub fn warm_up(&self) -> Result<()> {
         let prompt = self.model.tokenizer.encode("Hello, warm-up.", true)?;
         let params = SamplingParams { temperature: 0.0, max_tokens: 4, ignore_eos: true, ..Default::default() };
-        let mut rx = self.submit(prompt, params).map_err(|_| TealError::EngineStopped)?;
+        let mut rx = self.enqueue(prompt, params, usize::MAX).map_err(|_| TealError::EngineStopped)?;
         while let Some(ev) = rx.blocking_recv() {
             match ev {
                 Event::Done { .. } => return Ok(()),

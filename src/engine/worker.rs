@@ -148,6 +148,7 @@ impl Worker {
             self.running = batch.into_iter().map(|(s, _)| s).collect();
             return Ok(());
         }
+        self.metrics.step_batch.observe(input_seqs(&batch) as f64);
         let input = StepInput { tokens, meta: Arc::new(meta), logits_rows: rows };
         let logits = self.model.llama.forward(&input, &self.pool)?.to_vec2::<f32>()?;
         for (seq, n) in batch.iter_mut() {
@@ -179,4 +180,8 @@ impl Worker {
         self.metrics.waiting.set(self.waiting.len() as i64);
         self.metrics.kv_usage.set(self.pool.usage());
     }
+}
+
+fn input_seqs(batch: &[(Sequence, usize)]) -> usize {
+    batch.iter().filter(|(_, n)| *n > 0).count()
 }
