@@ -99,9 +99,26 @@ impl ServeArgs {
         let text = std::fs::read_to_string(&path).map_err(|e| TealError::io(&path, e))?;
         let file: ServeArgs =
             toml::from_str(&text).map_err(|e| TealError::Config(format!("{}: {e}", path.display())))?;
-        merge!(self, file, model, models_dir, host, port, device, dtype, served_model_name, max_total_tokens,
-               max_batch_size, max_step_tokens, max_queue, block_size, max_body_bytes, shutdown_timeout,
-               log_prompts, threads);
+        merge!(
+            self,
+            file,
+            model,
+            models_dir,
+            host,
+            port,
+            device,
+            dtype,
+            served_model_name,
+            max_total_tokens,
+            max_batch_size,
+            max_step_tokens,
+            max_queue,
+            block_size,
+            max_body_bytes,
+            shutdown_timeout,
+            log_prompts,
+            threads
+        );
         Ok(self)
     }
 

@@ -38,7 +38,11 @@ pub fn load_engine(config: &Config, metrics: &Metrics) -> anyhow::Result<Engine>
 }
 
 /// Serves until `shutdown` resolves. Returns an error if the model cannot be loaded.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if let Some(n) = config.threads {
         // Only the first call in a process takes effect; tests that start several servers share one pool.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
@@ -50,7 +54,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         served_model_name: config.served_model_name.clone(),
         max_body_bytes: config.max_body_bytes,
         log_prompts: config.log_prompts,
-        started_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let app = api::router(state.clone());
     tracing::info!(addr = %listener.local_addr()?, "listening");

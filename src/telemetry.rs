@@ -2,8 +2,8 @@
 //! Engine metrics carry a `model` label so two engines in one process stay apart.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Gauge, GaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Installs the `tracing` subscriber (RUST_LOG / TEAL_LOG filter, default info).
@@ -55,11 +55,16 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("metric registered once");
             g
         };
-        let kv_usage = GaugeVec::new(Opts::new("teal_kv_cache_usage_ratio", "Share of KV cache blocks in use"), &["model"])
-            .expect("static metric definition");
+        let kv_usage =
+            GaugeVec::new(Opts::new("teal_kv_cache_usage_ratio", "Share of KV cache blocks in use"), &["model"])
+                .expect("static metric definition");
         registry.register(Box::new(kv_usage.clone())).expect("metric registered once");
         Metrics {
-            requests: counter("teal_requests_total", "HTTP requests by endpoint and status code", &["model", "endpoint", "status"]),
+            requests: counter(
+                "teal_requests_total",
+                "HTTP requests by endpoint and status code",
+                &["model", "endpoint", "status"],
+            ),
             ttft: hist("teal_time_to_first_token_seconds", "Time from request arrival to its first generated token"),
             itl: hist("teal_inter_token_latency_seconds", "Time between consecutive generated tokens of a request"),
             e2e: hist("teal_request_duration_seconds", "Time from request arrival to its last token"),

@@ -10,7 +10,10 @@ use teal::config::ServeArgs;
 
 async fn complete(s: &TestServer, model: &str, prompt: &str, max_tokens: usize) -> String {
     let v: Value = s
-        .post("/v1/completions", json!({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true}))
+        .post(
+            "/v1/completions",
+            json!({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true}),
+        )
         .await
         .json()
         .await
@@ -50,7 +53,8 @@ async fn preemption_under_a_tiny_kv_pool_keeps_outputs_identical() {
     // 96 tokens of cache for 6 requests of ~5 + 40 tokens: they cannot all fit, so some are preempted.
     let args = ServeArgs { max_total_tokens: Some(96), block_size: Some(8), ..Default::default() };
     let s = TestServer::start(common::stories_dir(), args).await;
-    let prompts = ["Once upon a time", "The little dog", "Lily and Tom", "One day, a bird", "The sun was", "A big red ball"];
+    let prompts =
+        ["Once upon a time", "The little dog", "Lily and Tom", "One day, a bird", "The sun was", "A big red ball"];
     let mut solo = vec![];
     for p in prompts {
         solo.push(complete(&s, "stories260K", p, 40).await);

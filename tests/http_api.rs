@@ -23,9 +23,18 @@ fn reference_greedy() -> (String, Vec<u32>) {
 async fn completion_greedy_equals_the_transformers_reference() {
     let s = server().await;
     let (prompt, ids) = reference_greedy();
-    let model = teal::models::load(&common::stories_dir(), &teal::models::LoadOptions { device: candle_core::Device::Cpu, dtype: None }).unwrap();
+    let model = teal::models::load(
+        &common::stories_dir(),
+        &teal::models::LoadOptions { device: candle_core::Device::Cpu, dtype: None },
+    )
+    .unwrap();
     let want = model.tokenizer.decode(&ids).unwrap();
-    let r = s.post("/v1/completions", json!({"model": "stories260K", "prompt": prompt, "max_tokens": 32, "temperature": 0, "ignore_eos": true})).await;
+    let r = s
+        .post(
+            "/v1/completions",
+            json!({"model": "stories260K", "prompt": prompt, "max_tokens": 32, "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "text_completion");
@@ -129,12 +138,26 @@ async fn same_seed_same_output_and_logprobs_are_reported() {
         assert!((t["logprob"].as_f64().unwrap() - top[0]["logprob"].as_f64().unwrap()).abs() < 1e-6);
         assert!(t["logprob"].as_f64().unwrap() <= 0.0);
     }
-    let v: Value = s.post("/v1/completions", json!({"model": "stories260K", "prompt": "Hi", "max_tokens": 3, "logprobs": 2, "temperature": 0})).await.json().await.unwrap();
+    let v: Value = s
+        .post(
+            "/v1/completions",
+            json!({"model": "stories260K", "prompt": "Hi", "max_tokens": 3, "logprobs": 2, "temperature": 0}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(), 3);
 }
 
 async fn expect_error(s: &TestServer, path: &str, body: reqwest::Body, status: u16, code_or_param: &str) -> Value {
-    let r = reqwest::Client::new().post(format!("{}{path}", s.url)).header("content-type", "application/json").body(body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", s.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), status);
     let v: Value = r.json().await.unwrap();
     let e = &v["error"];
@@ -150,7 +173,8 @@ async fn errors_have_the_openai_shape_and_status() {
     let chat = "/v1/chat/completions";
     expect_error(&s, chat, "{not json".into(), 400, "invalid_json").await;
     expect_error(&s, chat, r#"{"model":"stories260K"}"#.into(), 400, "invalid_json").await;
-    let msg = |extra: &str| format!(r#"{{"model":"stories260K","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+    let msg =
+        |extra: &str| format!(r#"{{"model":"stories260K","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
     expect_error(&s, chat, msg(r#","temperature":5"#).into(), 400, "temperature").await;
     expect_error(&s, chat, msg(r#","top_p":0"#).into(), 400, "top_p").await;
     expect_error(&s, chat, msg(r#","max_tokens":0"#).into(), 400, "max_tokens").await;
@@ -159,13 +183,29 @@ async fn errors_have_the_openai_shape_and_status() {
     let v = expect_error(&s, chat, msg(r#","max_tokens":100000"#).into(), 400, "context_length_exceeded").await;
     assert!(v["error"]["message"].as_str().unwrap().contains("maximum context length is 512"));
     let long = "once ".repeat(600);
-    expect_error(&s, "/v1/completions", format!(r#"{{"model":"stories260K","prompt":"{long}","max_tokens":1}}"#).into(), 400, "context_length_exceeded").await;
+    expect_error(
+        &s,
+        "/v1/completions",
+        format!(r#"{{"model":"stories260K","prompt":"{long}","max_tokens":1}}"#).into(),
+        400,
+        "context_length_exceeded",
+    )
+    .await;
     expect_error(&s, "/v1/completions", r#"{"model":"stories260K","prompt":[99999]}"#.into(), 400, "prompt").await;
-    expect_error(&s, chat, r#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}"#.into(), 404, "model_not_found").await;
+    expect_error(
+        &s,
+        chat,
+        r#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}"#.into(),
+        404,
+        "model_not_found",
+    )
+    .await;
     let huge = format!(r#"{{"model":"stories260K","prompt":"{}"}}"#, "a".repeat(100 * 1024));
     expect_error(&s, "/v1/completions", huge.into(), 413, "request_too_large").await;
     // The server still serves after all of that.
-    let r = s.post(chat, json!({"model": "stories260K", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})).await;
+    let r = s
+        .post(chat, json!({"model": "stories260K", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .await;
     assert_eq!(r.status(), 200);
 }
 

@@ -32,7 +32,8 @@ fn check_model(model: &Model, fx: &Value, greedy_len: usize, check_logits: bool)
         assert_eq!(model.tokenizer.encode(prompt, true).unwrap(), want_ids, "tokenization of {prompt:?}");
         let (logits, out) = greedy(model, &want_ids, greedy_len).unwrap();
         if check_logits {
-            let want: Vec<f32> = case["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let want: Vec<f32> =
+                case["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             let err = rel_err(&logits, &want);
             assert!(err < 1e-3, "{prompt:?}: logits relative error {err}");
         }
@@ -60,12 +61,38 @@ fn smollm2_dequantized_matches_transformers() {
     let chat = &fx["chat"];
     let messages: Vec<teal::models::chat_template::ChatMessage> =
         serde_json::from_value(chat["messages"].clone()).unwrap();
-    let text = model.chat_template.as_ref().unwrap().render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token).unwrap();
+    let text = model
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token)
+        .unwrap();
     assert_eq!(model.tokenizer.encode(&text, false).unwrap(), ids(&chat["ids"]), "chat prompt ids");
 }
 
+/// Quantized (Q4_1) inference against llama.cpp on the same GGUF (fixture from
+/// tests/reference/make_llamacpp_reference.py, llama.cpp's KV cache in f32 like teal's): at least the first 8
+/// greedy tokens identical on every case (measured: 14 of 16 on "The capital of France is", where a near-tie
+/// between two digits goes the other way), and the transformers f32 tokens wherever llama.cpp keeps them: Q4_1
+/// rounding flips a near-tie at token 6 of "The capital of France is" in llama.cpp and teal alike.
 #[test]
-fn smollm2_quantized_keeps_the_first_greedy_tokens() {
+fn smollm2_quantized_matches_llama_cpp_and_the_f32_reference() {
     let model = load(&common::smollm_path(), &LoadOptions { device: candle_core::Device::Cpu, dtype: None }).unwrap();
-    check_model(&model, &fixture("smollm2"), 8, false);
+    let lcpp_path = format!("{}/tests/fixtures/llamacpp_smollm2_q4_1.json", env!("CARGO_MANIFEST_DIR"));
+    let lcpp: Value = serde_json::from_str(&std::fs::read_to_string(lcpp_path).unwrap()).unwrap();
+    for case in lcpp["cases"].as_array().unwrap() {
+        let want = ids(&case["greedy_ids"]);
+        let (_, got) = greedy(&model, &ids(&case["input_ids"]), want.len()).unwrap();
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!("agreement with llama.cpp: {same} of {} tokens", want.len());
+        assert!(same >= 8, "only {same} greedy tokens agree with llama.cpp: {got:?} vs {want:?}");
+    }
+    let fx = fixture("smollm2");
+    for (case, l) in fx["cases"].as_array().unwrap().iter().zip(lcpp["cases"].as_array().unwrap()) {
+        let (reference, quantized) = (ids(&case["greedy_ids"]), ids(&l["greedy_ids"]));
+        let agree = reference.iter().zip(&quantized).take_while(|(a, b)| a == b).count().min(8);
+        assert!(agree >= 5, "Q4_1 and f32 part after {agree} tokens");
+        let (_, got) = greedy(&model, &ids(&case["input_ids"]), 8).unwrap();
+        assert_eq!(got[..agree], reference[..agree]);
+    }
 }

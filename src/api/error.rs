@@ -81,11 +81,9 @@ impl From<crate::engine::SubmitError> for ApiError {
     fn from(e: crate::engine::SubmitError) -> Self {
         match e {
             crate::engine::SubmitError::QueueFull(_) => ApiError::overloaded(format!("server overloaded: {e}")),
-            crate::engine::SubmitError::Stopped => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "the server is shutting down",
-            ),
+            crate::engine::SubmitError::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the server is shutting down")
+            }
         }
     }
 }

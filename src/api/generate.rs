@@ -44,7 +44,9 @@ pub trait Shape: Send + 'static {
 
 fn range<T: PartialOrd + std::fmt::Display>(param: &'static str, v: Option<T>, lo: T, hi: T) -> Result<(), ApiError> {
     match v {
-        Some(x) if !(x >= lo && x <= hi) => Err(ApiError::invalid(param, format!("{param} must be between {lo} and {hi}"))),
+        Some(x) if !(x >= lo && x <= hi) => {
+            Err(ApiError::invalid(param, format!("{param} must be between {lo} and {hi}")))
+        }
         _ => Ok(()),
     }
 }
@@ -179,7 +181,11 @@ fn sse_response(s: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
 }
 
 /// Submits to the engine, mapping refusals to 429/503.
-pub fn submit(engine: &Arc<Engine>, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, ApiError> {
+pub fn submit(
+    engine: &Arc<Engine>,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+) -> Result<UnboundedReceiver<Event>, ApiError> {
     Ok(engine.submit(prompt, params)?)
 }
 

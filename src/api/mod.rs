@@ -55,9 +55,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::bad_json(format!("could not read the request body: {e}"))
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_json(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::bad_json(format!("invalid JSON body: {e}")))
     }
 }
 
@@ -66,7 +64,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 struct BodyLimit(usize);
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let endpoint =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let mut req = req;
     req.extensions_mut().insert(BodyLimit(state.max_body_bytes));
     let resp = next.run(req).await;

@@ -35,7 +35,10 @@ fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
                 match (p.kind.as_str(), p.text) {
                     ("text", Some(t)) => s.push_str(&t),
                     (kind, _) => {
-                        return Err(ApiError::invalid("messages", format!("content part type '{kind}' is not supported")))
+                        return Err(ApiError::invalid(
+                            "messages",
+                            format!("content part type '{kind}' is not supported"),
+                        ))
                     }
                 }
             }
@@ -48,14 +51,21 @@ fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage { role: m.role, content })
 }
 
-pub async fn chat(State(state): State<AppState>, JsonBody(req): JsonBody<ChatCompletionRequest>) -> Result<Response, ApiError> {
+pub async fn chat(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
     let engine = engine_for(&state, &req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let top = match (req.logprobs, req.top_logprobs) {
-        (_, Some(n)) if !(0..=20).contains(&n) => return Err(ApiError::invalid("top_logprobs", "top_logprobs must be between 0 and 20")),
-        (false, Some(n)) if n > 0 => return Err(ApiError::invalid("top_logprobs", "top_logprobs requires logprobs: true")),
+        (_, Some(n)) if !(0..=20).contains(&n) => {
+            return Err(ApiError::invalid("top_logprobs", "top_logprobs must be between 0 and 20"))
+        }
+        (false, Some(n)) if n > 0 => {
+            return Err(ApiError::invalid("top_logprobs", "top_logprobs requires logprobs: true"))
+        }
         (true, n) => Some(n.unwrap_or(0) as usize),
         (false, _) => None,
     };
@@ -65,9 +75,10 @@ pub async fn chat(State(state): State<AppState>, JsonBody(req): JsonBody<ChatCom
     }
     let model = engine.model().clone();
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
-        let tmpl = model.chat_template.as_ref().ok_or_else(|| {
-            ApiError::invalid("messages", "this model has no chat template; use /v1/completions")
-        })?;
+        let tmpl = model
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
         let text = tmpl.render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token)?;
         Ok(model.tokenizer.encode(&text, false)?)
     })
@@ -173,7 +184,10 @@ fn completion_prompt(engine: &Engine, prompt: Prompt) -> Result<Vec<u32>, ApiErr
     Ok(ids)
 }
 
-pub async fn completions(State(state): State<AppState>, JsonBody(req): JsonBody<CompletionRequest>) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<CompletionRequest>,
+) -> Result<Response, ApiError> {
     let engine = engine_for(&state, &req.model)?;
     if req.echo {
         return Err(ApiError::invalid("echo", "echo is not supported"));
@@ -185,7 +199,9 @@ pub async fn completions(State(state): State<AppState>, JsonBody(req): JsonBody<
         return Err(ApiError::invalid("best_of", "only best_of = 1 is supported"));
     }
     let top = match req.logprobs {
-        Some(n) if !(0..=5).contains(&n) => return Err(ApiError::invalid("logprobs", "logprobs must be between 0 and 5")),
+        Some(n) if !(0..=5).contains(&n) => {
+            return Err(ApiError::invalid("logprobs", "logprobs must be between 0 and 5"))
+        }
         n => n.map(|n| n as usize),
     };
     if state.log_prompts {
@@ -193,7 +209,8 @@ pub async fn completions(State(state): State<AppState>, JsonBody(req): JsonBody<
     }
     let e = engine.clone();
     let prompt_in = req.prompt;
-    let prompt = tokio::task::spawn_blocking(move || completion_prompt(&e, prompt_in)).await.map_err(ApiError::internal)??;
+    let prompt =
+        tokio::task::spawn_blocking(move || completion_prompt(&e, prompt_in)).await.map_err(ApiError::internal)??;
     let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
     let rx = generate::submit(&engine, prompt, params)?;
     let shape = CompletionShape {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, Vec<u32>)> {
     let c = model.llama.config();
     let bs = 16;
-    let pool = KvPool::new(c.num_layers, c.num_kv_heads, c.head_dim, prompt.len() + steps + bs, bs, model.llama.device())?;
+    let pool =
+        KvPool::new(c.num_layers, c.num_kv_heads, c.head_dim, prompt.len() + steps + bs, bs, model.llama.device())?;
     let mut table = pool.alloc.table();
     let mut tokens = prompt.to_vec();
     let (mut cached, mut first, mut out) = (0, None, vec![]);
@@ -28,7 +29,8 @@ pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, 
             block_tables: vec![table.ids().to_vec()],
             block_size: bs,
         };
-        let input = StepInput { tokens: tokens[cached..].to_vec(), meta: Arc::new(meta), logits_rows: vec![n as u32 - 1] };
+        let input =
+            StepInput { tokens: tokens[cached..].to_vec(), meta: Arc::new(meta), logits_rows: vec![n as u32 - 1] };
         let logits = model.llama.forward(&input, &pool)?.squeeze(0)?.to_vec1::<f32>()?;
         cached = tokens.len();
         let next = argmax(&logits);

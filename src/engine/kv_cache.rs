@@ -113,7 +113,14 @@ pub struct KvPool {
 }
 
 impl KvPool {
-    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, max_tokens: usize, block_size: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        max_tokens: usize,
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let num_blocks = max_tokens.div_ceil(block_size);
         let slots = num_blocks * block_size;
         let mk = || Tensor::zeros((slots, kv_heads, head_dim), DType::F32, device);

@@ -36,7 +36,13 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_total_tokens: 16384, block_size: 16, max_batch_size: 32, max_step_tokens: 512, max_queue: 256 }
+        EngineConfig {
+            max_total_tokens: 16384,
+            block_size: 16,
+            max_batch_size: 32,
+            max_step_tokens: 512,
+            max_queue: 256,
+        }
     }
 }
 
@@ -134,7 +140,12 @@ impl Engine {
 
     /// Queues a request if fewer than `limit` are pending. The engine's own work (warm-up) is not limited
     /// by the client queue size.
-    fn enqueue(&self, prompt: Vec<u32>, params: SamplingParams, limit: usize) -> Result<UnboundedReceiver<Event>, SubmitError> {
+    fn enqueue(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        limit: usize,
+    ) -> Result<UnboundedReceiver<Event>, SubmitError> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(SubmitError::Stopped)?;
         let pending = self.pending.fetch_add(1, Ordering::AcqRel);
         if pending >= limit {

@@ -1,8 +1,8 @@
 //! What a caller hands the engine (a tokenized prompt and sampling parameters) and what comes back over the
 //! request's event channel (text deltas with their tokens, then one `Done`).
 
-use tokio::sync::mpsc::UnboundedSender;
 use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {

@@ -35,10 +35,8 @@ impl Sampler {
         } else {
             self.sample_random(logits, params)
         };
-        let lp = logprobs.map(|lp| TokenLogprob {
-            logprob: lp[id as usize],
-            top: top_n(&lp, params.logprobs.unwrap_or(0)),
-        });
+        let lp =
+            logprobs.map(|lp| TokenLogprob { logprob: lp[id as usize], top: top_n(&lp, params.logprobs.unwrap_or(0)) });
         (id, lp)
     }
 
@@ -193,10 +191,10 @@ mod tests {
     fn penalties_change_the_greedy_choice() {
         let p = SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..params() };
         let mut s = Sampler::new(None);
-        assert_eq!(s.sample(&mut vec![2.0, 1.5], &p, &[0], 0).0, 1);
+        assert_eq!(s.sample(&mut [2.0, 1.5], &p, &[0], 0).0, 1);
         let p = SamplingParams { temperature: 0.0, frequency_penalty: 1.0, ..params() };
-        assert_eq!(s.sample(&mut vec![2.0, 1.5], &p, &[5, 0], 1).0, 1);
+        assert_eq!(s.sample(&mut [2.0, 1.5], &p, &[5, 0], 1).0, 1);
         let p = SamplingParams { temperature: 0.0, presence_penalty: 0.4, ..params() };
-        assert_eq!(s.sample(&mut vec![2.0, 1.5], &p, &[0, 0], 2).0, 0, "prompt tokens are not penalized");
+        assert_eq!(s.sample(&mut [2.0, 1.5], &p, &[0, 0], 2).0, 0, "prompt tokens are not penalized");
     }
 }

@@ -83,8 +83,7 @@ pub fn plan(running: &[SeqView], waiting: &[SeqView], free_blocks: usize, lim: L
         i += 1;
     }
     let mut admit = vec![];
-    let mut seqs = alive.len();
-    for w in waiting {
+    for (seqs, w) in (alive.len()..).zip(waiting) {
         if seqs >= lim.max_seqs || budget == 0 {
             break;
         }
@@ -96,7 +95,6 @@ pub fn plan(running: &[SeqView], waiting: &[SeqView], free_blocks: usize, lim: L
         let n = w.total.min(budget);
         free -= need;
         budget -= n;
-        seqs += 1;
         admit.push(n);
     }
     Plan { running: decisions, admit }

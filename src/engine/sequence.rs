@@ -102,7 +102,11 @@ impl Sequence {
         if finished.is_none() && (self.generated() >= self.params.max_tokens || self.tokens.len() >= max_context) {
             finished = Some(FinishReason::Length);
         }
-        let visible = if finished.is_some() { self.text.len() } else { self.text.len() - held_back(&self.text, &self.params.stop) };
+        let visible = if finished.is_some() {
+            self.text.len()
+        } else {
+            self.text.len() - held_back(&self.text, &self.params.stop)
+        };
         let text = self.text[self.sent..visible.max(self.sent)].to_string();
         self.sent = visible.max(self.sent);
         let _ = self.events.send(Event::Token { id, text, logprob: lp });

@@ -97,7 +97,9 @@ impl Worker {
             }
         }
         for n in plan.admit {
-            let Some(mut q) = self.waiting.pop_front() else { break };
+            let Some(mut q) = self.waiting.pop_front() else {
+                break;
+            };
             if !q.seq.blocks.reserve(q.seq.tokens.len() + 1) {
                 self.waiting.push_front(q);
                 break;
@@ -170,8 +172,7 @@ impl Worker {
                 finished[i] = true;
             }
         }
-        self.running =
-            batch.into_iter().zip(finished).filter(|(_, f)| !f).map(|((s, _), _)| s).collect();
+        self.running = batch.into_iter().zip(finished).filter(|(_, f)| !f).map(|((s, _), _)| s).collect();
         Ok(())
     }
 

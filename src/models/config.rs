@@ -82,12 +82,13 @@ const SUPPORTED_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
 impl LlamaConfig {
     /// Parses and validates a Hugging Face `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(text)
-            .map_err(|e| TealError::InvalidModel(format!("config.json: {e}")))?;
+        let hf: HfConfig =
+            serde_json::from_str(text).map_err(|e| TealError::InvalidModel(format!("config.json: {e}")))?;
         let model_type = hf.model_type.clone().unwrap_or_default();
-        let known_arch = hf.architectures.iter().any(|a| {
-            matches!(a.as_str(), "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM")
-        });
+        let known_arch = hf
+            .architectures
+            .iter()
+            .any(|a| matches!(a.as_str(), "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"));
         if !SUPPORTED_TYPES.contains(&model_type.as_str()) && !known_arch {
             return Err(TealError::UnsupportedModel(format!(
                 "model_type '{model_type}' (architectures {:?}); supported: llama, mistral, qwen2",
@@ -145,8 +146,7 @@ impl LlamaConfig {
     /// Inverse frequencies of the rotary embedding, with the configured scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
-        let base: Vec<f32> =
-            (0..d / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f32 / d as f32)).collect();
+        let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f32 / d as f32)).collect();
         match self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
@@ -173,7 +173,9 @@ impl LlamaConfig {
 }
 
 fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
     let num = |k: &str, d: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(d);
     match kind {

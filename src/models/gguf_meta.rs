@@ -67,9 +67,7 @@ pub fn chat_template(c: &Content) -> Option<String> {
 
 fn strings(c: &Content, key: &str) -> Result<Vec<String>> {
     let arr = get(c, key)?.to_vec().map_err(|e| TealError::InvalidModel(format!("{key}: {e}")))?;
-    arr.iter()
-        .map(|v| v.to_string().cloned().map_err(|e| TealError::InvalidModel(format!("{key}: {e}"))))
-        .collect()
+    arr.iter().map(|v| v.to_string().cloned().map_err(|e| TealError::InvalidModel(format!("{key}: {e}")))).collect()
 }
 
 /// The pre-tokenizer llama.cpp applies for a given `tokenizer.ggml.pre`.
@@ -107,8 +105,7 @@ pub fn tokenizer(c: &Content) -> Result<TextTokenizer> {
         .into_iter()
         .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
         .collect();
-    let vocab: ahash::AHashMap<String, u32> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()

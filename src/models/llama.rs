@@ -127,14 +127,12 @@ impl Llama {
         let k = layer.k.forward(&h)?.to_dtype(DType::F32)?.reshape((n, cfg.num_kv_heads, 1, hd))?;
         let v = layer.v.forward(&h)?.to_dtype(DType::F32)?;
         let (q, k) = match cfg.rope_style {
-            RopeStyle::Halves => (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            ),
-            RopeStyle::Interleaved => (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            ),
+            RopeStyle::Halves => {
+                (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+            }
+            RopeStyle::Interleaved => {
+                (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+            }
         };
         write_kv(kp, &k, meta)?;
         write_kv(vp, &v, meta)?;

@@ -7,6 +7,7 @@ pub mod config;
 mod gguf_meta;
 pub mod llama;
 pub mod paged_attention;
+pub mod q4_1;
 pub mod tokenizer;
 pub mod weights;
 
@@ -102,9 +103,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let Some(idx) = read_json(&index)? else {
         return Err(TealError::InvalidModel(format!("{}: no model.safetensors or index", dir.display())));
     };
-    let map = idx.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-        TealError::InvalidModel(format!("{}: weight_map missing", index.display()))
-    })?;
+    let map = idx
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| TealError::InvalidModel(format!("{}: weight_map missing", index.display())))?;
     let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
     files.sort();
     files.dedup();

@@ -7,9 +7,7 @@
 //! The CPU implementations are here; a CUDA implementation slots into the same ops' `cuda_fwd`.
 //! The pool is always f32 and laid out `[slots, kv_heads, head_dim]`, slot = block * block_size + offset.
 
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor,
-};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -176,13 +174,8 @@ pub fn paged_attention(
     num_kv_heads: usize,
 ) -> Result<Tensor> {
     let (_, num_heads, _, head_dim) = q.dims4()?;
-    let op = PagedAttention {
-        meta: meta.clone(),
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-    };
+    let op =
+        PagedAttention { meta: meta.clone(), num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt() };
     q.contiguous()?.apply_op3_no_bwd(k_pool, v_pool, &op)
 }
 

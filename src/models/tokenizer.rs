@@ -26,8 +26,8 @@ impl TextTokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
-        let mut tok = Tokenizer::from_file(path)
-            .map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))?;
+        let mut tok =
+            Tokenizer::from_file(path).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))?;
         // Some exported tokenizers pad every input to a fixed length; generation needs the raw ids.
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| TealError::Tokenizer(e.to_string()))?;

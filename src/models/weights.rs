@@ -2,8 +2,9 @@
 //! mapped) or a GGUF file, so the architecture code (llama.rs) asks for logical tensors and never cares about
 //! the file format. GGUF weights stay quantized unless the caller asks for a dense dtype.
 
+use super::q4_1::Q4_1Matrix;
 use crate::error::{Result, TealError};
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 use std::path::{Path, PathBuf};
@@ -73,16 +74,26 @@ impl Tn {
     }
 }
 
+/// The weight of a linear layer: candle's dense or quantized matmul, or teal's CPU Q4_1 kernel.
+#[derive(Clone)]
+enum Weight {
+    Candle(QMatMul),
+    Q4_1(Arc<Q4_1Matrix>),
+}
+
 /// A linear layer `y = x W^T + b`, dense or quantized.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Linear {
-    w: QMatMul,
+    w: Weight,
     b: Option<Tensor>,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.w.forward(x)?;
+        let y = match &self.w {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Q4_1(w) => w.forward(x)?,
+        };
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -139,9 +150,9 @@ impl WeightSource {
     pub fn dense(&mut self, tn: Tn, device: &Device) -> Result<Tensor> {
         let dtype = self.activation_dtype();
         let t = match self {
-            WeightSource::Safetensors { st, .. } => st
-                .load(&tn.hf(), device)
-                .map_err(|e| TealError::InvalidModel(format!("tensor {}: {e}", tn.hf())))?,
+            WeightSource::Safetensors { st, .. } => {
+                st.load(&tn.hf(), device).map_err(|e| TealError::InvalidModel(format!("tensor {}: {e}", tn.hf())))?
+            }
             WeightSource::Gguf { .. } => self.qtensor(tn, device)?.dequantize(device)?,
         };
         Ok(t.to_dtype(dtype)?)
@@ -153,12 +164,16 @@ impl WeightSource {
             WeightSource::Gguf { dense: None, .. } => {
                 let q = self.qtensor(tn, device)?;
                 check_shape(tn, q.shape().dims(), shape)?;
-                QMatMul::from_arc(Arc::new(q))?
+                if q.dtype() == GgmlDType::Q4_1 && device.is_cpu() {
+                    Weight::Q4_1(Arc::new(Q4_1Matrix::new(q.data()?.to_vec(), shape.0, shape.1)?))
+                } else {
+                    Weight::Candle(QMatMul::from_arc(Arc::new(q))?)
+                }
             }
             _ => {
                 let t = self.dense(tn, device)?;
                 check_shape(tn, t.dims(), shape)?;
-                QMatMul::Tensor(t)
+                Weight::Candle(QMatMul::Tensor(t))
             }
         };
         let b = match bias {
