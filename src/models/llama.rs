@@ -4,20 +4,19 @@
 
 use super::config::{LlamaConfig, RopeStyle};
 use super::paged_attention::{paged_attention, write_kv, AttnMeta};
-use super::weights::{Linear, Tn, WeightSource};
+use super::weights::{Linear, LinearGroup, Tn, WeightSource};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 struct Layer {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections.
+    qkv: LinearGroup,
     o: Linear,
     mlp_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// gate and up projections.
+    gate_up: LinearGroup,
     down: Linear,
 }
 
@@ -54,15 +53,19 @@ impl Llama {
         let bias = |b: Tn| if cfg.qkv_bias { Some(b) } else { None };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
+            let qkv = vec![
+                src.linear(Tn::Q(l), bias(Tn::QBias(l)), (q_out, h), device)?,
+                src.linear(Tn::K(l), bias(Tn::KBias(l)), (kv_out, h), device)?,
+                src.linear(Tn::V(l), bias(Tn::VBias(l)), (kv_out, h), device)?,
+            ];
+            let gate_up =
+                vec![src.linear(Tn::Gate(l), None, (i, h), device)?, src.linear(Tn::Up(l), None, (i, h), device)?];
             layers.push(Layer {
                 attn_norm: src.vector(Tn::AttnNorm(l), h, device)?,
-                q: src.linear(Tn::Q(l), bias(Tn::QBias(l)), (q_out, h), device)?,
-                k: src.linear(Tn::K(l), bias(Tn::KBias(l)), (kv_out, h), device)?,
-                v: src.linear(Tn::V(l), bias(Tn::VBias(l)), (kv_out, h), device)?,
+                qkv: LinearGroup::new(qkv, vec![q_out, kv_out, kv_out])?,
                 o: src.linear(Tn::O(l), None, (h, q_out), device)?,
                 mlp_norm: src.vector(Tn::MlpNorm(l), h, device)?,
-                gate: src.linear(Tn::Gate(l), None, (i, h), device)?,
-                up: src.linear(Tn::Up(l), None, (i, h), device)?,
+                gate_up: LinearGroup::new(gate_up, vec![i, i])?,
                 down: src.linear(Tn::Down(l), None, (h, i), device)?,
             });
         }
@@ -123,9 +126,11 @@ impl Llama {
         let (n, hd) = (x.dim(0)?, cfg.head_dim);
         let eps = cfg.rms_norm_eps as f32;
         let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
-        let q = layer.q.forward(&h)?.to_dtype(DType::F32)?.reshape((n, cfg.num_heads, 1, hd))?;
-        let k = layer.k.forward(&h)?.to_dtype(DType::F32)?.reshape((n, cfg.num_kv_heads, 1, hd))?;
-        let v = layer.v.forward(&h)?.to_dtype(DType::F32)?;
+        let [q, k, v]: [Tensor; 3] =
+            layer.qkv.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("qkv".into()))?;
+        let q = q.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_heads, 1, hd))?;
+        let k = k.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_kv_heads, 1, hd))?;
+        let v = v.to_dtype(DType::F32)?;
         let (q, k) = match cfg.rope_style {
             RopeStyle::Halves => {
                 (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
@@ -139,7 +144,9 @@ impl Llama {
         let attn = paged_attention(&q, kp, vp, meta, cfg.num_kv_heads)?.to_dtype(self.dtype)?;
         let x = (x + layer.o.forward(&attn)?)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
-        let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        let [gate, up]: [Tensor; 2] =
+            layer.gate_up.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("gate_up".into()))?;
+        let mlp = (candle_nn::ops::silu(&gate)? * up)?;
         Ok((x + layer.down.forward(&mlp)?)?)
     }
 }

@@ -4,10 +4,10 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod cpu_quant;
 mod gguf_meta;
 pub mod llama;
 pub mod paged_attention;
-pub mod q4_1;
 pub mod tokenizer;
 pub mod weights;
 

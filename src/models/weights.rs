@@ -2,7 +2,7 @@
 //! mapped) or a GGUF file, so the architecture code (llama.rs) asks for logical tensors and never cares about
 //! the file format. GGUF weights stay quantized unless the caller asks for a dense dtype.
 
-use super::q4_1::Q4_1Matrix;
+use super::cpu_quant::{Format, QuantMatrix};
 use crate::error::{Result, TealError};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
@@ -74,11 +74,11 @@ impl Tn {
     }
 }
 
-/// The weight of a linear layer: candle's dense or quantized matmul, or teal's CPU Q4_1 kernel.
+/// The weight of a linear layer: candle's dense or quantized matmul, or teal's CPU kernel (cpu_quant.rs).
 #[derive(Clone)]
 enum Weight {
     Candle(QMatMul),
-    Q4_1(Arc<Q4_1Matrix>),
+    Cpu(Arc<QuantMatrix>),
 }
 
 /// A linear layer `y = x W^T + b`, dense or quantized.
@@ -92,12 +92,71 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.w {
             Weight::Candle(w) => w.forward(x)?,
-            Weight::Q4_1(w) => w.forward(x)?,
+            Weight::Cpu(w) => w.forward(x)?,
         };
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// Linear layers that read the same input (q/k/v, gate/up), stacked into one matmul when their weights allow
+/// it (fewer passes over the input and fewer parallel regions per step); otherwise run one by one.
+pub struct LinearGroup {
+    fused: Option<Linear>,
+    parts: Vec<Linear>,
+    sizes: Vec<usize>,
+}
+
+impl LinearGroup {
+    /// `sizes` are the output widths of `parts`.
+    pub fn new(parts: Vec<Linear>, sizes: Vec<usize>) -> candle_core::Result<Self> {
+        let fused = Self::stack(&parts)?;
+        let parts = if fused.is_some() { vec![] } else { parts };
+        Ok(LinearGroup { fused, parts, sizes })
+    }
+
+    fn stack(parts: &[Linear]) -> candle_core::Result<Option<Linear>> {
+        let w = match parts.iter().map(|p| &p.w).collect::<Vec<_>>().as_slice() {
+            ws if ws.iter().all(|w| matches!(w, Weight::Cpu(_))) => {
+                let ms: Vec<&QuantMatrix> =
+                    ws.iter().filter_map(|w| if let Weight::Cpu(m) = w { Some(m.as_ref()) } else { None }).collect();
+                match QuantMatrix::stack(&ms) {
+                    Some(m) => Weight::Cpu(Arc::new(m)),
+                    None => return Ok(None),
+                }
+            }
+            ws if ws.iter().all(|w| matches!(w, Weight::Candle(QMatMul::Tensor(_)))) => {
+                let ts: Vec<&Tensor> = ws
+                    .iter()
+                    .filter_map(|w| if let Weight::Candle(QMatMul::Tensor(t)) = w { Some(t) } else { None })
+                    .collect();
+                Weight::Candle(QMatMul::Tensor(Tensor::cat(&ts, 0)?))
+            }
+            _ => return Ok(None),
+        };
+        let b = match parts.iter().map(|p| p.b.as_ref()).collect::<Option<Vec<_>>>() {
+            Some(bs) => Some(Tensor::cat(&bs, 0)?),
+            None if parts.iter().all(|p| p.b.is_none()) => None,
+            None => return Ok(None),
+        };
+        Ok(Some(Linear { w, b }))
+    }
+
+    /// One output per part, `[tokens, size]` each.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let Some(fused) = &self.fused else { return self.parts.iter().map(|p| p.forward(x)).collect() };
+        let y = fused.forward(x)?;
+        let mut at = 0;
+        self.sizes
+            .iter()
+            .map(|&n| {
+                let part = y.narrow(1, at, n);
+                at += n;
+                part
+            })
+            .collect()
     }
 }
 
@@ -164,10 +223,16 @@ impl WeightSource {
             WeightSource::Gguf { dense: None, .. } => {
                 let q = self.qtensor(tn, device)?;
                 check_shape(tn, q.shape().dims(), shape)?;
-                if q.dtype() == GgmlDType::Q4_1 && device.is_cpu() {
-                    Weight::Q4_1(Arc::new(Q4_1Matrix::new(q.data()?.to_vec(), shape.0, shape.1)?))
-                } else {
-                    Weight::Candle(QMatMul::from_arc(Arc::new(q))?)
+                let cpu_format = match q.dtype() {
+                    GgmlDType::Q4_1 => Some(Format::Q4_1),
+                    GgmlDType::Q8_0 => Some(Format::Q8_0),
+                    _ => None,
+                };
+                match cpu_format {
+                    Some(f) if device.is_cpu() => {
+                        Weight::Cpu(Arc::new(QuantMatrix::new(f, q.data()?.to_vec(), shape.0, shape.1)?))
+                    }
+                    _ => Weight::Candle(QMatMul::from_arc(Arc::new(q))?),
                 }
             }
             _ => {
