@@ -24,6 +24,7 @@ use weights::WeightSource;
 /// How to load: the device, and the dtype (`None`: f32 on CPU for dense checkpoints, GGUF kept quantized).
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where the weights and the KV pool live.
     pub device: Device,
     pub dtype: Option<DType>,
 }
