@@ -143,6 +143,7 @@ fn sse_json(v: &serde_json::Value) -> SseEvent {
 pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage: bool) -> Response {
     let s = async_stream::stream! {
         let mut rx = rx;
+        let mut ended = false;
         if let Some(first) = shape.start() {
             yield sse_json(&first);
         }
@@ -162,13 +163,19 @@ pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage
                     if include_usage {
                         yield sse_json(&shape.usage(Usage::new(prompt_tokens, completion_tokens)));
                     }
+                    ended = true;
                     break;
                 }
                 Event::Error(e) => {
                     yield sse_json(&ApiError::internal(e).body());
+                    ended = true;
                     break;
                 }
             }
+        }
+        if !ended {
+            // The engine went away without finishing this request: say so rather than end silently.
+            yield sse_json(&ApiError::internal("engine dropped the request").body());
         }
         yield SseEvent::default().data("[DONE]");
     };
@@ -195,4 +202,59 @@ pub fn unix_now() -> u64 {
 
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    struct Plain;
+    impl Shape for Plain {
+        fn delta(&mut self, text: &str, _: &[TokenOut]) -> Value {
+            json!({"text": text})
+        }
+        fn finish(&mut self, reason: FinishReason) -> Value {
+            json!({"finish": reason.as_str()})
+        }
+        fn usage(&mut self, usage: Usage) -> Value {
+            json!({"usage": usage})
+        }
+    }
+
+    async fn body(resp: Response) -> String {
+        String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_the_engine_drops_ends_with_an_error_chunk() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Event::Token { id: 1, text: "hi".into(), logprob: None }).unwrap();
+        drop(tx);
+        let text = body(stream(rx, Plain, false)).await;
+        let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.len(), 3, "{text}");
+        assert!(data[1].contains("\"type\":\"server_error\""), "{text}");
+        assert_eq!(data[2], "[DONE]");
+    }
+
+    #[tokio::test]
+    async fn a_finished_request_streams_text_finish_usage_done() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Event::Token { id: 1, text: "a".into(), logprob: None }).unwrap();
+        tx.send(Event::Done { text: "b".into(), reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1 })
+            .unwrap();
+        let text = body(stream(rx, Plain, true)).await;
+        let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(
+            data,
+            [
+                r#"{"text":"a"}"#,
+                r#"{"text":"b"}"#,
+                r#"{"finish":"stop"}"#,
+                r#"{"usage":{"completion_tokens":1,"prompt_tokens":2,"total_tokens":3}}"#,
+                "[DONE]"
+            ]
+        );
+    }
 }

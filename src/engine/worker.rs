@@ -152,7 +152,15 @@ impl Worker {
         }
         self.metrics.step_batch.observe(input_seqs(&batch) as f64);
         let input = StepInput { tokens, meta: Arc::new(meta), logits_rows: rows };
-        let logits = self.model.llama.forward(&input, &self.pool)?.to_vec2::<f32>()?;
+        let logits = match self.model.llama.forward(&input, &self.pool).and_then(|t| Ok(t.to_vec2::<f32>()?)) {
+            Ok(l) => l,
+            Err(e) => {
+                for (seq, _) in &batch {
+                    seq.send_error("the model failed to run this batch");
+                }
+                return Err(e);
+            }
+        };
         for (seq, n) in batch.iter_mut() {
             seq.cached += *n;
         }
