@@ -204,6 +204,7 @@ unsafe fn dot_tile<const N: usize>(format: Format, w: &[u8], xs: [&[Q8_1]; N]) -
 }
 
 /// One weight row against every token: tiles of 4 tokens, then the remainder.
+#[inline(never)]
 fn row_dots(format: Format, w: &[u8], xq: &[Vec<Q8_1>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -253,7 +254,7 @@ impl CustomOp1 for QuantMatrix {
             candle_core::bail!("quantized matmul: input {dims:?} does not end in {}", self.cols);
         }
         let tokens = x.len() / self.cols;
-        let xq: Vec<Vec<Q8_1>> = x.chunks_exact(self.cols).map(quantize_row).collect();
+        let xq: Vec<Vec<Q8_1>> = x.par_chunks_exact(self.cols).map(quantize_row).collect();
         // Row-major over weights: each weight row is read once for every token.
         let mut out_t = vec![0f32; self.rows * tokens];
         out_t.par_chunks_mut(tokens * 16).enumerate().for_each(|(c, chunk)| {
@@ -265,11 +266,11 @@ impl CustomOp1 for QuantMatrix {
             out_t
         } else {
             let mut out = vec![0f32; tokens * self.rows];
-            for r in 0..self.rows {
-                for t in 0..tokens {
-                    out[t * self.rows + r] = out_t[r * tokens + t];
+            out.par_chunks_mut(self.rows).enumerate().for_each(|(t, row)| {
+                for (r, o) in row.iter_mut().enumerate() {
+                    *o = out_t[r * tokens + t];
                 }
-            }
+            });
             out
         };
         let mut shape = dims.to_vec();

@@ -29,10 +29,6 @@ impl AttnMeta {
     pub fn num_tokens(&self) -> usize {
         self.token_seq.len()
     }
-
-    fn slot_of(&self, seq: usize, pos: usize) -> usize {
-        self.block_tables[seq][pos / self.block_size] as usize * self.block_size + pos % self.block_size
-    }
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -88,35 +84,75 @@ struct PagedAttention {
     scale: f32,
 }
 
+/// Most query tokens one work item handles: each key/value row read from the pool serves this many tokens
+/// times the query heads that share its kv head.
+const TILE: usize = 4;
+
 impl PagedAttention {
-    /// One (token, head) pair: softmax(q K^T * scale) V over positions 0..=pos of the token's sequence.
-    fn head(&self, q: &[f32], kp: &[f32], vp: &[f32], t: usize, h: usize, out: &mut [f32]) {
-        let (hd, nkv) = (self.head_dim, self.num_kv_heads);
-        let kvh = h / (self.num_heads / nkv);
-        let seq = self.meta.token_seq[t] as usize;
-        let n = self.meta.token_pos[t] as usize + 1;
-        let qv = &q[(t * self.num_heads + h) * hd..][..hd];
-        let mut scores = Vec::with_capacity(n);
-        let mut max = f32::NEG_INFINITY;
-        for p in 0..n {
-            let off = (self.meta.slot_of(seq, p) * nkv + kvh) * hd;
-            let s = dot(qv, &kp[off..off + hd]) * self.scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        out.fill(0.0);
-        for (p, s) in scores.iter().enumerate() {
-            let off = (self.meta.slot_of(seq, p) * nkv + kvh) * hd;
-            let w = s / sum;
-            for (o, v) in out.iter_mut().zip(&vp[off..off + hd]) {
-                *o += w * v;
+    /// Runs of up to `TILE` consecutive new tokens of the same sequence (the worker lays each sequence's new
+    /// tokens out contiguously with consecutive positions): `(first token, count)`.
+    fn tiles(&self) -> Vec<(usize, usize)> {
+        let m = &self.meta;
+        let mut tiles: Vec<(usize, usize)> = vec![];
+        for t in 0..m.num_tokens() {
+            match tiles.last_mut() {
+                Some((start, len))
+                    if *len < TILE
+                        && m.token_seq[*start] == m.token_seq[t]
+                        && m.token_pos[t] == m.token_pos[*start] + *len as u32 =>
+                {
+                    *len += 1
+                }
+                _ => tiles.push((t, 1)),
             }
         }
+        tiles
+    }
+
+    /// Attention of the tile's tokens for every query head of kv head `kvh`. Returns `[token][group head][hd]`.
+    #[inline(never)]
+    fn tile(&self, q: &[f32], kp: &[f32], vp: &[f32], (start, len): (usize, usize), kvh: usize) -> Vec<f32> {
+        let (hd, nh, nkv, bs) = (self.head_dim, self.num_heads, self.num_kv_heads, self.meta.block_size);
+        let group = nh / nkv;
+        let table = &self.meta.block_tables[self.meta.token_seq[start] as usize];
+        let first = self.meta.token_pos[start] as usize;
+        let n = first + len;
+        // Query vectors, token-major then head; query j (token i = j / group) sees positions 0..=first + i.
+        let queries: Vec<&[f32]> =
+            (0..len * group).map(|j| &q[((start + j / group) * nh + kvh * group + j % group) * hd..][..hd]).collect();
+        let offsets =
+            table.iter().flat_map(|&b| (0..bs).map(move |o| ((b as usize * bs + o) * nkv + kvh) * hd)).take(n);
+        let mut scores = vec![f32::NEG_INFINITY; queries.len() * n];
+        for (p, off) in offsets.clone().enumerate() {
+            let k = &kp[off..off + hd];
+            for (j, qv) in queries.iter().enumerate() {
+                if p <= first + j / group {
+                    scores[j * n + p] = dot(qv, k) * self.scale;
+                }
+            }
+        }
+        for row in scores.chunks_mut(n) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            row.iter_mut().for_each(|s| *s /= sum);
+        }
+        let mut out = vec![0f32; queries.len() * hd];
+        for (p, off) in offsets.enumerate() {
+            let v = &vp[off..off + hd];
+            for (j, o) in out.chunks_mut(hd).enumerate() {
+                let w = scores[j * n + p];
+                if w != 0.0 {
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o += w * v;
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -159,8 +195,17 @@ impl CustomOp3 for PagedAttention {
         if q.len() != t_count * nh * hd {
             candle_core::bail!("query has {} values, expected {}", q.len(), t_count * nh * hd);
         }
+        let (nkv, group) = (self.num_kv_heads, nh / self.num_kv_heads);
+        let work: Vec<((usize, usize), usize)> =
+            self.tiles().into_iter().flat_map(|t| (0..nkv).map(move |h| (t, h))).collect();
+        let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.tile(q, kp, vp, t, h)).collect();
         let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| self.head(q, kp, vp, i / nh, i % nh, o));
+        for (((start, _), kvh), r) in work.iter().zip(&results) {
+            for (j, o) in r.chunks(hd).enumerate() {
+                let at = ((start + j / group) * nh + kvh * group + j % group) * hd;
+                out[at..at + hd].copy_from_slice(o);
+            }
+        }
         Ok((CpuStorage::F32(out), Shape::from((t_count, nh * hd))))
     }
 }
@@ -210,6 +255,55 @@ mod tests {
             let (t, h, d) = self.dims3().unwrap();
             self.unsqueeze(2).unwrap().expand((t, h, n, d)).unwrap().reshape((t, h * n, d)).unwrap()
         }
+    }
+
+    #[test]
+    fn ragged_batch_of_a_prefill_and_a_decode_matches_each_alone() {
+        let dev = Device::Cpu;
+        let (nh, nkv, hd, bs) = (4, 2, 8, 4);
+        let kp = Tensor::zeros((16 * bs, nkv, hd), DType::F32, &dev).unwrap();
+        let vp = Tensor::zeros((16 * bs, nkv, hd), DType::F32, &dev).unwrap();
+        // Sequence A: 7 cached positions then 1 new (decode); sequence B: 6 new (prefill). Both in one batch.
+        let (ta, tb) = (vec![3u32, 9], vec![12u32, 0]);
+        let slot = |t: &[u32], p: usize| t[p / bs] * bs as u32 + (p % bs) as u32;
+        let k_all = Tensor::randn(0f32, 1.0, (14, nkv, hd), &dev).unwrap();
+        let v_all = Tensor::randn(0f32, 1.0, (14, nkv, hd), &dev).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (7, nh, 1, hd), &dev).unwrap();
+        let cached = Arc::new(AttnMeta {
+            token_seq: vec![0; 7],
+            token_pos: (0..7).collect(),
+            slot_mapping: (0..7).map(|p| slot(&ta, p)).collect(),
+            block_tables: vec![ta.clone()],
+            block_size: bs,
+        });
+        write_kv(&kp, &k_all.narrow(0, 0, 7).unwrap(), &cached).unwrap();
+        write_kv(&vp, &v_all.narrow(0, 0, 7).unwrap(), &cached).unwrap();
+        let batch = Arc::new(AttnMeta {
+            token_seq: vec![0, 1, 1, 1, 1, 1, 1],
+            token_pos: vec![7, 0, 1, 2, 3, 4, 5],
+            slot_mapping: std::iter::once(slot(&ta, 7)).chain((0..6).map(|p| slot(&tb, p))).collect(),
+            block_tables: vec![ta.clone(), tb.clone()],
+            block_size: bs,
+        });
+        write_kv(&kp, &k_all.narrow(0, 7, 7).unwrap(), &batch).unwrap();
+        write_kv(&vp, &v_all.narrow(0, 7, 7).unwrap(), &batch).unwrap();
+        let got = paged_attention(&q, &kp, &vp, &batch, nkv).unwrap();
+        // Reference: sequence A's 8 positions (query = its last), sequence B's 6 positions.
+        let qa = Tensor::cat(
+            &[Tensor::zeros((7, nh, hd), DType::F32, &dev).unwrap(), q.narrow(0, 0, 1).unwrap().squeeze(2).unwrap()],
+            0,
+        )
+        .unwrap();
+        let ra = reference(&qa, &k_all.narrow(0, 0, 8).unwrap(), &v_all.narrow(0, 0, 8).unwrap(), nh / nkv);
+        let rb = reference(
+            &q.narrow(0, 1, 6).unwrap().squeeze(2).unwrap(),
+            &k_all.narrow(0, 8, 6).unwrap(),
+            &v_all.narrow(0, 8, 6).unwrap(),
+            nh / nkv,
+        );
+        let want = Tensor::cat(&[ra.narrow(0, 7, 1).unwrap(), rb], 0).unwrap().reshape((7, nh * hd)).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "max diff {diff}");
     }
 
     #[test]
