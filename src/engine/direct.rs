@@ -21,7 +21,9 @@ pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, 
     let (mut cached, mut first, mut out) = (0, None, vec![]);
     while out.len() < steps || first.is_none() {
         let n = tokens.len() - cached;
-        table.reserve(tokens.len());
+        if !table.reserve(tokens.len()) {
+            return Err(crate::error::TealError::Device("KV pool too small for this sequence".into()));
+        }
         let meta = AttnMeta {
             token_seq: vec![0; n],
             token_pos: (cached as u32..tokens.len() as u32).collect(),
