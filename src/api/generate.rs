@@ -5,12 +5,10 @@
 use super::error::ApiError;
 use super::openai_types::{SamplingFields, Usage};
 use crate::engine::request::{Event, FinishReason, SamplingParams, TokenLogprob};
-use crate::engine::Engine;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use std::convert::Infallible;
-use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One generated token as the HTTP layer reports it.
@@ -124,8 +122,7 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiE
                 text.push_str(&t);
                 tokens.push(TokenOut { id, logprob });
             }
-            Event::Done { text: t, reason, prompt_tokens, completion_tokens } => {
-                text.push_str(&t);
+            Event::Done { reason, prompt_tokens, completion_tokens } => {
                 return Ok(Collected { text, tokens, reason, usage: Usage::new(prompt_tokens, completion_tokens) });
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
@@ -155,10 +152,7 @@ pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage
                         yield sse_json(&shape.delta(&text, &[TokenOut { id, logprob }]));
                     }
                 }
-                Event::Done { text, reason, prompt_tokens, completion_tokens } => {
-                    if !text.is_empty() {
-                        yield sse_json(&shape.delta(&text, &[]));
-                    }
+                Event::Done { reason, prompt_tokens, completion_tokens } => {
                     yield sse_json(&shape.finish(reason));
                     if include_usage {
                         yield sse_json(&shape.usage(Usage::new(prompt_tokens, completion_tokens)));
@@ -185,15 +179,6 @@ pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage
 fn sse_response(s: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
     use futures::StreamExt;
     Sse::new(s.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response()
-}
-
-/// Submits to the engine, mapping refusals to 429/503.
-pub fn submit(
-    engine: &Arc<Engine>,
-    prompt: Vec<u32>,
-    params: SamplingParams,
-) -> Result<UnboundedReceiver<Event>, ApiError> {
-    Ok(engine.submit(prompt, params)?)
 }
 
 pub fn unix_now() -> u64 {
@@ -242,8 +227,8 @@ mod tests {
     async fn a_finished_request_streams_text_finish_usage_done() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tx.send(Event::Token { id: 1, text: "a".into(), logprob: None }).unwrap();
-        tx.send(Event::Done { text: "b".into(), reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1 })
-            .unwrap();
+        tx.send(Event::Token { id: 2, text: "b".into(), logprob: None }).unwrap();
+        tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1 }).unwrap();
         let text = body(stream(rx, Plain, true)).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(

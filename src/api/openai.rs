@@ -85,7 +85,7 @@ pub async fn chat(
     .await
     .map_err(ApiError::internal)??;
     let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
-    let rx = generate::submit(&engine, prompt, params)?;
+    let rx = engine.submit(prompt, params)?;
     let shape = ChatShape::new(state.served_name(&engine), engine.clone(), top.is_some());
     if req.stream {
         return Ok(generate::stream(rx, shape, req.stream_options.unwrap_or_default().include_usage));
@@ -212,7 +212,7 @@ pub async fn completions(
     let prompt =
         tokio::task::spawn_blocking(move || completion_prompt(&e, prompt_in)).await.map_err(ApiError::internal)??;
     let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
-    let rx = generate::submit(&engine, prompt, params)?;
+    let rx = engine.submit(prompt, params)?;
     let shape = CompletionShape {
         id: generate::new_id("cmpl"),
         created: generate::unix_now(),

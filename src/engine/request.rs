@@ -73,10 +73,11 @@ pub struct TokenLogprob {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// One generated token and the text it completed (may be empty: held back or an incomplete character).
+    /// One generated token and the text it completed (may be empty: held back or an incomplete character;
+    /// the last token before `Done` carries everything held back).
     Token { id: u32, text: String, logprob: Option<TokenLogprob> },
-    /// The end: any held-back text, why it ended and the token counts.
-    Done { text: String, reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The end (all text was sent in the tokens before it): why it ended and the token counts.
+    Done { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
     /// The engine failed this request (the message is safe to show).
     Error(String),
 }

@@ -112,7 +112,6 @@ impl Sequence {
         let _ = self.events.send(Event::Token { id, text, logprob: lp });
         if let Some(reason) = finished {
             let _ = self.events.send(Event::Done {
-                text: String::new(),
                 reason,
                 prompt_tokens: self.prompt_len,
                 completion_tokens: self.generated(),

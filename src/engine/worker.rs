@@ -71,10 +71,13 @@ impl Worker {
 
     /// Frees the sequences whose clients went away, at the latest one step after they left.
     fn drop_cancelled(&mut self) {
-        let before = self.waiting.len();
-        self.waiting.retain(|q| !(q.fresh && q.seq.cancelled()));
-        self.pending.fetch_sub(before - self.waiting.len(), Ordering::AcqRel);
-        self.waiting.retain(|q| !q.seq.cancelled());
+        let mut fresh_dropped = 0;
+        self.waiting.retain(|q| {
+            let keep = !q.seq.cancelled();
+            fresh_dropped += usize::from(!keep && q.fresh);
+            keep
+        });
+        self.pending.fetch_sub(fresh_dropped, Ordering::AcqRel);
         self.running.retain(|s| !s.cancelled());
     }
 

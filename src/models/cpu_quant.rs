@@ -64,10 +64,6 @@ impl QuantMatrix {
         Some(QuantMatrix { format: first.format, data, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols })
     }
 
-    pub fn storage_bytes(&self) -> usize {
-        self.data.len()
-    }
-
     fn row(&self, r: usize) -> &[u8] {
         let n = self.cols / QK * self.format.block_bytes();
         &self.data[r * n..(r + 1) * n]

@@ -61,10 +61,6 @@ impl TextTokenizer {
     pub fn token_text(&self, id: u32) -> String {
         self.inner.decode(&[id], false).unwrap_or_default()
     }
-
-    pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
 }
 
 /// Streaming detokenizer: decodes a small window of ids and emits only text that is complete.
