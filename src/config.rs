@@ -11,10 +11,39 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeArgs {
-    /// Model to serve: a Hugging Face directory, a .gguf file, or a name under --models-dir.
-    /// Without it, the default model of the models directory is served.
-    #[arg(long, env = "TEAL_MODEL")]
+    /// Model for the blue slot, live at start (same as --blue): a Hugging Face directory, a .gguf file, or a
+    /// name under --models-dir. Without it, the default model of the models directory is served.
+    #[arg(long, env = "TEAL_MODEL", conflicts_with = "blue")]
     pub model: Option<PathBuf>,
+    /// Model for the blue slot, loaded, warmed, gated and made live at start
+    #[arg(long, env = "TEAL_BLUE")]
+    pub blue: Option<PathBuf>,
+    /// Model for the green slot, loaded, warmed and gated at start as the standby
+    #[arg(long, env = "TEAL_GREEN")]
+    pub green: Option<PathBuf>,
+    /// Device of the blue slot [default: --device]
+    #[arg(long, env = "TEAL_BLUE_DEVICE")]
+    pub blue_device: Option<String>,
+    /// Device of the green slot [default: --device]
+    #[arg(long, env = "TEAL_GREEN_DEVICE")]
+    pub green_device: Option<String>,
+    /// Address of the admin API; a non-loopback address needs an explicit token [default: 127.0.0.1]
+    #[arg(long, env = "TEAL_ADMIN_HOST")]
+    pub admin_host: Option<String>,
+    /// Port of the admin API [default: 8081]
+    #[arg(long, env = "TEAL_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Admin API bearer token. Without it (and without a token file), a random token is generated and written
+    /// to <state-dir>/admin.token
+    #[arg(long, env = "TEAL_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+    /// File holding the admin API bearer token
+    #[arg(long, env = "TEAL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Where teal keeps its audit log (audit.jsonl) and generated admin token [default: .teal]
+    #[arg(long, env = "TEAL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// The model repository [default: models]
     #[arg(long, env = "TEAL_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
@@ -70,7 +99,16 @@ pub struct ServeArgs {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub model: Option<PathBuf>,
+    /// The blue slot's model at start (`--model` or `--blue`); None: the model repository's default.
+    pub blue: Option<PathBuf>,
+    pub green: Option<PathBuf>,
+    /// Default device of (blue, green).
+    pub slot_devices: [String; 2],
+    pub admin_host: String,
+    pub admin_port: u16,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
     pub models_dir: PathBuf,
     pub host: String,
     pub port: u16,
@@ -103,6 +141,14 @@ impl ServeArgs {
             self,
             file,
             model,
+            blue,
+            green,
+            blue_device,
+            green_device,
+            admin_host,
+            admin_port,
+            admin_token_file,
+            state_dir,
             models_dir,
             host,
             port,
@@ -137,12 +183,26 @@ impl ServeArgs {
         if engine.max_total_tokens < 2 * engine.block_size {
             return Err(TealError::Config("max-total-tokens must hold at least two blocks".into()));
         }
+        if self.model.is_some() && self.blue.is_some() {
+            return Err(TealError::Config("--model and --blue name the same slot; give one".into()));
+        }
+        let device = self.device.unwrap_or_else(|| "cpu".into());
         Ok(Config {
-            model: self.model,
+            blue: self.model.or(self.blue),
+            green: self.green,
+            slot_devices: [
+                self.blue_device.unwrap_or_else(|| device.clone()),
+                self.green_device.unwrap_or_else(|| device.clone()),
+            ],
+            admin_host: self.admin_host.unwrap_or_else(|| "127.0.0.1".into()),
+            admin_port: self.admin_port.unwrap_or(8081),
+            admin_token: self.admin_token.filter(|t| !t.is_empty()),
+            admin_token_file: self.admin_token_file,
+            state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from(".teal")),
             models_dir: self.models_dir.unwrap_or_else(|| PathBuf::from("models")),
             host: self.host.unwrap_or_else(|| "127.0.0.1".into()),
             port: self.port.unwrap_or(8080),
-            device: self.device.unwrap_or_else(|| "cpu".into()),
+            device,
             dtype: self.dtype.unwrap_or_else(|| "auto".into()),
             served_model_name: self.served_model_name,
             engine,
@@ -155,14 +215,27 @@ impl ServeArgs {
 }
 
 impl Config {
-    /// The model to serve: `--model` (a path, or a name inside the models directory) or the repository's
-    /// default (the name in models/DEFAULT, else its only model).
-    pub fn model_path(&self) -> Result<PathBuf> {
-        if let Some(m) = &self.model {
-            let inside = self.models_dir.join(m);
-            return Ok(if m.exists() || !inside.exists() { m.clone() } else { inside });
+    /// The blue slot's model at start: `--model`/`--blue` (a path, or a name inside the models directory) or
+    /// the repository's default (the name in models/DEFAULT, else its only model).
+    pub fn blue_path(&self) -> Result<PathBuf> {
+        match &self.blue {
+            Some(m) => Ok(self.in_repo(m)),
+            None => default_model(&self.models_dir),
         }
-        default_model(&self.models_dir)
+    }
+
+    /// The green slot's model at start, if one was named.
+    pub fn green_path(&self) -> Option<PathBuf> {
+        self.green.as_ref().map(|m| self.in_repo(m))
+    }
+
+    fn in_repo(&self, m: &Path) -> PathBuf {
+        let inside = self.models_dir.join(m);
+        if m.exists() || !inside.exists() {
+            m.to_path_buf()
+        } else {
+            inside
+        }
     }
 }
 

@@ -2,10 +2,15 @@
 //!
 //! Layout (data flows top to bottom):
 //! ```text
-//! main.rs      CLI only: parse flags, call server::run
+//! main.rs      CLI only: parse flags, call server::run or cli::admin::run
 //! config.rs    flags + TEAL_* env + teal.toml -> Config
-//! server.rs    bind, serve, load + warm the model in the background, graceful shutdown
-//! api/         axum routes: OpenAI /v1 (openai.rs, generate.rs), health + metrics; error.rs turns errors into HTTP
+//! server.rs    bind both listeners, serve, load the startup models through the lifecycle, graceful shutdown
+//! api/         axum routes: OpenAI /v1 (openai.rs, generate.rs), health + metrics; admin.rs (own listener,
+//!              bearer token); error.rs turns errors into HTTP
+//! router.rs    the live pointer (one ArcSwap), slot leases held by each request to its last token
+//! lifecycle/   the controller (actor.rs, the only writer of slot state): load -> warm -> gate -> flip /
+//!              rollback / unload; state.rs (pure transitions), warmup.rs, gates.rs, audit.rs (JSONL log)
+//! cli/         `teal admin`: the admin API from the command line
 //! engine/      per-model engine thread: queue -> scheduler (pure policy) -> batched forward -> sampling
 //!              kv_cache.rs (paged pool, blocks freed on drop), sequence.rs (stop strings, streaming text)
 //! models/      loading (HF safetensors dir or GGUF), llama.rs (stateless forward over a ragged batch),
@@ -13,14 +18,17 @@
 //! device.rs    cpu / cuda:N and dtype parsing; the one place that knows the `cuda` feature
 //! telemetry.rs tracing setup and every Prometheus metric
 //! ```
-//! An engine owns its model, KV pool and device; the API holds engines behind an atomic pointer, so a second
-//! engine (the standby slot) can live beside the first.
+//! An engine owns its model, KV pool and device; a slot holds one engine (one model version). Requests reach
+//! the live slot through the router's atomic pointer; the lifecycle controller alone moves that pointer.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod lifecycle;
 pub mod models;
+pub mod router;
 pub mod server;
 pub mod telemetry;

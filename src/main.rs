@@ -13,15 +13,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a model over the OpenAI-compatible HTTP API.
-    Serve(ServeArgs),
+    /// Serve models in blue/green slots over the OpenAI-compatible HTTP API, with the admin API beside it.
+    Serve(Box<ServeArgs>),
+    /// Drive a running server's admin API: status, load, flip, rollback, unload, events, wait.
+    Admin(Box<teal::cli::admin::AdminArgs>),
 }
 
 fn main() -> std::process::ExitCode {
     teal::telemetry::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Admin(args) => teal::cli::admin::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -36,9 +39,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.with_file()?.resolve()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener =
-            tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        teal::server::run(config, listener, teal::server::shutdown_signal()).await
+        let listeners = teal::server::Listeners::bind(&config).await?;
+        teal::server::run(config, listeners, teal::server::shutdown_signal()).await
     })
 }

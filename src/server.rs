@@ -1,57 +1,142 @@
-//! Process wiring for `teal serve`: bind, serve the API at once (503 until ready), load and warm the model in
-//! the background, and on shutdown stop accepting, let in-flight requests finish (up to a timeout), then stop
-//! the engine.
+//! Process wiring for `teal serve`: serve the API and the admin API at once (503 until a slot is live), load the
+//! startup models through the lifecycle (blue goes live once warmed and gated; green becomes the standby), and
+//! on shutdown stop accepting, let in-flight requests finish (up to a timeout), then stop every engine.
 
+use crate::api::admin::AdminState;
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::models::{self, LoadOptions};
+use crate::lifecycle::audit::AuditLog;
+use crate::lifecycle::{Context, Lifecycle, LoadRequest, Operation};
+use crate::router::{LiveRouter, SlotName};
 use crate::telemetry::Metrics;
-use anyhow::Context;
-use arc_swap::ArcSwapOption;
+use anyhow::{bail, Context as _};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Loads the configured model, starts its engine and warms it. Blocking.
-pub fn load_engine(config: &Config, metrics: &Metrics) -> anyhow::Result<Engine> {
-    let path = config.model_path()?;
-    let opts = LoadOptions {
-        device: crate::device::parse_device(&config.device)?,
-        dtype: crate::device::parse_dtype(&config.dtype)?,
-    };
-    let t0 = Instant::now();
-    let model = models::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
-    let name = config.served_model_name.clone().unwrap_or_else(|| model.name.clone());
-    tracing::info!(model = %name, format = %model.format, secs = t0.elapsed().as_secs_f64(), "model loaded");
-    let engine = Engine::start(Arc::new(model), config.engine.clone(), metrics.for_model(&name))?;
-    let t1 = Instant::now();
-    engine.warm_up()?;
-    tracing::info!(
-        kv_tokens = engine.kv_capacity(),
-        kv_mib = engine.kv_bytes() >> 20,
-        warmup_secs = t1.elapsed().as_secs_f64(),
-        "engine warmed and ready"
-    );
-    Ok(engine)
+/// The two sockets teal serves: the public API and the admin API.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub admin: TcpListener,
 }
 
-/// Serves until `shutdown` resolves. Returns an error if the model cannot be loaded.
+impl Listeners {
+    /// Binds the addresses the configuration names.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |host: &str, port: u16| {
+            let addr = format!("{host}:{port}");
+            async move { TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}")) }
+        };
+        Ok(Listeners {
+            api: bind(&config.host, config.port).await?,
+            admin: bind(&config.admin_host, config.admin_port).await?,
+        })
+    }
+}
+
+/// The admin token: TEAL_ADMIN_TOKEN / --admin-token, else the token file, else (loopback only) a new random
+/// token written to <state-dir>/admin.token with owner-only permissions.
+pub fn admin_token(config: &Config, admin_addr: SocketAddr) -> anyhow::Result<String> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    if let Some(f) = &config.admin_token_file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("reading the admin token file {}", f.display()))?;
+        let t = t.trim().to_string();
+        if t.is_empty() {
+            bail!("the admin token file {} is empty", f.display());
+        }
+        return Ok(t);
+    }
+    if !admin_addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve the admin API on {admin_addr} without a token: set TEAL_ADMIN_TOKEN or \
+             --admin-token-file, or keep the admin API on a loopback address"
+        );
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let path = config.state_dir.join("admin.token");
+    write_private(&path, &token).with_context(|| format!("writing the admin token to {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(token)
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Starts the startup loads and waits for them; blue must end live.
+async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<()> {
+    let blue = config.blue_path()?;
+    let mut ops: Vec<(SlotName, PathBuf, Operation)> = vec![];
+    for (slot, path, go_live) in
+        std::iter::once((SlotName::Blue, blue, true)).chain(config.green_path().map(|g| (SlotName::Green, g, false)))
+    {
+        let req = LoadRequest { model: path.display().to_string(), ..Default::default() };
+        let op = lifecycle.load(slot, req, true, go_live).await.map_err(|e| anyhow::anyhow!("{slot}: {e}"))?;
+        ops.push((slot, path, op));
+    }
+    for (slot, path, op) in ops {
+        let done = lifecycle.wait(&op.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(e) = done.error {
+            bail!("loading {} into {slot}: {e}", path.display());
+        }
+        if done.gates_passed == Some(false) {
+            let status = lifecycle.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let gates = &status["slots"][slot.as_str()]["gates"];
+            bail!("{} in {slot} failed its gates: {gates}", path.display());
+        }
+    }
+    if lifecycle.router.peek().is_none() {
+        bail!("the blue slot did not go live");
+    }
+    Ok(())
+}
+
+/// Serves until `shutdown` resolves. Returns an error if a startup model cannot be loaded.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if let Some(n) = config.threads {
         // Only the first call in a process takes effect; tests that start several servers share one pool.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
+    let token = admin_token(&config, listeners.admin.local_addr()?)?;
+    let audit_path = config.state_dir.join("audit.jsonl");
+    let audit =
+        Arc::new(AuditLog::open(Some(&audit_path)).with_context(|| format!("opening {}", audit_path.display()))?);
     let metrics = Metrics::new();
-    let state = AppState {
-        engine: Arc::new(ArcSwapOption::empty()),
+    let router = Arc::new(LiveRouter::new(config.served_model_name.clone()));
+    let lifecycle = Lifecycle::start(Context {
+        router: router.clone(),
+        audit,
         metrics: metrics.clone(),
-        served_model_name: config.served_model_name.clone(),
+        engine: config.engine.clone(),
+        models_dir: config.models_dir.clone(),
+        devices: config.slot_devices.clone(),
+        dtype: config.dtype.clone(),
+    });
+    let state = AppState {
+        router,
+        metrics,
         max_body_bytes: config.max_body_bytes,
         log_prompts: config.log_prompts,
         started_at: std::time::SystemTime::now()
@@ -59,42 +144,43 @@ pub async fn run(
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    let app = api::router(state.clone());
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-
+    tracing::info!(api = %listeners.api.local_addr()?, admin = %listeners.admin.local_addr()?, "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (load_cfg, load_state) = (config.clone(), state.clone());
-    let loader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let engine = load_engine(&load_cfg, &metrics)?;
-        load_state.engine.store(Some(Arc::new(engine)));
-        Ok(())
-    });
-    let mut stop_for_serve = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_for_serve.wait_for(|s| *s).await;
-    });
-    let server = tokio::spawn(async move { server.await });
-
+    let serve = |listener: TcpListener, app: axum::Router| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let api_server = serve(listeners.api, api::router(state));
+    let admin_server =
+        serve(listeners.admin, api::admin::router(AdminState { lifecycle: lifecycle.clone(), token: Arc::new(token) }));
     let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutdown requested: finishing in-flight requests");
         let _ = signal_tx.send(true);
     });
-    let load_result = loader.await.context("model loader panicked")?;
+    let mut stopped = stop_rx.clone();
+    let load_result = tokio::select! {
+        r = load_startup_models(&config, &lifecycle) => r,
+        _ = stopped.wait_for(|s| *s) => Ok(()),
+    };
     if let Err(e) = &load_result {
-        tracing::error!(error = %format!("{e:#}"), "model failed to load; stopping");
+        tracing::error!(error = %format!("{e:#}"), "startup model failed to load; stopping");
         let _ = stop_tx.send(true);
     }
-    let mut stopped = stop_rx.clone();
     let _ = stopped.wait_for(|s| *s).await;
     let timeout = Duration::from_secs(config.shutdown_timeout_s);
-    if tokio::time::timeout(timeout, server).await.is_err() {
+    if tokio::time::timeout(timeout, async { futures::join!(api_server, admin_server) }).await.is_err() {
         tracing::warn!(secs = config.shutdown_timeout_s, "in-flight requests did not finish in time");
     }
-    if let Some(engine) = state.engine.swap(None) {
-        tokio::task::spawn_blocking(move || engine.shutdown()).await.ok();
-    }
+    let residents = lifecycle.shutdown().await;
+    tokio::task::spawn_blocking(move || residents.iter().for_each(|r| r.engine.shutdown())).await.ok();
     load_result
 }
 

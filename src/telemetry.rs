@@ -1,5 +1,6 @@
 //! Logging setup and every Prometheus metric teal exports, defined and described in one place.
-//! Engine metrics carry a `model` label so two engines in one process stay apart.
+//! Engine metrics carry `model`, `slot` and `version` labels so the blue and green engines stay apart; the
+//! lifecycle metrics (live slot, slot states, flips, rollbacks, gate results) are process-wide.
 
 use prometheus::{
     exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -30,7 +31,21 @@ pub struct Metrics {
     pub prompt_tokens: IntCounterVec,
     pub generation_tokens: IntCounterVec,
     pub preemptions: IntCounterVec,
+    pub nonfinite: IntCounterVec,
+    pub live_slot: IntGaugeVec,
+    pub slot_state: IntGaugeVec,
+    pub flips: IntCounter,
+    pub rollbacks: IntCounter,
+    pub flip_duration: Histogram,
+    pub gate_results: IntCounterVec,
+    pub slot_gates_passed: IntGaugeVec,
+    pub last_flip: Gauge,
+    pub since_last_flip: Gauge,
 }
+
+/// The labels of every engine metric.
+const ENGINE_LABELS: [&str; 3] = ["model", "slot", "version"];
+const SLOT_STATES: [&str; 8] = ["empty", "loading", "warming", "gating", "ready", "live", "draining", "failed"];
 
 fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.0005, 2.0, 18).unwrap_or_default()
@@ -40,7 +55,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(latency_buckets()), &["model"])
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(latency_buckets()), &ENGINE_LABELS)
                 .expect("static metric definition");
             registry.register(Box::new(h.clone())).expect("metric registered once");
             h
@@ -51,19 +66,19 @@ impl Metrics {
             c
         };
         let igauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["model"]).expect("static metric definition");
+            let g = IntGaugeVec::new(Opts::new(name, help), &ENGINE_LABELS).expect("static metric definition");
             registry.register(Box::new(g.clone())).expect("metric registered once");
             g
         };
         let kv_usage =
-            GaugeVec::new(Opts::new("teal_kv_cache_usage_ratio", "Share of KV cache blocks in use"), &["model"])
+            GaugeVec::new(Opts::new("teal_kv_cache_usage_ratio", "Share of KV cache blocks in use"), &ENGINE_LABELS)
                 .expect("static metric definition");
         registry.register(Box::new(kv_usage.clone())).expect("metric registered once");
         Metrics {
             requests: counter(
                 "teal_requests_total",
                 "HTTP requests by endpoint and status code",
-                &["model", "endpoint", "status"],
+                &["model", "slot", "endpoint", "status"],
             ),
             ttft: hist("teal_time_to_first_token_seconds", "Time from request arrival to its first generated token"),
             itl: hist("teal_inter_token_latency_seconds", "Time between consecutive generated tokens of a request"),
@@ -74,7 +89,7 @@ impl Metrics {
                 let h = HistogramVec::new(
                     HistogramOpts::new("teal_batch_size", "Sequences run together in one engine step")
                         .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-                    &["model"],
+                    &ENGINE_LABELS,
                 )
                 .expect("static metric definition");
                 registry.register(Box::new(h.clone())).expect("metric registered once");
@@ -82,22 +97,115 @@ impl Metrics {
             },
             waiting: igauge("teal_waiting_requests", "Requests queued for admission"),
             kv_usage,
-            prompt_tokens: counter("teal_prompt_tokens_total", "Prompt tokens processed", &["model"]),
-            generation_tokens: counter("teal_generation_tokens_total", "Tokens generated", &["model"]),
-            preemptions: counter("teal_preemptions_total", "Sequences preempted for lack of KV cache", &["model"]),
+            prompt_tokens: counter("teal_prompt_tokens_total", "Prompt tokens processed", &ENGINE_LABELS),
+            generation_tokens: counter("teal_generation_tokens_total", "Tokens generated", &ENGINE_LABELS),
+            preemptions: counter("teal_preemptions_total", "Sequences preempted for lack of KV cache", &ENGINE_LABELS),
+            nonfinite: counter(
+                "teal_nonfinite_logits_total",
+                "Requests failed because the model produced NaN or infinite logits",
+                &ENGINE_LABELS,
+            ),
+            live_slot: {
+                let g =
+                    IntGaugeVec::new(Opts::new("teal_live_slot", "1 for the slot serving traffic, else 0"), &["slot"])
+                        .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            slot_state: {
+                let g = IntGaugeVec::new(
+                    Opts::new("teal_slot_state", "1 for each slot's current lifecycle state, else 0"),
+                    &["slot", "state"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            flips: {
+                let c = IntCounter::new("teal_flips_total", "Flips of the live slot (rollbacks not included)")
+                    .expect("static metric definition");
+                registry.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            rollbacks: {
+                let c = IntCounter::new("teal_rollbacks_total", "Rollbacks to the previous live slot")
+                    .expect("static metric definition");
+                registry.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            flip_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("teal_flip_duration_seconds", "Time the controller took to flip or roll back")
+                        .buckets(exponential_buckets(1e-6, 2.0, 20).unwrap_or_default()),
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
+            gate_results: counter("teal_gate_results_total", "Gate runs by gate and result", &["gate", "result"]),
+            slot_gates_passed: {
+                let g = IntGaugeVec::new(
+                    Opts::new("teal_slot_gates_passed", "1 when the slot's model passed its gates"),
+                    &["slot"],
+                )
+                .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            last_flip: {
+                let g = Gauge::new("teal_last_flip_timestamp_seconds", "Unix time of the last flip or rollback")
+                    .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            since_last_flip: {
+                let g = Gauge::new("teal_seconds_since_last_flip", "Seconds since the last flip or rollback")
+                    .expect("static metric definition");
+                registry.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             registry,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let last = self.last_flip.get();
+        if last > 0.0 {
+            self.since_last_flip.set((unix_seconds(std::time::SystemTime::now()) - last).max(0.0));
+        }
         let mut buf = vec![];
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    pub fn for_model(&self, model: &str) -> EngineMetrics {
-        let l = [model];
+    pub fn set_last_flip(&self, at: std::time::SystemTime) {
+        self.last_flip.set(unix_seconds(at));
+    }
+
+    /// Marks `state` as the slot's current state.
+    pub fn set_slot_state(&self, slot: &str, state: &str) {
+        for s in SLOT_STATES {
+            self.slot_state.with_label_values(&[slot, s]).set(i64::from(s == state));
+        }
+    }
+
+    /// Drops the series of a version that left its slot.
+    pub fn forget_slot(&self, model: &str, slot: &str, version: &str) {
+        let l = [model, slot, version];
+        let _ = self.ttft.remove_label_values(&l);
+        let _ = self.itl.remove_label_values(&l);
+        let _ = self.e2e.remove_label_values(&l);
+        let _ = self.queue_time.remove_label_values(&l);
+        let _ = self.batch_size.remove_label_values(&l);
+        let _ = self.step_batch.remove_label_values(&l);
+        let _ = self.waiting.remove_label_values(&l);
+        let _ = self.kv_usage.remove_label_values(&l);
+    }
+
+    /// The metrics of one engine: a model version in a slot.
+    pub fn for_slot(&self, model: &str, slot: &str, version: &str) -> EngineMetrics {
+        let l = [model, slot, version];
         EngineMetrics {
             ttft: self.ttft.with_label_values(&l),
             itl: self.itl.with_label_values(&l),
@@ -110,6 +218,7 @@ impl Metrics {
             prompt_tokens: self.prompt_tokens.with_label_values(&l),
             generation_tokens: self.generation_tokens.with_label_values(&l),
             preemptions: self.preemptions.with_label_values(&l),
+            nonfinite: self.nonfinite.with_label_values(&l),
         }
     }
 }
@@ -134,4 +243,9 @@ pub struct EngineMetrics {
     pub prompt_tokens: IntCounter,
     pub generation_tokens: IntCounter,
     pub preemptions: IntCounter,
+    pub nonfinite: IntCounter,
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

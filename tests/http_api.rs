@@ -226,10 +226,19 @@ async fn models_health_and_metrics() {
     assert_eq!(v["data"][0]["id"], "stories260K");
     assert_eq!(s.get("/health/live").await.status(), 200);
     assert_eq!(s.get("/health/ready").await.status(), 200);
-    s.post("/v1/completions", json!({"model": "stories260K", "prompt": "hi", "max_tokens": 2})).await;
+    let r = s.post("/v1/completions", json!({"model": "stories260K", "prompt": "hi", "max_tokens": 2})).await;
+    assert_eq!(r.headers()["x-teal-slot"], "blue");
+    assert_eq!(r.headers()["x-teal-model-version"].len(), 12, "the digest's first 12 hex digits by default");
+    assert_eq!(s.get("/health/live").await.headers()["x-teal-slot"], "blue");
+    assert_eq!(s.metric("teal_live_slot{slot=\"blue\"}").await, Some(1.0));
+    assert_eq!(
+        s.metric("teal_generation_tokens_total{model=\"stories260K\"}").await,
+        Some(2.0),
+        "warm-up and gate requests are not counted as client traffic"
+    );
     let text = s.get("/metrics").await.text().await.unwrap();
     for name in [
-        "teal_requests_total{endpoint=\"/v1/completions\",model=\"stories260K\",status=\"200\"}",
+        "teal_requests_total{endpoint=\"/v1/completions\",model=\"stories260K\",slot=\"blue\",status=\"200\"}",
         "teal_time_to_first_token_seconds_bucket",
         "teal_inter_token_latency_seconds_bucket",
         "teal_request_duration_seconds_bucket",

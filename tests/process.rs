@@ -13,11 +13,14 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
+    let state = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
         .arg("serve")
         .env("TEAL_MODEL", common::stories_dir())
         .env("TEAL_PORT", port.to_string())
+        .env("TEAL_ADMIN_PORT", free_port().to_string())
+        .env("TEAL_STATE_DIR", state.path())
         .env("TEAL_SHUTDOWN_TIMEOUT", "20")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -53,9 +56,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
 async fn before_the_model_is_ready_generation_gets_503() {
     // The API with no engine loaded yet, as during start-up.
     let state = teal::api::AppState {
-        engine: Default::default(),
+        router: std::sync::Arc::new(teal::router::LiveRouter::new(None)),
         metrics: teal::telemetry::Metrics::new(),
-        served_model_name: None,
         max_body_bytes: 1 << 20,
         log_prompts: false,
         started_at: 0,
@@ -79,11 +81,95 @@ async fn before_the_model_is_ready_generation_gets_503() {
 
 #[test]
 fn a_model_that_fails_to_load_exits_non_zero_with_the_reason() {
+    let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_teal"))
         .args(["serve", "--model", "/nonexistent/model", "--port", &free_port().to_string()])
+        .args(["--admin-port", &free_port().to_string()])
+        .env("TEAL_STATE_DIR", state.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model not found: /nonexistent/model"), "{err}");
+}
+
+fn teal_admin(admin_port: u16, state: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_teal"))
+        .arg("admin")
+        .args(["--url", &format!("http://127.0.0.1:{admin_port}")])
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("TEAL_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn teal_admin_drives_a_running_server_with_its_generated_token() {
+    let state = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["serve", "--port", &port.to_string(), "--admin-port", &admin_port.to_string()])
+        .arg("--blue")
+        .arg(common::stories_dir())
+        .arg("--green")
+        .arg(common::stories_dir())
+        .arg("--state-dir")
+        .arg(state.path())
+        .env_remove("TEAL_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..400 {
+        if client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.path().join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the generated token is readable by its owner only");
+    let p = state.path();
+    let out = teal_admin(admin_port, p, &["wait", "--slot", "green", "--state", "ready", "--timeout-s", "60"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = teal_admin(admin_port, p, &["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["live"].as_str(), v["slots"]["green"]["state"].as_str()), (Some("blue"), Some("ready")));
+    let table = String::from_utf8(teal_admin(admin_port, p, &["status"]).stdout).unwrap();
+    assert!(table.starts_with("SLOT") && table.contains("stories260K") && table.contains("passed"), "{table}");
+    let out = teal_admin(admin_port, p, &["flip", "--expect-live", "blue"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("live: green"), "{out:?}");
+    let out = teal_admin(admin_port, p, &["rollback"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("live: blue"), "{out:?}");
+    let events = String::from_utf8(teal_admin(admin_port, p, &["events"]).stdout).unwrap();
+    assert!(events.contains(" flip ") && events.contains(" rollback "), "{events}");
+    let out = teal_admin(admin_port, p, &["unload", "blue"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{out:?}");
+    let out = teal_admin(admin_port, p, &["--token", "wrong", "status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+#[test]
+fn an_admin_api_on_a_public_address_needs_an_explicit_token() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["serve", "--port", &free_port().to_string(), "--admin-port", &free_port().to_string()])
+        .args(["--admin-host", "0.0.0.0"])
+        .arg("--model")
+        .arg(common::stories_dir())
+        .arg("--state-dir")
+        .arg(state.path())
+        .env_remove("TEAL_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve the admin API on 0.0.0.0"), "{err}");
 }

@@ -13,8 +13,9 @@ pub async fn live() -> Json<serde_json::Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let engine = state.engine.load_full().ok_or_else(ApiError::not_ready)?;
-    Ok(Json(json!({"status": "ready", "model": state.served_name(&engine)})))
+    let live = state.router.peek().ok_or_else(ApiError::not_ready)?;
+    let model = state.router.served_name().unwrap_or(&live.identity.name).to_string();
+    Ok(Json(json!({"status": "ready", "model": model, "slot": live.slot, "version": live.identity.version})))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

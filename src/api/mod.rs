@@ -1,17 +1,20 @@
-//! The public HTTP API: OpenAI-compatible routes (openai.rs), health and metrics. `router()` builds the axum
-//! Router that `server::run` serves and tests drive directly.
+//! The public HTTP API: OpenAI-compatible routes (openai.rs), health and metrics; and, on its own listener, the
+//! admin API (admin.rs). `router()` and `admin::router()` build the axum Routers that `server::run` serves.
+//! Every generation request leases the live slot once (router.rs); every response names the slot and version
+//! that served it in `x-teal-slot` / `x-teal-model-version`.
 
+pub mod admin;
 pub mod error;
 mod generate;
 mod health;
 mod openai;
 pub mod openai_types;
 
-use crate::engine::Engine;
+use crate::router::{LiveRouter, SlotLease};
 use crate::telemetry::Metrics;
-use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -23,11 +26,9 @@ use std::sync::Arc;
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
-    /// The serving engine; empty until the model is loaded and warmed (requests get 503 until then).
-    pub engine: Arc<ArcSwapOption<Engine>>,
+    /// The live slot; empty until a model is loaded, warmed and gated (requests get 503 until then).
+    pub router: Arc<LiveRouter>,
     pub metrics: Metrics,
-    /// The name clients use in `model`; defaults to the model's own name.
-    pub served_model_name: Option<String>,
     pub max_body_bytes: usize,
     /// Log prompts and messages (off by default: prompts are user data).
     pub log_prompts: bool,
@@ -35,8 +36,28 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn served_name(&self, engine: &Engine) -> String {
-        self.served_model_name.clone().unwrap_or_else(|| engine.model().name.clone())
+    /// The model name responses carry: the served name, which stays the same across flips.
+    pub fn served_name(&self, lease: &SlotLease) -> String {
+        self.router.served_name().map(String::from).unwrap_or_else(|| lease.identity.name.clone())
+    }
+}
+
+/// Which slot and version answered a request; handlers put it in the response's extensions and the middleware
+/// turns it into headers and metric labels.
+#[derive(Clone)]
+pub struct ServedBy {
+    slot: &'static str,
+    version: String,
+    model: String,
+}
+
+impl ServedBy {
+    pub fn of(lease: &SlotLease) -> Self {
+        ServedBy {
+            slot: lease.slot.as_str(),
+            version: lease.identity.version.clone(),
+            model: lease.identity.name.clone(),
+        }
     }
 }
 
@@ -68,9 +89,27 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let mut req = req;
     req.extensions_mut().insert(BodyLimit(state.max_body_bytes));
-    let resp = next.run(req).await;
-    let model = state.engine.load().as_ref().map(|e| state.served_name(e)).unwrap_or_default();
-    state.metrics.requests.with_label_values(&[model.as_str(), endpoint.as_str(), resp.status().as_str()]).inc();
+    let mut resp = next.run(req).await;
+    // Routes that did not lease a slot (errors, health, model list) name the slot live now.
+    let served = resp.extensions().get::<ServedBy>().cloned().or_else(|| {
+        state.router.peek().map(|r| ServedBy {
+            slot: r.slot.as_str(),
+            version: r.identity.version.clone(),
+            model: r.identity.name.clone(),
+        })
+    });
+    let (model, slot) = match &served {
+        Some(s) => {
+            let h = resp.headers_mut();
+            h.insert("x-teal-slot", HeaderValue::from_static(s.slot));
+            if let Ok(v) = HeaderValue::from_str(&s.version) {
+                h.insert("x-teal-model-version", v);
+            }
+            (s.model.as_str(), s.slot)
+        }
+        None => ("", ""),
+    };
+    state.metrics.requests.with_label_values(&[model, slot, endpoint.as_str(), resp.status().as_str()]).inc();
     resp
 }
 

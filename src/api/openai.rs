@@ -10,19 +10,43 @@ use crate::engine::request::FinishReason;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
 use crate::models::tokenizer::TextTokenizer;
+use crate::router::SlotLease;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
-/// The engine serving `requested`, or 503 (not ready) / 404 (another name).
-fn engine_for(state: &AppState, requested: &str) -> Result<Arc<Engine>, ApiError> {
-    let engine = state.engine.load_full().ok_or_else(ApiError::not_ready)?;
-    if requested != state.served_name(&engine) {
+/// A lease on the live slot if it serves `requested`, or 503 (nothing live yet) / 404 (another name). The
+/// request keeps this lease, and so its slot, to its last token.
+fn lease_for(state: &AppState, requested: &str) -> Result<SlotLease, ApiError> {
+    let lease = state.router.lease().ok_or_else(ApiError::not_ready)?;
+    if !state.router.accepts(requested, &lease) {
         return Err(ApiError::model_not_found(requested));
     }
-    Ok(engine)
+    Ok(lease)
+}
+
+/// Finishes a generation response: stream or JSON, with the slot headers of the lease that served it.
+async fn respond(
+    served: super::ServedBy,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::request::Event>,
+    shape: impl Shape + FullShape,
+    stream: Option<bool>,
+) -> Result<Response, ApiError> {
+    let mut resp = match stream {
+        Some(include_usage) => generate::stream(rx, shape, include_usage),
+        None => {
+            let done = generate::collect(rx).await?;
+            Json(shape.full(done)).into_response()
+        }
+    };
+    resp.extensions_mut().insert(served);
+    Ok(resp)
+}
+
+/// The whole (non-streamed) body of an endpoint.
+trait FullShape {
+    fn full(self, done: Collected) -> Value;
 }
 
 fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
@@ -55,7 +79,7 @@ pub async fn chat(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let engine = engine_for(&state, &req.model)?;
+    let lease = lease_for(&state, &req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -73,7 +97,7 @@ pub async fn chat(
     if state.log_prompts {
         tracing::info!(messages = ?messages, "chat request");
     }
-    let model = engine.model().clone();
+    let model = lease.engine().model().clone();
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         let tmpl = model
             .chat_template
@@ -84,14 +108,12 @@ pub async fn chat(
     })
     .await
     .map_err(ApiError::internal)??;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
-    let rx = engine.submit(prompt, params)?;
-    let shape = ChatShape::new(state.served_name(&engine), engine.clone(), top.is_some());
-    if req.stream {
-        return Ok(generate::stream(rx, shape, req.stream_options.unwrap_or_default().include_usage));
-    }
-    let done = generate::collect(rx).await?;
-    Ok(Json(shape.full(done)).into_response())
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), lease.engine().max_request_tokens())?;
+    let rx = lease.engine().submit(prompt, params)?;
+    let served = super::ServedBy::of(&lease);
+    let shape = ChatShape::new(state.served_name(&lease), lease, top.is_some());
+    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
+    respond(served, rx, shape, stream).await
 }
 
 fn chat_logprobs(tok: &TextTokenizer, tokens: &[TokenOut]) -> ChatLogprobs {
@@ -119,22 +141,25 @@ struct ChatShape {
     id: String,
     created: u64,
     model: String,
-    engine: Arc<Engine>,
+    /// Held until the response ends: the slot this request started on.
+    lease: SlotLease,
     logprobs: bool,
 }
 
 impl ChatShape {
-    fn new(model: String, engine: Arc<Engine>, logprobs: bool) -> Self {
-        ChatShape { id: generate::new_id("chatcmpl"), created: generate::unix_now(), model, engine, logprobs }
+    fn new(model: String, lease: SlotLease, logprobs: bool) -> Self {
+        ChatShape { id: generate::new_id("chatcmpl"), created: generate::unix_now(), model, lease, logprobs }
     }
 
     fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
         json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                "system_fingerprint": Value::Null, "choices": choices, "usage": usage})
     }
+}
 
-    fn full(&self, done: Collected) -> Value {
-        let logprobs = self.logprobs.then(|| chat_logprobs(&self.engine.model().tokenizer, &done.tokens));
+impl FullShape for ChatShape {
+    fn full(self, done: Collected) -> Value {
+        let logprobs = self.logprobs.then(|| chat_logprobs(&self.lease.engine().model().tokenizer, &done.tokens));
         json!({"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                "system_fingerprint": Value::Null,
                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
@@ -152,7 +177,7 @@ impl Shape for ChatShape {
     }
 
     fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> Value {
-        let lp = self.logprobs.then(|| chat_logprobs(&self.engine.model().tokenizer, tokens));
+        let lp = self.logprobs.then(|| chat_logprobs(&self.lease.engine().model().tokenizer, tokens));
         self.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None)
     }
 
@@ -188,7 +213,7 @@ pub async fn completions(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let engine = engine_for(&state, &req.model)?;
+    let lease = lease_for(&state, &req.model)?;
     if req.echo {
         return Err(ApiError::invalid("echo", "echo is not supported"));
     }
@@ -207,32 +232,32 @@ pub async fn completions(
     if state.log_prompts {
         tracing::info!(prompt = ?req.prompt, "completion request");
     }
-    let e = engine.clone();
+    let resident = lease.resident().clone();
     let prompt_in = req.prompt;
-    let prompt =
-        tokio::task::spawn_blocking(move || completion_prompt(&e, prompt_in)).await.map_err(ApiError::internal)??;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
-    let rx = engine.submit(prompt, params)?;
+    let prompt = tokio::task::spawn_blocking(move || completion_prompt(&resident.engine, prompt_in))
+        .await
+        .map_err(ApiError::internal)??;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), lease.engine().max_request_tokens())?;
+    let rx = lease.engine().submit(prompt, params)?;
+    let served = super::ServedBy::of(&lease);
     let shape = CompletionShape {
         id: generate::new_id("cmpl"),
         created: generate::unix_now(),
-        model: state.served_name(&engine),
-        engine: engine.clone(),
+        model: state.served_name(&lease),
+        lease,
         logprobs: top.is_some(),
         offset: 0,
     };
-    if req.stream {
-        return Ok(generate::stream(rx, shape, req.stream_options.unwrap_or_default().include_usage));
-    }
-    let done = generate::collect(rx).await?;
-    Ok(Json(shape.full(done)).into_response())
+    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
+    respond(served, rx, shape, stream).await
 }
 
 struct CompletionShape {
     id: String,
     created: u64,
     model: String,
-    engine: Arc<Engine>,
+    /// Held until the response ends: the slot this request started on.
+    lease: SlotLease,
     logprobs: bool,
     /// Bytes of text sent so far (text_offset of the next token).
     offset: usize,
@@ -243,7 +268,7 @@ impl CompletionShape {
         if !self.logprobs {
             return None;
         }
-        let tok = &self.engine.model().tokenizer;
+        let tok = &self.lease.engine().model().tokenizer;
         let mut out = CompletionLogprobs::default();
         for t in tokens {
             let Some(lp) = &t.logprob else { continue };
@@ -261,7 +286,9 @@ impl CompletionShape {
         json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                "system_fingerprint": Value::Null, "choices": choices, "usage": usage})
     }
+}
 
+impl FullShape for CompletionShape {
     fn full(mut self, done: Collected) -> Value {
         let lp = self.logprobs(&done.tokens);
         self.chunk(
@@ -286,12 +313,18 @@ impl Shape for CompletionShape {
     }
 }
 
+/// The served name, and the live model's own name when it differs (requests may use either).
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<ModelCard> = state
-        .engine
-        .load_full()
-        .map(|e| ModelCard { id: state.served_name(&e), object: "model", created: state.started_at, owned_by: "teal" })
+    let mut ids = vec![];
+    if let Some(live) = state.router.peek() {
+        ids.extend(state.router.served_name().map(String::from));
+        if !ids.contains(&live.identity.name) {
+            ids.push(live.identity.name.clone());
+        }
+    }
+    let data: Vec<ModelCard> = ids
         .into_iter()
+        .map(|id| ModelCard { id, object: "model", created: state.started_at, owned_by: "teal" })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

@@ -123,7 +123,17 @@ impl KvPool {
     ) -> Result<Self> {
         let num_blocks = max_tokens.div_ceil(block_size);
         let slots = num_blocks * block_size;
-        let mk = || Tensor::zeros((slots, kv_heads, head_dim), DType::F32, device);
+        let shape = (slots, kv_heads, head_dim);
+        let mk = || -> candle_core::Result<Tensor> {
+            if device.is_cpu() {
+                // Filled with -0.0 (not all-zero bytes) so the allocator cannot hand out lazily mapped zero
+                // pages: the whole pool is resident now, counted in memory reports, and a first request pays no
+                // page faults. Slots are always written before they are read.
+                Tensor::from_vec(vec![-0.0f32; slots * kv_heads * head_dim], shape, device)
+            } else {
+                Tensor::zeros(shape, DType::F32, device)
+            }
+        };
         let mut k = Vec::with_capacity(layers);
         let mut v = Vec::with_capacity(layers);
         for _ in 0..layers {

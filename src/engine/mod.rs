@@ -135,16 +135,16 @@ impl Engine {
 
     /// Queues a tokenized request. The receiver yields its tokens; dropping it cancels the request.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, SubmitError> {
-        self.enqueue(prompt, params, self.config.max_queue)
+        self.enqueue(prompt, params, self.config.max_queue, false)
     }
 
-    /// Queues a request if fewer than `limit` are pending. The engine's own work (warm-up) is not limited
-    /// by the client queue size.
+    /// Queues a request if fewer than `limit` are pending.
     fn enqueue(
         &self,
         prompt: Vec<u32>,
         params: SamplingParams,
         limit: usize,
+        internal: bool,
     ) -> Result<UnboundedReceiver<Event>, SubmitError> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(SubmitError::Stopped)?;
         let pending = self.pending.fetch_add(1, Ordering::AcqRel);
@@ -153,7 +153,7 @@ impl Engine {
             return Err(SubmitError::QueueFull(pending));
         }
         let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
-        let req = GenRequest { prompt, params, events: etx, arrived: Instant::now() };
+        let req = GenRequest { prompt, params, events: etx, arrived: Instant::now(), internal };
         tx.send(req).map_err(|_| {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             SubmitError::Stopped
@@ -161,20 +161,14 @@ impl Engine {
         Ok(erx)
     }
 
-    /// Runs one short greedy generation end to end (prefill and decode) so the first user request does not pay
-    /// for first-touch allocations. Blocking: call it off the async runtime.
-    pub fn warm_up(&self) -> Result<()> {
-        let prompt = self.model.tokenizer.encode("Hello, warm-up.", true)?;
-        let params = SamplingParams { temperature: 0.0, max_tokens: 4, ignore_eos: true, ..Default::default() };
-        let mut rx = self.enqueue(prompt, params, usize::MAX).map_err(|_| TealError::EngineStopped)?;
-        while let Some(ev) = rx.blocking_recv() {
-            match ev {
-                Event::Done { .. } => return Ok(()),
-                Event::Error(e) => return Err(TealError::Device(format!("warm-up failed: {e}"))),
-                Event::Token { .. } => {}
-            }
-        }
-        Err(TealError::EngineStopped)
+    /// Queues a request that does not count against the client queue limit: the lifecycle's own warm-up and
+    /// gate requests, which must run even when clients have filled the queue.
+    pub fn submit_internal(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        self.enqueue(prompt, params, usize::MAX, true)
     }
 
     /// Stops accepting requests and waits for the engine to finish the ones it has. Blocking.

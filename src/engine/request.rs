@@ -87,4 +87,6 @@ pub struct GenRequest {
     pub params: SamplingParams,
     pub events: UnboundedSender<Event>,
     pub arrived: Instant,
+    /// Sent by teal itself (warm-up, gates): runs like any request but stays out of the client metrics.
+    pub internal: bool,
 }

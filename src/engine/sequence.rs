@@ -28,6 +28,8 @@ pub struct Sequence {
     last_token_at: Option<Instant>,
     /// Tokens that end generation: the model's eos ids (unless ignored) and the request's own.
     stop_ids: Vec<u32>,
+    /// teal's own request (warm-up, gates): kept out of the client metrics.
+    pub internal: bool,
 }
 
 /// What happened when a token was added.
@@ -59,6 +61,7 @@ impl Sequence {
             first_scheduled: None,
             last_token_at: None,
             stop_ids,
+            internal: req.internal,
         }
     }
 

@@ -112,8 +112,10 @@ impl Worker {
             }
             if q.seq.first_scheduled.is_none() {
                 q.seq.first_scheduled = Some(Instant::now());
-                self.metrics.queue_time.observe(q.seq.arrived.elapsed().as_secs_f64());
-                self.metrics.prompt_tokens.inc_by(q.seq.prompt_len as u64);
+                if !q.seq.internal {
+                    self.metrics.queue_time.observe(q.seq.arrived.elapsed().as_secs_f64());
+                    self.metrics.prompt_tokens.inc_by(q.seq.prompt_len as u64);
+                }
             }
             batch.push((q.seq, n));
         }
@@ -170,7 +172,20 @@ impl Worker {
         let mut finished = vec![false; batch.len()];
         for (mut row, &i) in logits.into_iter().zip(&sampled) {
             let seq = &mut batch[i].0;
+            if row.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
+                // A broken model (or a numeric bug) must fail the request, not sample garbage from it.
+                self.metrics.nonfinite.inc();
+                seq.send_error("the model produced NaN or infinite logits");
+                finished[i] = true;
+                continue;
+            }
             let step = seq.sample(&mut row, &self.model.tokenizer, self.model.max_context);
+            if step.finished.is_some() {
+                finished[i] = true;
+            }
+            if seq.internal {
+                continue;
+            }
             self.metrics.generation_tokens.inc();
             if let Some(t) = step.first_token_latency {
                 self.metrics.ttft.observe(t);
@@ -180,7 +195,6 @@ impl Worker {
             }
             if step.finished.is_some() {
                 self.metrics.e2e.observe(seq.arrived.elapsed().as_secs_f64());
-                finished[i] = true;
             }
         }
         self.running = batch.into_iter().zip(finished).filter(|(_, f)| !f).map(|((s, _), _)| s).collect();

@@ -82,6 +82,14 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     serde_json::from_str(&text).map(Some).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))
 }
 
+/// The files holding a model's weights (what its digest covers): the .gguf file, or the safetensors files.
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
+    match resolve(path)? {
+        Layout::HfDir(dir) => safetensors_files(&dir),
+        Layout::Gguf(file) => Ok(vec![file]),
+    }
+}
+
 /// Loads a model from a directory (HF layout, or one .gguf inside) or a .gguf file.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());

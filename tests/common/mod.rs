@@ -20,31 +20,126 @@ pub fn smollm_path() -> PathBuf {
 use teal::config::{Config, ServeArgs};
 use tokio::sync::oneshot;
 
-/// A real teal server on 127.0.0.1:<free port>, stopped (gracefully) on drop or by `stop()`.
+/// The admin token every test server uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A real teal server (API and admin API) on 127.0.0.1:<free ports>, with its own state directory, stopped
+/// (gracefully) on drop or by `stop()`.
 pub struct TestServer {
     pub url: String,
+    pub admin_url: String,
+    pub state_dir: PathBuf,
+    _state: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
-    /// Starts serving `model` with the given args (port and host are chosen here) and waits until ready.
+    /// Starts serving `model` in the blue slot with the given args and waits until it is live.
     pub async fn start(model: PathBuf, args: ServeArgs) -> TestServer {
-        let config: Config = ServeArgs { model: Some(model), ..args }.resolve().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(teal::server::run(config, listener, async move {
-            let _ = rx.await;
-        }));
-        let server = TestServer { url, stop: Some(tx), task: Some(task) };
+        Self::start_args(ServeArgs { model: Some(model), ..args }).await
+    }
+
+    /// Starts a server as `args` say (ports, token and, unless set, the state directory are chosen here) and
+    /// waits until a slot is live.
+    pub async fn start_args(args: ServeArgs) -> TestServer {
+        let server = Self::spawn(args).await;
         server.wait_ready().await;
         server
     }
 
+    /// Starts a server without waiting for it.
+    pub async fn spawn(args: ServeArgs) -> TestServer {
+        let (state, state_dir) = match &args.state_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let args = ServeArgs {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            state_dir: Some(state_dir.clone()),
+            threads: args.threads.or(Some(2)),
+            ..args
+        };
+        let config: Config = args.resolve().unwrap();
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", api.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let listeners = teal::server::Listeners { api, admin };
+        let task = tokio::spawn(teal::server::run(config, listeners, async move {
+            let _ = rx.await;
+        }));
+        TestServer { url, admin_url, state_dir, _state: state, stop: Some(tx), task: Some(task) }
+    }
+
+    /// An admin API request with the right token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut r =
+            reqwest::Client::new().request(method, format!("{}{path}", self.admin_url)).bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// GET on the admin API, as JSON (panics on a non-2xx answer).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = self.admin(reqwest::Method::GET, path, None).await;
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Waits for an admin operation to finish and returns it.
+    pub async fn wait_op(&self, id: &str) -> serde_json::Value {
+        for _ in 0..6000 {
+            let op = self.admin_json(&format!("/admin/operations/{id}")).await;
+            if op["status"] != "running" {
+                return op;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("operation {id} never finished");
+    }
+
+    /// Waits until `slot` is in `state` (e.g. the startup standby becoming ready).
+    pub async fn wait_slot(&self, slot: &str, state: &str) {
+        for _ in 0..6000 {
+            let v = self.admin_json("/admin/slots").await;
+            if v["slots"][slot]["state"] == state {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{slot} never became {state}");
+    }
+
+    /// Starts a load into `slot` and waits for it to finish; returns the finished operation.
+    pub async fn load(&self, slot: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self.admin(reqwest::Method::POST, &format!("/admin/slots/{slot}/load"), Some(body)).await;
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "{v}");
+        self.wait_op(v["operation"]["id"].as_str().unwrap()).await
+    }
+
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        for _ in 0..600 {
+        for _ in 0..2400 {
+            assert!(
+                !self.task.as_ref().is_some_and(|t| t.is_finished()),
+                "server at {} stopped while starting",
+                self.url
+            );
             if let Ok(r) = client.get(format!("{}/health/ready", self.url)).send().await {
                 if r.status() == 200 {
                     return;
@@ -89,11 +184,30 @@ impl TestServer {
         false
     }
 
-    /// One value of a Prometheus metric line that starts with `prefix` (name plus labels).
-    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+    /// One value of a Prometheus metric: `query` is `name` or `name{k="v",...}`, and a line matches when it has
+    /// that name and at least those labels (in any order, others allowed).
+    pub async fn metric(&self, query: &str) -> Option<f64> {
         let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        metric_value(&text, query)
     }
+}
+
+/// The value of the first sample line of `text` that matches `query` (see `TestServer::metric`).
+pub fn metric_value(text: &str, query: &str) -> Option<f64> {
+    let (name, labels) = match query.split_once('{') {
+        Some((n, l)) => (n, l.trim_end_matches('}')),
+        None => (query, ""),
+    };
+    let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, l) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let have: Vec<&str> = l.split(',').collect();
+        (n == name && wanted.iter().all(|w| have.contains(w))).then(|| value.parse().ok()).flatten()
+    })
 }
 
 impl Drop for TestServer {

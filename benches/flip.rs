@@ -1,0 +1,190 @@
+//! Blue/green benchmark against an in-process teal server (real HTTP on loopback):
+//! 1. flip latency over N flips: the admin API round trip (client side) and the pointer swap (server side);
+//! 2. wall time of load + warm-up + gates for a model loaded into the standby;
+//! 3. the first request after a flip against steady state, for a standby loaded with and without warm-up.
+//!
+//! Run: `cargo bench --bench flip` (SmolLM2 from scripts/fetch-models.sh; stories260K from ../shared).
+//! Env: TEAL_BENCH_FLIPS (default 1000), TEAL_BENCH_MODEL (default models/smollm2), TEAL_BENCH_STEADY (20).
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Instant;
+use teal::config::ServeArgs;
+
+const TOKEN: &str = "bench-admin-token";
+
+struct Server {
+    url: String,
+    admin: String,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self.http.request(method, format!("{}{path}", self.admin)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("admin request");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    async fn load(&self, slot: &str, body: Value) -> Value {
+        let v = self.admin(Method::POST, &format!("/admin/slots/{slot}/load"), Some(body)).await;
+        let id = v["operation"]["id"].as_str().unwrap().to_string();
+        loop {
+            let op = self.admin(Method::GET, &format!("/admin/operations/{id}"), None).await;
+            if op["status"] != "running" {
+                assert_eq!(op["status"], "succeeded", "{op}");
+                return op;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One greedy streamed request: (time to first token, total) in ms.
+    async fn request(&self) -> (f64, f64) {
+        let body = json!({"model": "bench", "messages": [{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+                          "max_tokens": 16, "temperature": 0, "ignore_eos": true, "stream": true});
+        let t0 = Instant::now();
+        let mut resp = self.http.post(format!("{}/v1/chat/completions", self.url)).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut ttft = None;
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            if ttft.is_none() && String::from_utf8_lossy(&chunk).contains("\"content\":\"") {
+                let s = String::from_utf8_lossy(&chunk);
+                if !s.contains("\"content\":\"\"") {
+                    ttft = Some(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        (ttft.unwrap_or(0.0), t0.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+fn pct(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
+}
+
+async fn start(root: PathBuf, blue: &str) -> Server {
+    let state = tempfile::tempdir().unwrap().keep();
+    let args = ServeArgs {
+        blue: Some(root.join(blue)),
+        models_dir: Some(root),
+        served_model_name: Some("bench".into()),
+        admin_token: Some(TOKEN.into()),
+        state_dir: Some(state),
+        max_total_tokens: Some(4096),
+        ..Default::default()
+    };
+    let config = args.resolve().unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (url, admin_url) =
+        (format!("http://{}", api.local_addr().unwrap()), format!("http://{}", admin.local_addr().unwrap()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(teal::server::run(config, teal::server::Listeners { api, admin }, async move {
+        let _ = rx.await;
+    }));
+    let s = Server { url, admin: admin_url, http: reqwest::Client::new(), _stop: tx };
+    while s.http.get(format!("{}/health/ready", s.url)).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s
+}
+
+async fn flips(s: &Server, n: usize) {
+    let (mut rtt, mut swap) = (vec![], vec![]);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let v = s.admin(Method::POST, "/admin/flip", Some(json!({}))).await;
+        rtt.push(t0.elapsed().as_secs_f64() * 1e6);
+        swap.push(v["flip"]["swap_us"].as_f64().unwrap());
+    }
+    println!("flips: {n}");
+    println!(
+        "  admin API round trip: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        pct(&rtt, 0.5),
+        pct(&rtt, 0.99),
+        pct(&rtt, 1.0)
+    );
+    println!(
+        "  pointer swap:         p50 {:.2} us, p99 {:.2} us, max {:.2} us",
+        pct(&swap, 0.5),
+        pct(&swap, 0.99),
+        pct(&swap, 1.0)
+    );
+}
+
+/// Loads the model into green, flips to it, and compares its first request with steady state.
+async fn first_request(s: &Server, model: &str, warm: bool, steady_n: usize) {
+    let mut body = json!({"model": model, "version": if warm { "warm" } else { "cold" }});
+    if !warm {
+        // No warm-up and no gates (gates run requests, which would warm it).
+        body["warmup"] = json!({"enabled": false});
+        body["gates"] =
+            json!({"health": {"enabled": false}, "smoke": {"enabled": false}, "agreement": {"enabled": false}});
+    }
+    let op = s.load("green", body).await;
+    let t = &op["timings"];
+    println!(
+        "load into standby ({}): loading {:.2} s, warm-up {:.2} s, gates {:.2} s, total {:.2} s",
+        if warm { "with warm-up and gates" } else { "no warm-up, no gates" },
+        t["loading"].as_f64().unwrap_or(0.0),
+        t["warming"].as_f64().unwrap_or(0.0),
+        t["gating"].as_f64().unwrap_or(0.0),
+        t["total"].as_f64().unwrap_or(0.0)
+    );
+    s.admin(Method::POST, "/admin/flip", Some(json!({"to": "green"}))).await;
+    let (first_ttft, first_total) = s.request().await;
+    let mut ttft = vec![];
+    let mut total = vec![];
+    for _ in 0..steady_n {
+        let (a, b) = s.request().await;
+        ttft.push(a);
+        total.push(b);
+    }
+    let (p50_ttft, p50_total) = (pct(&ttft, 0.5), pct(&total, 0.5));
+    println!(
+        "  first request after flip: TTFT {first_ttft:.1} ms, total {first_total:.1} ms; steady p50 TTFT {p50_ttft:.1} ms, \
+         total {p50_total:.1} ms; first/steady TTFT {:.2}x, total {:.2}x",
+        first_ttft / p50_ttft,
+        first_total / p50_total
+    );
+    s.admin(Method::POST, "/admin/flip", Some(json!({"to": "blue"}))).await;
+    // Wait for green to drain before unloading it.
+    for _ in 0..200 {
+        let st = s.admin(Method::GET, "/admin/slots", None).await;
+        if st["slots"]["green"]["state"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    s.admin(Method::DELETE, "/admin/slots/green", None).await;
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let model = std::env::var("TEAL_BENCH_MODEL").unwrap_or_else(|_| "smollm2".into());
+    if !root.join(&model).exists() {
+        println!("skipping: {} not found (run scripts/fetch-models.sh)", root.join(&model).display());
+        return;
+    }
+    let n: usize = std::env::var("TEAL_BENCH_FLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let steady: usize = std::env::var("TEAL_BENCH_STEADY").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let s = start(root, &model).await;
+        first_request(&s, &model, true, steady).await;
+        first_request(&s, &model, false, steady).await;
+        s.load("green", json!({"model": model, "version": "flip"})).await;
+        flips(&s, n).await;
+    });
+}

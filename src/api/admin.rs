@@ -1,0 +1,191 @@
+//! The admin API, served on its own listener (loopback by default). Every route needs `Authorization: Bearer
+//! <token>` (compared in constant time). Handlers only translate HTTP to lifecycle commands and back; the
+//! lifecycle controller decides everything.
+
+use super::error::ApiError;
+use super::JsonBody;
+use crate::lifecycle::{AdminError, FlipRequest, Lifecycle, LoadRequest};
+use crate::router::SlotName;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub lifecycle: Lifecycle,
+    pub token: Arc<String>,
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        let (status, kind) = match &e {
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::GateFailed(_) => (StatusCode::CONFLICT, "gate_failed"),
+            AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        };
+        ApiError::new(status, kind, e.to_string())
+    }
+}
+
+/// True when `header` is exactly `Bearer <token>`.
+pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else { return false };
+    !token.is_empty() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !bearer_matches(header, &state.token) {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API needs Authorization: Bearer <token> with the server's admin token",
+        )
+        .into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    next.run(req).await
+}
+
+fn slot(name: &str) -> Result<SlotName, ApiError> {
+    SlotName::parse(name).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no slot {name:?}; use blue or green"))
+    })
+}
+
+async fn slots(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.lifecycle.status().await?))
+}
+
+async fn load(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<LoadRequest>,
+) -> Result<Response, ApiError> {
+    let op = s.lifecycle.load(slot(&name)?, req, false, false).await?;
+    let location = format!("/admin/operations/{}", op.id);
+    let mut resp = (StatusCode::ACCEPTED, Json(json!({"operation": op}))).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn unload(State(s): State<AdminState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.lifecycle.unload(slot(&name)?).await?))
+}
+
+async fn operation(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    match s.lifecycle.operation(id.clone()).await? {
+        Some(op) => Ok(Json(json!(op))),
+        None => Err(AdminError::NotFound(format!("no operation {id}")).into()),
+    }
+}
+
+/// POST /admin/flip; an empty body flips to the standby.
+async fn flip(State(s): State<AdminState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let req: FlipRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        FlipRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_json(format!("invalid flip request: {e}")))?
+    };
+    let t0 = Instant::now();
+    let out = s.lifecycle.flip(req).await?;
+    Ok(Json(json!({"flip": out, "flip_us": t0.elapsed().as_secs_f64() * 1e6})))
+}
+
+async fn rollback(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let t0 = Instant::now();
+    let out = s.lifecycle.rollback().await?;
+    Ok(Json(json!({"flip": out, "flip_us": t0.elapsed().as_secs_f64() * 1e6})))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    follow: bool,
+    /// Only events with a larger sequence number.
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Response {
+    let audit = s.lifecycle.audit.clone();
+    if !q.follow {
+        return Json(json!({"events": audit.since(q.after, q.limit.unwrap_or(1000).min(10_000))})).into_response();
+    }
+    // Subscribe before reading the backlog so nothing recorded in between is missed (duplicates are skipped).
+    let mut rx = audit.subscribe();
+    let backlog = audit.since(q.after, usize::MAX);
+    let stream = async_stream::stream! {
+        let mut last = q.after;
+        for ev in backlog {
+            last = ev.seq;
+            yield Ok::<_, Infallible>(SseEvent::default().id(ev.seq.to_string()).data(json!(ev).to_string()));
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.seq > last => {
+                    last = ev.seq;
+                    yield Ok(SseEvent::default().id(ev.seq.to_string()).data(json!(ev).to_string()));
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    yield Ok(SseEvent::default().comment(format!("{n} events skipped; reconnect with ?after={last}")));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/slots", get(slots))
+        .route("/admin/slots/{slot}", axum::routing::delete(unload))
+        .route("/admin/slots/{slot}/load", post(load))
+        .route("/admin/operations/{id}", get(operation))
+        .route("/admin/flip", post(flip))
+        .route("/admin/rollback", post(rollback))
+        .route("/admin/events", get(events))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_matches(Some("Bearer s3cret "), "s3cret"));
+        assert!(!bearer_matches(Some("bearer s3cret"), "s3cret"));
+        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
+        assert!(!bearer_matches(None, "s3cret"));
+        assert!(!bearer_matches(Some("Bearer "), ""), "an empty token never matches");
+    }
+}

@@ -1,0 +1,370 @@
+//! `teal admin`: the admin API from the command line. Readable tables by default, the server's JSON with
+//! `--json`; a progress bar while a load runs. Exit status 1 when the server refuses or an operation fails.
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Admin API base URL
+    #[arg(long, env = "TEAL_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    pub url: String,
+    /// Bearer token [default: the token file]
+    #[arg(long, env = "TEAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the token [default: <state-dir>/admin.token, as `teal serve` writes it]
+    #[arg(long, env = "TEAL_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The server's state directory (for the generated token)
+    #[arg(long, env = "TEAL_STATE_DIR", default_value = ".teal")]
+    pub state_dir: PathBuf,
+    /// Print the server's JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Both slots: state, model, version, device, gates
+    Status,
+    /// Load a model into a slot (warm-up and gates run before it is ready)
+    Load {
+        /// blue or green
+        slot: String,
+        /// A name in the server's model root, or a path under it
+        model: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Skip warm-up (the first requests after a flip pay for it)
+        #[arg(long)]
+        no_warmup: bool,
+        /// Gate overrides as JSON, or @FILE
+        #[arg(long)]
+        gates: Option<String>,
+        /// Return once the load has started
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Make the standby live
+    Flip {
+        /// Refuse unless this slot is live now
+        #[arg(long)]
+        expect_live: Option<String>,
+        /// Skip the gates (audited)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Go back to the previous live slot
+    Rollback,
+    /// Unload a standby slot
+    Unload { slot: String },
+    /// The audit log
+    Events {
+        /// Keep printing new events
+        #[arg(long)]
+        follow: bool,
+        /// Only events after this sequence number
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Wait for an operation to finish, or for a slot to reach a state
+    Wait {
+        /// Operation id (op-N)
+        operation: Option<String>,
+        #[arg(long)]
+        slot: Option<String>,
+        /// ready, live, empty, failed, ...
+        #[arg(long, default_value = "ready")]
+        state: String,
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = v["error"]["message"].as_str().map(String::from).unwrap_or_else(|| v.to_string());
+            bail!("{status}: {msg}");
+        }
+        Ok(v)
+    }
+}
+
+fn token(args: &AdminArgs) -> anyhow::Result<String> {
+    if let Some(t) = &args.token {
+        return Ok(t.clone());
+    }
+    let path = args.token_file.clone().unwrap_or_else(|| args.state_dir.join("admin.token"));
+    let t = std::fs::read_to_string(&path).with_context(|| {
+        format!("no admin token: set TEAL_ADMIN_TOKEN or --token-file ({} unreadable)", path.display())
+    })?;
+    Ok(t.trim().to_string())
+}
+
+/// Runs one `teal admin` command.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let client =
+        Client { http: reqwest::Client::new(), url: args.url.trim_end_matches('/').to_string(), token: token(&args)? };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(dispatch(&client, args.command, args.json))
+}
+
+async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Result<()> {
+    match cmd {
+        AdminCommand::Status => {
+            let v = c.call(Method::GET, "/admin/slots", None).await?;
+            print_or(as_json, &v, status_table);
+        }
+        AdminCommand::Load { slot, model, version, device, dtype, no_warmup, gates, no_wait } => {
+            let gates = gates.map(|g| read_json_arg(&g)).transpose()?;
+            let mut body =
+                json!({"model": model, "version": version, "device": device, "dtype": dtype, "gates": gates});
+            if no_warmup {
+                body["warmup"] = json!({"enabled": false});
+            }
+            let v = c.call(Method::POST, &format!("/admin/slots/{slot}/load"), Some(body)).await?;
+            let id = v["operation"]["id"].as_str().unwrap_or_default().to_string();
+            if no_wait {
+                print_or(as_json, &v, |_| println!("started {id}"));
+                return Ok(());
+            }
+            let op = follow_operation(c, &id, !as_json, Duration::from_secs(3600)).await?;
+            print_or(as_json, &op, operation_line);
+            check_operation(&op)?;
+        }
+        AdminCommand::Flip { expect_live, force } => {
+            let body = json!({"expect_live": expect_live, "force": force});
+            let v = c.call(Method::POST, "/admin/flip", Some(body)).await?;
+            print_or(as_json, &v, flip_line);
+        }
+        AdminCommand::Rollback => {
+            let v = c.call(Method::POST, "/admin/rollback", None).await?;
+            print_or(as_json, &v, flip_line);
+        }
+        AdminCommand::Unload { slot } => {
+            let v = c.call(Method::DELETE, &format!("/admin/slots/{slot}"), None).await?;
+            print_or(as_json, &v, |v| {
+                println!("{} unloaded ({})", v["slot"].as_str().unwrap_or("?"), v["unloaded_version"])
+            });
+        }
+        AdminCommand::Events { follow, after } => events(c, follow, after, as_json).await?,
+        AdminCommand::Wait { operation, slot, state, timeout_s } => {
+            let limit = Duration::from_secs(timeout_s);
+            match (operation, slot) {
+                (Some(id), _) => {
+                    let op = follow_operation(c, &id, false, limit).await?;
+                    print_or(as_json, &op, operation_line);
+                    check_operation(&op)?;
+                }
+                (None, Some(slot)) => wait_state(c, &slot, &state, limit).await?,
+                (None, None) => bail!("give an operation id or --slot"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_json_arg(s: &str) -> anyhow::Result<Value> {
+    let text = match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => s.to_string(),
+    };
+    serde_json::from_str(&text).context("--gates is not valid JSON")
+}
+
+fn print_or(as_json: bool, v: &Value, table: impl Fn(&Value)) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        table(v);
+    }
+}
+
+fn check_operation(op: &Value) -> anyhow::Result<()> {
+    if op["status"] == "failed" {
+        bail!("load failed: {}", op["error"].as_str().unwrap_or("unknown reason"));
+    }
+    if op["gates_passed"] == false {
+        bail!("loaded, but its gates failed (see `teal admin status`); a flip needs --force");
+    }
+    Ok(())
+}
+
+async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Duration) -> anyhow::Result<Value> {
+    let pb = if bar { ProgressBar::new(100) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:>8} [{bar:30}] {pos:>3}% {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let t0 = Instant::now();
+    loop {
+        let op = c.call(Method::GET, &format!("/admin/operations/{id}"), None).await?;
+        pb.set_prefix(op["phase"].as_str().unwrap_or("").to_string());
+        pb.set_position((op["progress"].as_f64().unwrap_or(0.0) * 100.0) as u64);
+        if op["status"] != "running" {
+            pb.finish_and_clear();
+            return Ok(op);
+        }
+        if t0.elapsed() > limit {
+            pb.abandon();
+            bail!("operation {id} still running after {}s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_state(c: &Client, slot: &str, state: &str, limit: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let v = c.call(Method::GET, "/admin/slots", None).await?;
+        let now = v["slots"][slot]["state"].as_str().ok_or_else(|| anyhow!("no slot {slot}"))?.to_string();
+        if now == state {
+            println!("{slot} is {state}");
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!("{slot} is {now}, not {state}, after {}s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn events(c: &Client, follow: bool, after: u64, as_json: bool) -> anyhow::Result<()> {
+    if !follow {
+        let v = c.call(Method::GET, &format!("/admin/events?after={after}"), None).await?;
+        for ev in v["events"].as_array().into_iter().flatten() {
+            print_or(as_json, ev, event_line);
+        }
+        return Ok(());
+    }
+    let url = format!("{}/admin/events?follow=true&after={after}", c.url);
+    let resp = c.http.get(url).bearer_auth(&c.token).send().await?.error_for_status()?;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            if let Some(ev) = line.trim_end().strip_prefix("data: ").and_then(|d| serde_json::from_str::<Value>(d).ok())
+            {
+                print_or(as_json, &ev, event_line);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn status_table(v: &Value) {
+    println!(
+        "{:<6} {:<9} {:<4} {:<28} {:<14} {:<7} {:>9}  GATES",
+        "SLOT", "STATE", "LIVE", "MODEL", "VERSION", "DEVICE", "IN-FLIGHT"
+    );
+    for name in ["blue", "green"] {
+        let sl = &v["slots"][name];
+        let gates = match &sl["gates"] {
+            Value::Null => "-".to_string(),
+            g if g["passed"] == true => "passed".into(),
+            g if g["forced"] == true => "forced".into(),
+            g => {
+                let failed = g["results"].as_array().into_iter().flatten().find(|r| r["passed"] == false);
+                format!(
+                    "failed: {}",
+                    failed.map(|r| format!("{}: {}", s(&r["gate"]), s(&r["summary"]))).unwrap_or_default()
+                )
+            }
+        };
+        let state = match &sl["reason"] {
+            Value::String(r) => format!("{} ({r})", s(&sl["state"])),
+            _ => s(&sl["state"]),
+        };
+        println!(
+            "{:<6} {:<9} {:<4} {:<28} {:<14} {:<7} {:>9}  {gates}",
+            name,
+            state,
+            if sl["live"] == true { "*" } else { "" },
+            s(&sl["model"]["name"]),
+            s(&sl["model"]["version"]),
+            s(&sl["model"]["device"]),
+            s(&sl["in_flight"]),
+        );
+    }
+}
+
+fn operation_line(op: &Value) {
+    let t = &op["timings"];
+    println!(
+        "{} {} on {}: {} (load {:.2}s, warm-up {:.2}s, gates {:.2}s){}",
+        s(&op["id"]),
+        s(&op["model"]),
+        s(&op["slot"]),
+        s(&op["status"]),
+        t["loading"].as_f64().unwrap_or(0.0),
+        t["warming"].as_f64().unwrap_or(0.0),
+        t["gating"].as_f64().unwrap_or(0.0),
+        op["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+    );
+}
+
+fn flip_line(v: &Value) {
+    let f = &v["flip"];
+    println!(
+        "live: {} ({}), was {} ({}); swap {:.1} us, flip {:.1} us{}",
+        s(&f["live"]),
+        s(&f["version"]),
+        s(&f["previous"]),
+        s(&f["previous_version"]),
+        f["swap_us"].as_f64().unwrap_or(0.0),
+        v["flip_us"].as_f64().unwrap_or(0.0),
+        if f["forced"] == true { " (forced: gates skipped)" } else { "" }
+    );
+}
+
+fn event_line(ev: &Value) {
+    println!(
+        "{:>5} {} {:<15} {:<6} {:<8} {} -> {}{}{}",
+        s(&ev["seq"]),
+        s(&ev["time"]),
+        s(&ev["action"]),
+        s(&ev["slot"]),
+        s(&ev["outcome"]),
+        s(&ev["from_version"]),
+        s(&ev["to_version"]),
+        if ev["forced"] == true { " forced" } else { "" },
+        ev["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+}

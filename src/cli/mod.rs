@@ -1,0 +1,3 @@
+//! Client-side commands of the `teal` binary (the server side is `server::run`).
+
+pub mod admin;

@@ -1,0 +1,170 @@
+//! Request routing to the live slot. Owns the one atomic live pointer (`ArcSwapOption<Resident>`): a request
+//! takes a `SlotLease` once, keeps it to its last token, and so never sees a flip mid-response; a flip stores a
+//! new pointer and in-flight requests drain on the slot they started on. Only the lifecycle controller stores.
+
+use crate::engine::Engine;
+use arc_swap::ArcSwapOption;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotName {
+    Blue,
+    Green,
+}
+
+impl SlotName {
+    pub const ALL: [SlotName; 2] = [SlotName::Blue, SlotName::Green];
+
+    pub fn other(self) -> SlotName {
+        match self {
+            SlotName::Blue => SlotName::Green,
+            SlotName::Green => SlotName::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotName::Blue => "blue",
+            SlotName::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SlotName> {
+        match s {
+            "blue" => Some(SlotName::Blue),
+            "green" => Some(SlotName::Green),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SlotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who a loaded model version is: what the admin API reports and the audit log records.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelIdentity {
+    pub name: String,
+    pub version: String,
+    pub source: PathBuf,
+    /// sha256 of the weight files (of the one file, or of "name digest" lines for several).
+    pub digest: String,
+    pub device: String,
+    pub format: String,
+}
+
+/// One loaded model version in a slot: its identity and its engine. Immutable; shared by the slot table, the
+/// live pointer and every request that leased it.
+pub struct Resident {
+    /// Distinguishes two loads of the same model into the same slot (rollback checks it).
+    pub load_id: u64,
+    pub slot: SlotName,
+    pub identity: ModelIdentity,
+    pub engine: Engine,
+    in_flight: AtomicUsize,
+}
+
+impl Resident {
+    pub fn new(load_id: u64, slot: SlotName, identity: ModelIdentity, engine: Engine) -> Self {
+        Resident { load_id, slot, identity, engine, in_flight: AtomicUsize::new(0) }
+    }
+
+    /// Requests holding a lease on this version.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A lease on this version for one request (the lifecycle's gates use it too).
+    pub fn lease(self: &Arc<Self>) -> SlotLease {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        SlotLease(self.clone())
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        tracing::info!(slot = %self.slot, model = %self.identity.name, version = %self.identity.version, "unloaded");
+    }
+}
+
+/// A request's hold on the slot it started on; counts as in flight until dropped.
+pub struct SlotLease(Arc<Resident>);
+
+impl SlotLease {
+    pub fn resident(&self) -> &Arc<Resident> {
+        &self.0
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+}
+
+impl std::ops::Deref for SlotLease {
+    type Target = Resident;
+    fn deref(&self) -> &Resident {
+        &self.0
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The live pointer and the name clients use for the served model.
+pub struct LiveRouter {
+    live: ArcSwapOption<Resident>,
+    /// `--served-model-name`, or the name of the first model that went live; fixed for the process so that a
+    /// flip to another model does not change what clients send.
+    alias: OnceLock<String>,
+}
+
+impl LiveRouter {
+    pub fn new(served_model_name: Option<String>) -> Self {
+        let alias = OnceLock::new();
+        if let Some(n) = served_model_name {
+            let _ = alias.set(n);
+        }
+        LiveRouter { live: ArcSwapOption::empty(), alias }
+    }
+
+    /// A lease on the live slot, or None before any slot is live.
+    pub fn lease(&self) -> Option<SlotLease> {
+        self.live.load_full().map(|r| r.lease())
+    }
+
+    /// The live version without taking a lease (status, headers of non-generation routes).
+    pub fn peek(&self) -> Option<Arc<Resident>> {
+        self.live.load_full()
+    }
+
+    /// The served name; requests may name it or the live model's own name.
+    pub fn served_name(&self) -> Option<&str> {
+        self.alias.get().map(String::as_str)
+    }
+
+    pub fn accepts(&self, requested: &str, lease: &SlotLease) -> bool {
+        self.served_name() == Some(requested) || lease.identity.name == requested
+    }
+
+    /// Makes `next` live in one atomic store and returns the previous live version. Lifecycle only.
+    pub(crate) fn swap(&self, next: Arc<Resident>) -> Option<Arc<Resident>> {
+        let _ = self.alias.set(next.identity.name.clone());
+        self.live.swap(Some(next))
+    }
+
+    /// Empties the live pointer (shutdown).
+    pub(crate) fn clear(&self) -> Option<Arc<Resident>> {
+        self.live.swap(None)
+    }
+}
