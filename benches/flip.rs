@@ -4,7 +4,8 @@
 //! 3. the first request after a flip against steady state, for a standby loaded with and without warm-up.
 //!
 //! Run: `cargo bench --bench flip` (SmolLM2 from scripts/fetch-models.sh; stories260K from ../shared).
-//! Env: TEAL_BENCH_FLIPS (default 1000), TEAL_BENCH_MODEL (default models/smollm2), TEAL_BENCH_STEADY (20).
+//! Env: TEAL_BENCH_FLIPS (default 1000), TEAL_BENCH_MODEL (a name under models/, default smollm2),
+//! TEAL_BENCH_STEADY (steady-state requests, 20), TEAL_BENCH_ROUNDS (loads per warm/cold mode, 3).
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -123,8 +124,9 @@ async fn flips(s: &Server, n: usize) {
     );
 }
 
-/// Loads the model into green, flips to it, and compares its first request with steady state.
-async fn first_request(s: &Server, model: &str, warm: bool, steady_n: usize) {
+/// Loads the model into green, flips to it, and compares its first request with steady state; returns the
+/// first/steady-p50 ratios of (TTFT, total).
+async fn first_request(s: &Server, model: &str, warm: bool, steady_n: usize) -> (f64, f64) {
     let mut body = json!({"model": model, "version": if warm { "warm" } else { "cold" }});
     if !warm {
         // No warm-up and no gates (gates run requests, which would warm it).
@@ -168,6 +170,7 @@ async fn first_request(s: &Server, model: &str, warm: bool, steady_n: usize) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     s.admin(Method::DELETE, "/admin/slots/green", None).await;
+    (first_ttft / p50_ttft, first_total / p50_total)
 }
 
 fn main() {
@@ -179,11 +182,24 @@ fn main() {
     }
     let n: usize = std::env::var("TEAL_BENCH_FLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let steady: usize = std::env::var("TEAL_BENCH_STEADY").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let rounds: usize = std::env::var("TEAL_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let s = start(root, &model).await;
-        first_request(&s, &model, true, steady).await;
-        first_request(&s, &model, false, steady).await;
+        for warm in [true, false] {
+            let mut ratios = vec![];
+            for _ in 0..rounds {
+                ratios.push(first_request(&s, &model, warm, steady).await);
+            }
+            let ttft: Vec<f64> = ratios.iter().map(|r| r.0).collect();
+            let total: Vec<f64> = ratios.iter().map(|r| r.1).collect();
+            println!(
+                "{} warm-up, median over {rounds} loads: first/steady TTFT {:.2}x, total {:.2}x",
+                if warm { "with" } else { "without" },
+                pct(&ttft, 0.5),
+                pct(&total, 0.5)
+            );
+        }
         s.load("green", json!({"model": model, "version": "flip"})).await;
         flips(&s, n).await;
     });

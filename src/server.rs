@@ -81,7 +81,8 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-/// Starts the startup loads and waits for them; blue must end live.
+/// Starts the startup loads and waits for them; blue must end live (a failure stops the server), a failed green
+/// is reported and left failed.
 async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<()> {
     let blue = config.blue_path()?;
     let mut ops: Vec<(SlotName, PathBuf, Operation)> = vec![];
@@ -94,13 +95,21 @@ async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::
     }
     for (slot, path, op) in ops {
         let done = lifecycle.wait(&op.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(e) = done.error {
-            bail!("loading {} into {slot}: {e}", path.display());
-        }
-        if done.gates_passed == Some(false) {
-            let status = lifecycle.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let gates = &status["slots"][slot.as_str()]["gates"];
-            bail!("{} in {slot} failed its gates: {gates}", path.display());
+        let problem = match (done.error, done.gates_passed) {
+            (Some(e), _) => Some(format!("loading {} into {slot}: {e}", path.display())),
+            (None, Some(false)) => {
+                let status = lifecycle.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let gates = &status["slots"][slot.as_str()]["gates"];
+                Some(format!("{} in {slot} failed its gates: {gates}", path.display()))
+            }
+            _ => None,
+        };
+        match problem {
+            // Without a live blue there is nothing to serve.
+            Some(p) if slot == SlotName::Blue => bail!(p),
+            // A bad standby must not take the live slot down: it stays failed (or gated out) for the operator.
+            Some(p) => tracing::error!(problem = %p, "the startup standby is not ready"),
+            None => {}
         }
     }
     if lifecycle.router.peek().is_none() {

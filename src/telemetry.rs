@@ -47,6 +47,13 @@ pub struct Metrics {
 const ENGINE_LABELS: [&str; 3] = ["model", "slot", "version"];
 const SLOT_STATES: [&str; 8] = ["empty", "loading", "warming", "gating", "ready", "live", "draining", "failed"];
 
+/// Registers a statically defined metric (the definitions are constants, so failure is a programming error).
+fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<T>) -> T {
+    let m = metric.expect("static metric definition");
+    registry.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
 fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.0005, 2.0, 18).unwrap_or_default()
 }
@@ -55,25 +62,15 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(latency_buckets()), &ENGINE_LABELS)
-                .expect("static metric definition");
-            registry.register(Box::new(h.clone())).expect("metric registered once");
-            h
+            reg(&registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(latency_buckets()), &ENGINE_LABELS))
         };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("metric registered once");
-            c
-        };
-        let igauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &ENGINE_LABELS).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("metric registered once");
-            g
-        };
-        let kv_usage =
-            GaugeVec::new(Opts::new("teal_kv_cache_usage_ratio", "Share of KV cache blocks in use"), &ENGINE_LABELS)
-                .expect("static metric definition");
-        registry.register(Box::new(kv_usage.clone())).expect("metric registered once");
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| reg(&registry, IntCounterVec::new(Opts::new(name, help), labels));
+        let igauge = |name: &str, help: &str| reg(&registry, IntGaugeVec::new(Opts::new(name, help), &ENGINE_LABELS));
+        let kv_usage = reg(
+            &registry,
+            GaugeVec::new(Opts::new("teal_kv_cache_usage_ratio", "Share of KV cache blocks in use"), &ENGINE_LABELS),
+        );
         Metrics {
             requests: counter(
                 "teal_requests_total",
@@ -85,16 +82,14 @@ impl Metrics {
             e2e: hist("teal_request_duration_seconds", "Time from request arrival to its last token"),
             queue_time: hist("teal_queue_time_seconds", "Time a request waited before its first step"),
             batch_size: igauge("teal_running_requests", "Sequences in the running batch"),
-            step_batch: {
-                let h = HistogramVec::new(
+            step_batch: reg(
+                &registry,
+                HistogramVec::new(
                     HistogramOpts::new("teal_batch_size", "Sequences run together in one engine step")
                         .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
                     &ENGINE_LABELS,
-                )
-                .expect("static metric definition");
-                registry.register(Box::new(h.clone())).expect("metric registered once");
-                h
-            },
+                ),
+            ),
             waiting: igauge("teal_waiting_requests", "Requests queued for admission"),
             kv_usage,
             prompt_tokens: counter("teal_prompt_tokens_total", "Prompt tokens processed", &ENGINE_LABELS),
@@ -105,65 +100,45 @@ impl Metrics {
                 "Requests failed because the model produced NaN or infinite logits",
                 &ENGINE_LABELS,
             ),
-            live_slot: {
-                let g =
-                    IntGaugeVec::new(Opts::new("teal_live_slot", "1 for the slot serving traffic, else 0"), &["slot"])
-                        .expect("static metric definition");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
-            slot_state: {
-                let g = IntGaugeVec::new(
+            live_slot: reg(
+                &registry,
+                IntGaugeVec::new(Opts::new("teal_live_slot", "1 for the slot serving traffic, else 0"), &["slot"]),
+            ),
+            slot_state: reg(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new("teal_slot_state", "1 for each slot's current lifecycle state, else 0"),
                     &["slot", "state"],
-                )
-                .expect("static metric definition");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
-            flips: {
-                let c = IntCounter::new("teal_flips_total", "Flips of the live slot (rollbacks not included)")
-                    .expect("static metric definition");
-                registry.register(Box::new(c.clone())).expect("metric registered once");
-                c
-            },
-            rollbacks: {
-                let c = IntCounter::new("teal_rollbacks_total", "Rollbacks to the previous live slot")
-                    .expect("static metric definition");
-                registry.register(Box::new(c.clone())).expect("metric registered once");
-                c
-            },
-            flip_duration: {
-                let h = Histogram::with_opts(
+                ),
+            ),
+            flips: reg(
+                &registry,
+                IntCounter::new("teal_flips_total", "Flips of the live slot (rollbacks not included)"),
+            ),
+            rollbacks: reg(&registry, IntCounter::new("teal_rollbacks_total", "Rollbacks to the previous live slot")),
+            flip_duration: reg(
+                &registry,
+                Histogram::with_opts(
                     HistogramOpts::new("teal_flip_duration_seconds", "Time the controller took to flip or roll back")
                         .buckets(exponential_buckets(1e-6, 2.0, 20).unwrap_or_default()),
-                )
-                .expect("static metric definition");
-                registry.register(Box::new(h.clone())).expect("metric registered once");
-                h
-            },
+                ),
+            ),
             gate_results: counter("teal_gate_results_total", "Gate runs by gate and result", &["gate", "result"]),
-            slot_gates_passed: {
-                let g = IntGaugeVec::new(
+            slot_gates_passed: reg(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new("teal_slot_gates_passed", "1 when the slot's model passed its gates"),
                     &["slot"],
-                )
-                .expect("static metric definition");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
-            last_flip: {
-                let g = Gauge::new("teal_last_flip_timestamp_seconds", "Unix time of the last flip or rollback")
-                    .expect("static metric definition");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
-            since_last_flip: {
-                let g = Gauge::new("teal_seconds_since_last_flip", "Seconds since the last flip or rollback")
-                    .expect("static metric definition");
-                registry.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
+                ),
+            ),
+            last_flip: reg(
+                &registry,
+                Gauge::new("teal_last_flip_timestamp_seconds", "Unix time of the last flip or rollback"),
+            ),
+            since_last_flip: reg(
+                &registry,
+                Gauge::new("teal_seconds_since_last_flip", "Seconds since the last flip or rollback"),
+            ),
             registry,
         }
     }

@@ -159,10 +159,13 @@ async fn a_corrupt_standby_fails_with_its_reason_and_the_live_slot_never_notices
     let root = model_root();
     let args = ServeArgs {
         blue: Some(root.path().join("good")),
+        green: Some(root.path().join("badconfig")),
         models_dir: Some(root.path().to_path_buf()),
         ..Default::default()
     };
+    // A broken standby at start is reported, not fatal: blue serves.
     let s = TestServer::start_args(args).await;
+    s.wait_slot("green", "failed").await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = vec![];
     for _ in 0..4 {
@@ -205,7 +208,7 @@ async fn a_corrupt_standby_fails_with_its_reason_and_the_live_slot_never_notices
     }
     let events = s.admin_json("/admin/events").await;
     let failed = events["events"].as_array().unwrap().iter().filter(|e| e["action"] == "load_failed").count();
-    assert_eq!(failed, 3);
+    assert_eq!(failed, 4, "the startup standby and three admin loads");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -87,8 +87,16 @@ def errors():
         assert e.body["code"] == "model_not_found"
 
 
+def slot_headers():
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert raw.headers.get("x-teal-slot") == "blue", dict(raw.headers)
+    assert raw.headers.get("x-teal-model-version"), dict(raw.headers)
+    assert raw.parse().choices[0].message.role == "assistant"
+
+
 wait_ready()
-for name, fn in [("chat", chat), ("chat_stream", chat_stream), ("completion_and_logprobs", completion_and_logprobs),
+for name, fn in [("slot_headers", slot_headers), ("chat", chat), ("chat_stream", chat_stream), ("completion_and_logprobs", completion_and_logprobs),
                  ("seed", seed), ("models", models), ("errors", errors)]:
     check(name, fn)
 failed = sum(1 for _, e in results if e)
