@@ -11,6 +11,7 @@
 //! lifecycle/   the controller (actor.rs, the only writer of slot state): load -> warm -> gate -> flip /
 //!              rollback / unload; state.rs (pure transitions), warmup.rs, gates.rs, audit.rs (JSONL log)
 //! cli/         `teal admin`: the admin API from the command line
+//! bench/       `teal bench serve|flip|cold-warm`: load generator, stats, JSON with the machine, SVG charts
 //! engine/      per-model engine thread: queue -> scheduler (pure policy) -> batched forward -> sampling
 //!              kv_cache.rs (paged pool, blocks freed on drop), sequence.rs (stop strings, streaming text)
 //! models/      loading (HF safetensors dir or GGUF), llama.rs (stateless forward over a ragged batch),
@@ -22,6 +23,7 @@
 //! the live slot through the router's atomic pointer; the lifecycle controller alone moves that pointer.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod device;

@@ -17,6 +17,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Drive a running server's admin API: status, load, flip, rollback, unload, events, wait.
     Admin(Box<teal::cli::admin::AdminArgs>),
+    /// Benchmark a server: serve (latency/throughput by load), flip (flips under load), cold-warm.
+    Bench(Box<teal::bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -25,6 +27,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Admin(args) => teal::cli::admin::run(*args),
+        Command::Bench(args) => teal::bench::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use crate::lifecycle::{Context, Lifecycle, LoadRequest, Operation};
 use crate::router::{LiveRouter, SlotName};
 use crate::telemetry::Metrics;
 use anyhow::{bail, Context as _};
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,7 +159,8 @@ pub async fn run(
     let serve = |listener: TcpListener, app: axum::Router| {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
+            // No Nagle delay on small writes: every streamed token leaves at once.
+            axum::serve(listener.tap_io(|tcp| drop(tcp.set_nodelay(true))), app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })

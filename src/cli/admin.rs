@@ -93,14 +93,35 @@ pub enum AdminCommand {
     },
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
+/// An authenticated admin API client (also used by `teal bench`).
+pub(crate) struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: String,
 }
 
 impl Client {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    /// The token comes from `token`, else `token_file`, else `<state_dir>/admin.token`.
+    pub fn connect(
+        url: &str,
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+        state_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let token = match token {
+            Some(t) => t,
+            None => {
+                let path = token_file.unwrap_or_else(|| state_dir.join("admin.token"));
+                let t = std::fs::read_to_string(&path).with_context(|| {
+                    format!("no admin token: set TEAL_ADMIN_TOKEN or --token-file ({} unreadable)", path.display())
+                })?;
+                t.trim().to_string()
+            }
+        };
+        Ok(Client { http: reqwest::Client::new(), url: url.trim_end_matches('/').to_string(), token })
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -216,7 +237,7 @@ fn check_operation(op: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Duration) -> anyhow::Result<Value> {
+pub(crate) async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Duration) -> anyhow::Result<Value> {
     let pb = if bar { ProgressBar::new(100) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{spinner} {prefix:>8} [{bar:30}] {pos:>3}% {elapsed}")

@@ -1,0 +1,158 @@
+//! One benchmark request against any OpenAI-compatible server: a streamed /v1/completions call whose token
+//! arrival times are recorded as the client sees them.
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// What one request measured. Times are seconds; `start` is relative to the start of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub start: f64,
+    pub ttft: f64,
+    /// Gaps between consecutive content chunks after the first.
+    pub itl: Vec<f64>,
+    pub e2e: f64,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub error: Option<String>,
+    /// `x-teal-slot`, when the server sends it.
+    pub slot: Option<String>,
+}
+
+impl Record {
+    /// Time per output token after the first: (e2e - ttft) / (tokens - 1).
+    pub fn tpot(&self) -> Option<f64> {
+        (self.error.is_none() && self.output_tokens > 1)
+            .then(|| (self.e2e - self.ttft) / (self.output_tokens - 1) as f64)
+    }
+
+    fn failed(start: f64, e2e: f64, error: String) -> Self {
+        Record {
+            start,
+            ttft: 0.0,
+            itl: vec![],
+            e2e,
+            prompt_tokens: 0,
+            output_tokens: 0,
+            error: Some(error),
+            slot: None,
+        }
+    }
+}
+
+/// The request every benchmark client sends.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    pub url: String,
+    pub model: String,
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+}
+
+/// A prompt of about `tokens` tokens: common English words, each one token in the usual BPE vocabularies.
+pub fn synthetic_prompt(tokens: usize, salt: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "the", "sun", "rises", "in",
+        "the", "east",
+    ];
+    (0..tokens.max(1)).map(|i| WORDS[(i + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+}
+
+/// Sends one streamed completion and records it; never panics, errors land in the record.
+pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant) -> Record {
+    let t0 = Instant::now();
+    let start = (t0 - run_start).as_secs_f64();
+    let body = json!({"model": spec.model, "prompt": spec.prompt, "max_tokens": spec.max_tokens, "stream": true,
+                      "temperature": 0, "ignore_eos": spec.ignore_eos, "stream_options": {"include_usage": true}});
+    let resp = match http.post(format!("{}/v1/completions", spec.url)).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => return Record::failed(start, t0.elapsed().as_secs_f64(), format!("connect: {e}")),
+    };
+    let status = resp.status();
+    let slot = resp.headers().get("x-teal-slot").and_then(|v| v.to_str().ok()).map(String::from);
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Record::failed(start, t0.elapsed().as_secs_f64(), format!("HTTP {status}: {}", text.trim()));
+    }
+    let mut rec =
+        Record { start, ttft: 0.0, itl: vec![], e2e: 0.0, prompt_tokens: 0, output_tokens: 0, error: None, slot };
+    let (mut last, mut chunks, mut done) = (None::<Instant>, 0usize, false);
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                rec.error = Some(format!("stream: {e}"));
+                break;
+            }
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim) else { continue };
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
+            if let Some(e) = v.get("error") {
+                rec.error = Some(format!("error chunk: {e}"));
+            }
+            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                rec.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                rec.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
+            }
+            let has_text = v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty());
+            if has_text {
+                let now = Instant::now();
+                match last {
+                    None => rec.ttft = (now - t0).as_secs_f64(),
+                    Some(prev) => rec.itl.push((now - prev).as_secs_f64()),
+                }
+                last = Some(now);
+                chunks += 1;
+            }
+        }
+    }
+    rec.e2e = t0.elapsed().as_secs_f64();
+    if rec.output_tokens == 0 {
+        rec.output_tokens = chunks;
+    }
+    if rec.error.is_none() && !done {
+        rec.error = Some("stream ended without [DONE]".into());
+    }
+    if rec.error.is_none() && chunks == 0 {
+        rec.error = Some("no tokens".into());
+    }
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_have_the_asked_number_of_words() {
+        assert_eq!(synthetic_prompt(5, 0).split(' ').count(), 5);
+        assert_ne!(synthetic_prompt(5, 0), synthetic_prompt(5, 1));
+    }
+
+    #[test]
+    fn tpot_excludes_the_first_token() {
+        let r = Record {
+            start: 0.0,
+            ttft: 0.1,
+            itl: vec![],
+            e2e: 0.5,
+            prompt_tokens: 1,
+            output_tokens: 5,
+            error: None,
+            slot: None,
+        };
+        assert!((r.tpot().unwrap() - 0.1).abs() < 1e-12);
+    }
+}
