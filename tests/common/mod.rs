@@ -228,3 +228,27 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
 pub fn smollm_dir() -> PathBuf {
     smollm_path().parent().unwrap().to_path_buf()
 }
+
+/// Runs `teal bench ARGS` (the real binary) off the async runtime; returns (success, stdout + stderr).
+pub async fn bench(args: Vec<String>) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .arg("bench")
+            .args(&args)
+            .env_remove("TEAL_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn read_json(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+pub fn s(v: &str) -> String {
+    v.to_string()
+}
