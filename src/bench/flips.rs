@@ -143,7 +143,19 @@ pub async fn flip(b: FlipBench) -> anyhow::Result<()> {
         stats::summarize("during", &phase(window_start, window_end), window_end - window_start),
         stats::summarize("after", &phase(window_end, f64::MAX), run_start.elapsed().as_secs_f64() - window_end),
     ];
+    flip_report(&b, &model, rows, &records, &flips)
+}
+
+/// Prints, charts and writes what a flip run measured; an error if any request failed or any flip was refused.
+fn flip_report(
+    b: &FlipBench,
+    model: &str,
+    rows: Vec<stats::Summary>,
+    records: &[Record],
+    flips: &[FlipSample],
+) -> anyhow::Result<()> {
     report::print_table(&rows);
+    // dist() takes seconds and reports ms: microseconds / 1e3 in, microseconds out.
     let rtt = stats::dist(flips.iter().filter(|f| f.error.is_none()).map(|f| f.round_trip_us / 1e3));
     let swap = stats::dist(flips.iter().filter(|f| f.error.is_none()).map(|f| f.swap_us / 1e3));
     let flip_errors = flips.iter().filter(|f| f.error.is_some()).count();
@@ -162,7 +174,7 @@ pub async fn flip(b: FlipBench) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("flip_timeline.svg");
         let at: Vec<f64> = flips.iter().map(|f| f.at_s).collect();
-        charts::latency_over_time(&path, &records, &at, "teal bench flip: latency around flips")?;
+        charts::latency_over_time(&path, records, &at, "teal bench flip: latency around flips")?;
         println!("chart: {}", path.display());
     }
     if let Some(path) = &b.common.json {
