@@ -41,6 +41,22 @@ pub struct ServeArgs {
     /// File holding the admin API bearer token
     #[arg(long, env = "TEAL_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Keep chat sessions in Redis (redis://host:port/db) instead of in memory, shared by every teal process
+    /// using it
+    #[arg(long, env = "TEAL_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Seconds a session lives without use [default: 3600]
+    #[arg(long, env = "TEAL_SESSION_TTL")]
+    pub session_ttl: Option<u64>,
+    /// When the session store fails, serve without history (with a warning header) instead of 503
+    #[arg(long, env = "TEAL_SESSION_FAIL_OPEN")]
+    pub session_fail_open: Option<bool>,
+    /// Largest session history in bytes; more gets 413 [default: 1048576]
+    #[arg(long, env = "TEAL_MAX_SESSION_BYTES")]
+    pub max_session_bytes: Option<usize>,
+    /// Most sessions the in-memory store keeps (least recently used go first) [default: 10000]
+    #[arg(long, env = "TEAL_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
     /// Where teal keeps its audit log (audit.jsonl) and generated admin token [default: .teal]
     #[arg(long, env = "TEAL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -109,6 +125,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
+    pub redis_url: Option<String>,
+    pub session_ttl_s: u64,
+    pub session_fail_open: bool,
+    pub max_session_bytes: usize,
+    pub max_sessions: usize,
     pub models_dir: PathBuf,
     pub host: String,
     pub port: u16,
@@ -149,6 +170,11 @@ impl ServeArgs {
             admin_port,
             admin_token_file,
             state_dir,
+            redis_url,
+            session_ttl,
+            session_fail_open,
+            max_session_bytes,
+            max_sessions,
             models_dir,
             host,
             port,
@@ -199,6 +225,11 @@ impl ServeArgs {
             admin_token: self.admin_token.filter(|t| !t.is_empty()),
             admin_token_file: self.admin_token_file,
             state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from(".teal")),
+            redis_url: self.redis_url,
+            session_ttl_s: self.session_ttl.unwrap_or(3600),
+            session_fail_open: self.session_fail_open.unwrap_or(false),
+            max_session_bytes: self.max_session_bytes.unwrap_or(1 << 20),
+            max_sessions: self.max_sessions.unwrap_or(10_000),
             models_dir: self.models_dir.unwrap_or_else(|| PathBuf::from("models")),
             host: self.host.unwrap_or_else(|| "127.0.0.1".into()),
             port: self.port.unwrap_or(8080),

@@ -33,4 +33,5 @@ pub mod lifecycle;
 pub mod models;
 pub mod router;
 pub mod server;
+pub mod sessions;
 pub mod telemetry;

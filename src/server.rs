@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::lifecycle::audit::AuditLog;
 use crate::lifecycle::{Context, Lifecycle, LoadRequest, Operation};
 use crate::router::{LiveRouter, SlotName};
+use crate::sessions::{memory::MemoryStore, redis::RedisStore, SessionStore};
 use crate::telemetry::Metrics;
 use anyhow::{bail, Context as _};
 use axum::serve::ListenerExt;
@@ -144,9 +145,18 @@ pub async fn run(
         devices: config.slot_devices.clone(),
         dtype: config.dtype.clone(),
     });
+    let ttl = Duration::from_secs(config.session_ttl_s);
+    let sessions: Arc<dyn SessionStore> = match &config.redis_url {
+        Some(url) => Arc::new(RedisStore::new(url, ttl).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => Arc::new(MemoryStore::new(ttl, config.max_sessions)),
+    };
+    tracing::info!(store = sessions.kind(), "sessions");
     let state = AppState {
         router,
         metrics,
+        sessions,
+        session_fail_open: config.session_fail_open,
+        max_session_bytes: config.max_session_bytes,
         max_body_bytes: config.max_body_bytes,
         log_prompts: config.log_prompts,
         started_at: std::time::SystemTime::now()

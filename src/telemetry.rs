@@ -41,6 +41,8 @@ pub struct Metrics {
     pub slot_gates_passed: IntGaugeVec,
     pub last_flip: Gauge,
     pub since_last_flip: Gauge,
+    pub session_errors: IntCounterVec,
+    pub sessions_degraded: IntCounter,
 }
 
 /// The labels of every engine metric.
@@ -138,6 +140,18 @@ impl Metrics {
             since_last_flip: reg(
                 &registry,
                 Gauge::new("teal_seconds_since_last_flip", "Seconds since the last flip or rollback"),
+            ),
+            session_errors: counter(
+                "teal_session_store_errors_total",
+                "Session store operations that failed (store unreachable or data corrupt)",
+                &["op"],
+            ),
+            sessions_degraded: reg(
+                &registry,
+                IntCounter::new(
+                    "teal_sessions_served_without_history_total",
+                    "Session requests served without their history because the store failed (fail-open)",
+                ),
             ),
             registry,
         }

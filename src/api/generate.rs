@@ -135,12 +135,23 @@ fn sse_json(v: &serde_json::Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
+/// Runs once the whole answer is known and before it is acknowledged (a session stores its turn); an error
+/// replaces the final chunk.
+pub type Finisher = Box<dyn FnOnce(String) -> futures::future::BoxFuture<'static, Result<(), ApiError>> + Send>;
+
 /// Streams the answer as SSE, ending with `data: [DONE]`. Dropping the stream (client gone) drops the
 /// receiver, and the engine frees the sequence at its next step.
-pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage: bool) -> Response {
+pub fn stream(
+    rx: UnboundedReceiver<Event>,
+    mut shape: impl Shape,
+    include_usage: bool,
+    finisher: Option<Finisher>,
+) -> Response {
     let s = async_stream::stream! {
         let mut rx = rx;
         let mut ended = false;
+        let mut finisher = finisher;
+        let mut full = String::new();
         if let Some(first) = shape.start() {
             yield sse_json(&first);
         }
@@ -148,11 +159,19 @@ pub fn stream(rx: UnboundedReceiver<Event>, mut shape: impl Shape, include_usage
             match ev {
                 Event::Token { id, text, logprob } => {
                     let has_lp = logprob.is_some();
+                    full.push_str(&text);
                     if !text.is_empty() || has_lp {
                         yield sse_json(&shape.delta(&text, &[TokenOut { id, logprob }]));
                     }
                 }
                 Event::Done { reason, prompt_tokens, completion_tokens } => {
+                    if let Some(f) = finisher.take() {
+                        if let Err(e) = f(std::mem::take(&mut full)).await {
+                            yield sse_json(&e.body());
+                            ended = true;
+                            break;
+                        }
+                    }
                     yield sse_json(&shape.finish(reason));
                     if include_usage {
                         yield sse_json(&shape.usage(Usage::new(prompt_tokens, completion_tokens)));
@@ -216,7 +235,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tx.send(Event::Token { id: 1, text: "hi".into(), logprob: None }).unwrap();
         drop(tx);
-        let text = body(stream(rx, Plain, false)).await;
+        let text = body(stream(rx, Plain, false, None)).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(data.len(), 3, "{text}");
         assert!(data[1].contains("\"type\":\"server_error\""), "{text}");
@@ -229,7 +248,7 @@ mod tests {
         tx.send(Event::Token { id: 1, text: "a".into(), logprob: None }).unwrap();
         tx.send(Event::Token { id: 2, text: "b".into(), logprob: None }).unwrap();
         tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1 }).unwrap();
-        let text = body(stream(rx, Plain, true)).await;
+        let text = body(stream(rx, Plain, true, None)).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(
             data,

@@ -9,6 +9,7 @@ mod generate;
 mod health;
 mod openai;
 pub mod openai_types;
+pub mod sessions;
 
 use crate::router::{LiveRouter, SlotLease};
 use crate::telemetry::Metrics;
@@ -29,6 +30,12 @@ pub struct AppState {
     /// The live slot; empty until a model is loaded, warmed and gated (requests get 503 until then).
     pub router: Arc<LiveRouter>,
     pub metrics: Metrics,
+    /// Where chat sessions live (memory by default, or Redis).
+    pub sessions: Arc<dyn crate::sessions::SessionStore>,
+    /// Serve without history (with a warning header) when the session store fails, instead of 503.
+    pub session_fail_open: bool,
+    /// Largest stored history plus new messages, in bytes (413 past it).
+    pub max_session_bytes: usize,
     pub max_body_bytes: usize,
     /// Log prompts and messages (off by default: prompts are user data).
     pub log_prompts: bool,
@@ -118,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

@@ -5,7 +5,7 @@
 use super::error::ApiError;
 use super::generate::{self, Collected, Shape, TokenOut};
 use super::openai_types::*;
-use super::{AppState, JsonBody};
+use super::{sessions, AppState, JsonBody};
 use crate::engine::request::FinishReason;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
@@ -32,11 +32,15 @@ async fn respond(
     rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::request::Event>,
     shape: impl Shape + FullShape,
     stream: Option<bool>,
+    finisher: Option<generate::Finisher>,
 ) -> Result<Response, ApiError> {
     let mut resp = match stream {
-        Some(include_usage) => generate::stream(rx, shape, include_usage),
+        Some(include_usage) => generate::stream(rx, shape, include_usage, finisher),
         None => {
             let done = generate::collect(rx).await?;
+            if let Some(f) = finisher {
+                f(done.text.clone()).await?;
+            }
             Json(shape.full(done)).into_response()
         }
     };
@@ -77,7 +81,8 @@ fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
 
 pub async fn chat(
     State(state): State<AppState>,
-    JsonBody(req): JsonBody<ChatCompletionRequest>,
+    headers: axum::http::HeaderMap,
+    JsonBody(mut req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let lease = lease_for(&state, &req.model)?;
     if req.messages.is_empty() {
@@ -93,12 +98,42 @@ pub async fn chat(
         (true, n) => Some(n.unwrap_or(0) as usize),
         (false, _) => None,
     };
-    let messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
+    let new_messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
+    let session = sessions::open(&state, &headers, req.session_id.take(), req.session).await?;
+    let mut messages = session.as_ref().map(|s| s.history_messages()).unwrap_or_default();
+    if session.is_some() {
+        sessions::check_size(&state, &messages, &new_messages)?;
+    }
+    let stored = messages.len();
+    messages.extend(new_messages.iter().cloned());
     if state.log_prompts {
         tracing::info!(messages = ?messages, "chat request");
     }
+    let prompt = render_chat(&lease, messages).await?;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), lease.engine().max_request_tokens())
+        .map_err(|e| with_history_note(e, stored))?;
+    let rx = lease.engine().submit(prompt, params)?;
+    let served = super::ServedBy::of(&lease);
+    let finisher = session.as_ref().map(|s| {
+        let (state, active, hold) = (state.clone(), s.clone_for_store(), lease.resident().lease());
+        let finish: generate::Finisher = Box::new(move |text: String| {
+            Box::pin(async move { sessions::store_turn(&state, &active, &new_messages, &text, &hold).await })
+        });
+        finish
+    });
+    let shape = ChatShape::new(state.served_name(&lease), lease, top.is_some());
+    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
+    let mut resp = respond(served, rx, shape, stream, finisher).await?;
+    if let Some(s) = &session {
+        s.stamp(&mut resp);
+    }
+    Ok(resp)
+}
+
+/// Renders the conversation with the leased model's own chat template and tokenizes it (off the runtime).
+async fn render_chat(lease: &SlotLease, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
     let model = lease.engine().model().clone();
-    let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         let tmpl = model
             .chat_template
             .as_ref()
@@ -107,13 +142,18 @@ pub async fn chat(
         Ok(model.tokenizer.encode(&text, false)?)
     })
     .await
-    .map_err(ApiError::internal)??;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), lease.engine().max_request_tokens())?;
-    let rx = lease.engine().submit(prompt, params)?;
-    let served = super::ServedBy::of(&lease);
-    let shape = ChatShape::new(state.served_name(&lease), lease, top.is_some());
-    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    respond(served, rx, shape, stream).await
+    .map_err(ApiError::internal)?
+}
+
+/// Says that a context overflow includes the session's stored history.
+fn with_history_note(mut e: ApiError, stored: usize) -> ApiError {
+    if stored > 0 && e.code == Some("context_length_exceeded") {
+        e.message.push_str(&format!(
+            " The messages include this session's stored history ({stored} messages), which the live model \
+             cannot take; start a new session or delete this one."
+        ));
+    }
+    e
 }
 
 fn chat_logprobs(tok: &TextTokenizer, tokens: &[TokenOut]) -> ChatLogprobs {
@@ -249,7 +289,7 @@ pub async fn completions(
         offset: 0,
     };
     let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    respond(served, rx, shape, stream).await
+    respond(served, rx, shape, stream, None).await
 }
 
 struct CompletionShape {

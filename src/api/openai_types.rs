@@ -76,6 +76,11 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
+    /// teal sessions: continue this stored conversation (or the `x-teal-session` header).
+    pub session_id: Option<String>,
+    /// teal sessions: with no id, `true` starts a new session and returns its id.
+    #[serde(default)]
+    pub session: bool,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
