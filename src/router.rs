@@ -5,9 +5,11 @@
 use crate::engine::Engine;
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -127,7 +129,28 @@ pub struct LiveRouter {
     /// `--served-model-name`, or the name of the first model that went live; fixed for the process so that a
     /// flip to another model does not change what clients send.
     alias: OnceLock<String>,
+    /// Session draining after a flip: sessions active on the old version keep it until idle or timeout.
+    sessions: Mutex<SessionRouting>,
 }
+
+/// Where each recently used session was served, and the drain in force (if any).
+#[derive(Default)]
+struct SessionRouting {
+    /// session id -> (last use, load id of the version that served it).
+    last: HashMap<String, (Instant, u64)>,
+    drain: Option<Drain>,
+}
+
+struct Drain {
+    old: Arc<Resident>,
+    deadline: Instant,
+    idle: Duration,
+    /// Sessions pinned to `old`, with their last use.
+    pinned: HashMap<String, Instant>,
+}
+
+/// Session uses remembered for draining; older ones are forgotten.
+const SESSION_MEMORY: Duration = Duration::from_secs(3600);
 
 impl LiveRouter {
     pub fn new(served_model_name: Option<String>) -> Self {
@@ -135,7 +158,78 @@ impl LiveRouter {
         if let Some(n) = served_model_name {
             let _ = alias.set(n);
         }
-        LiveRouter { live: ArcSwapOption::empty(), alias }
+        LiveRouter { live: ArcSwapOption::empty(), alias, sessions: Mutex::new(SessionRouting::default()) }
+    }
+
+    fn routing(&self) -> std::sync::MutexGuard<'_, SessionRouting> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A lease for a request of session `id`: the old version while the session is pinned by a drain (until it
+    /// has been idle for the drain's idle time, or the drain times out), else the live slot.
+    pub fn lease_session(&self, id: &str) -> Option<SlotLease> {
+        let now = Instant::now();
+        let mut r = self.routing();
+        if let Some(d) = r.drain.as_mut() {
+            let pinned = d.pinned.get(id).is_some_and(|&last| now - last < d.idle);
+            if now < d.deadline && pinned {
+                d.pinned.insert(id.to_string(), now);
+                return Some(d.old.lease());
+            }
+            d.pinned.remove(id);
+        }
+        drop(r);
+        self.lease()
+    }
+
+    /// Records that session `id` was served by `lease` (what a later drain pins).
+    pub fn touch_session(&self, id: &str, lease: &SlotLease) {
+        let now = Instant::now();
+        let mut r = self.routing();
+        if r.last.len() > 100_000 {
+            r.last.retain(|_, (t, _)| now - *t < SESSION_MEMORY);
+        }
+        r.last.insert(id.to_string(), (now, lease.load_id));
+    }
+
+    /// Starts draining `old` (the version that was just live): sessions it served within `idle` stay on it
+    /// until they are idle that long or `timeout` passes. Returns how many were pinned.
+    pub(crate) fn start_drain(&self, old: Arc<Resident>, idle: Duration, timeout: Duration) -> usize {
+        let now = Instant::now();
+        let mut r = self.routing();
+        let pinned: HashMap<String, Instant> = r
+            .last
+            .iter()
+            .filter(|(_, (t, load))| *load == old.load_id && now - *t < idle)
+            .map(|(id, (t, _))| (id.clone(), *t))
+            .collect();
+        let n = pinned.len();
+        r.drain = Some(Drain { old, deadline: now + timeout, idle, pinned });
+        n
+    }
+
+    /// Ends any drain (a later flip, or the drained version being unloaded).
+    pub(crate) fn end_drain(&self) {
+        self.routing().drain = None;
+    }
+
+    /// Sessions pinned now, by slot (drops the expired ones and a finished drain).
+    pub fn pinned_sessions(&self) -> Option<(SlotName, usize)> {
+        let now = Instant::now();
+        let mut r = self.routing();
+        let done = match r.drain.as_mut() {
+            Some(d) => {
+                let idle = d.idle;
+                d.pinned.retain(|_, last| now - *last < idle);
+                now >= d.deadline || d.pinned.is_empty()
+            }
+            None => return None,
+        };
+        if done {
+            r.drain = None;
+            return None;
+        }
+        r.drain.as_ref().map(|d| (d.old.slot, d.pinned.len()))
     }
 
     /// A lease on the live slot, or None before any slot is live.

@@ -247,3 +247,49 @@ async fn memory_sessions_stream_store_and_guard_their_inputs() {
     assert_eq!(del.status(), 200);
     assert_eq!(s.get("/v1/sessions/mem-1").await.status(), 404);
 }
+
+async fn slot_of(s: &TestServer, session: Option<&str>) -> String {
+    let r = chat(s, session, turn("Hello again.")).await;
+    assert_eq!(r.status(), 200);
+    r.headers()["x-teal-slot"].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_keeps_active_sessions_on_the_old_slot_until_idle_or_timeout() {
+    let s = TestServer::start_args(args(None)).await;
+    let op = s
+        .load(
+            "green",
+            json!({"model": "smollm2", "version": "v2", "warmup": {"enabled": false},
+                                     "gates": {"smoke": {"enabled": false}, "agreement": {"enabled": false}}}),
+        )
+        .await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert_eq!(slot_of(&s, Some("drain-a")).await, "blue");
+    let flip = json!({"expect_live": "blue", "drain_sessions": true, "drain_idle_s": 1.5, "drain_timeout_s": 30});
+    let v: Value = s.admin(Method::POST, "/admin/flip", Some(flip)).await.json().await.unwrap();
+    assert_eq!(v["flip"]["pinned_sessions"], 1, "{v}");
+    let slots = s.admin_json("/admin/slots").await;
+    assert_eq!(
+        (slots["slots"]["blue"]["state"].as_str(), slots["slots"]["blue"]["pinned_sessions"].as_u64()),
+        (Some("draining"), Some(1))
+    );
+    assert_eq!(slot_of(&s, Some("drain-a")).await, "blue", "a session active before the flip stays on the old slot");
+    assert_eq!(slot_of(&s, Some("drain-b")).await, "green", "new sessions go to the new slot");
+    assert_eq!(slot_of(&s, None).await, "green");
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(slot_of(&s, Some("drain-a")).await, "green", "idle long enough: it moves to the new slot");
+    s.wait_slot("blue", "ready").await;
+    let history: Value = s.get("/v1/sessions/drain-a").await.json().await.unwrap();
+    let versions: Vec<&str> =
+        history["messages"].as_array().unwrap().iter().filter_map(|m| m["version"].as_str()).collect();
+    assert_eq!(&versions[1..], ["b179c9523d0e", "v2"], "blue answered while pinned, then green");
+
+    // A timeout ends the drain even for a session that keeps talking.
+    assert_eq!(slot_of(&s, Some("drain-c")).await, "green");
+    let flip = json!({"expect_live": "green", "drain_sessions": true, "drain_idle_s": 30, "drain_timeout_s": 0.5});
+    assert_eq!(s.admin(Method::POST, "/admin/flip", Some(flip)).await.status(), 200);
+    assert_eq!(slot_of(&s, Some("drain-c")).await, "green");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(slot_of(&s, Some("drain-c")).await, "blue");
+}

@@ -16,10 +16,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-/// A lease on the live slot if it serves `requested`, or 503 (nothing live yet) / 404 (another name). The
-/// request keeps this lease, and so its slot, to its last token.
+/// A lease on the live slot (or, for a session pinned by a drain, on the old one) if it serves `requested`, or
+/// 503 (nothing live yet) / 404 (another name). The request keeps this lease, and so its slot, to its last token.
 fn lease_for(state: &AppState, requested: &str) -> Result<SlotLease, ApiError> {
-    let lease = state.router.lease().ok_or_else(ApiError::not_ready)?;
+    lease_in(state, requested, None)
+}
+
+fn lease_in(state: &AppState, requested: &str, session: Option<&str>) -> Result<SlotLease, ApiError> {
+    let lease = match session {
+        Some(id) => state.router.lease_session(id),
+        None => state.router.lease(),
+    };
+    let lease = lease.ok_or_else(ApiError::not_ready)?;
     if !state.router.accepts(requested, &lease) {
         return Err(ApiError::model_not_found(requested));
     }
@@ -84,7 +92,8 @@ pub async fn chat(
     headers: axum::http::HeaderMap,
     JsonBody(mut req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let lease = lease_for(&state, &req.model)?;
+    let requested = sessions::requested(&headers, req.session_id.take(), req.session)?;
+    let lease = lease_in(&state, &req.model, requested.as_ref().map(|(id, _)| id.as_str()))?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -99,7 +108,10 @@ pub async fn chat(
         (false, _) => None,
     };
     let new_messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
-    let session = sessions::open(&state, &headers, req.session_id.take(), req.session).await?;
+    let session = match requested {
+        Some((id, new)) => Some(sessions::open(&state, id, new).await?),
+        None => None,
+    };
     let mut messages = session.as_ref().map(|s| s.history_messages()).unwrap_or_default();
     if session.is_some() {
         sessions::check_size(&state, &messages, &new_messages)?;

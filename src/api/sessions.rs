@@ -63,36 +63,41 @@ fn bad_id() -> ApiError {
     ApiError::invalid("session_id", "session ids are 1 to 128 characters of A-Z, a-z, 0-9, '-' and '_'")
 }
 
-/// Resolves the request's session, if it names or asks for one.
-pub async fn open(
-    state: &AppState,
+/// The session a request names (`x-teal-session` or `session_id`) or asks for (`"session": true`): (id, new).
+pub fn requested(
     headers: &HeaderMap,
     body_id: Option<String>,
     create: bool,
-) -> Result<Option<ActiveSession>, ApiError> {
+) -> Result<Option<(String, bool)>, ApiError> {
     let header_id = headers.get("x-teal-session").map(|v| v.to_str().map(String::from).map_err(|_| bad_id()));
     let id = match (header_id.transpose()?, body_id) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::invalid("session_id", "the x-teal-session header and session_id differ"))
         }
         (Some(id), _) | (None, Some(id)) => id,
-        (None, None) if create => {
-            return Ok(Some(ActiveSession { id: sessions::new_id(), history: vec![], degraded: None }))
-        }
+        (None, None) if create => return Ok(Some((sessions::new_id(), true))),
         (None, None) => return Ok(None),
     };
     if !sessions::valid_id(&id) {
         return Err(bad_id());
     }
+    Ok(Some((id, false)))
+}
+
+/// Loads the history of the requested session.
+pub async fn open(state: &AppState, id: String, new: bool) -> Result<ActiveSession, ApiError> {
+    if new {
+        return Ok(ActiveSession { id, history: vec![], degraded: None });
+    }
     match state.sessions.get(&id).await {
         Ok(s) => {
             let history = s.map(|s| s.messages).unwrap_or_default();
-            Ok(Some(ActiveSession { id, history, degraded: None }))
+            Ok(ActiveSession { id, history, degraded: None })
         }
         Err(e) if state.session_fail_open => {
             let _ = store_error(state, "get", &e);
             state.metrics.sessions_degraded.inc();
-            Ok(Some(ActiveSession { id, history: vec![], degraded: Some(e.to_string()) }))
+            Ok(ActiveSession { id, history: vec![], degraded: Some(e.to_string()) })
         }
         Err(e) => Err(store_error(state, "get", &e)),
     }
@@ -141,7 +146,10 @@ pub async fn store_turn(
         at,
     });
     match state.sessions.append(&session.id, turn).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            state.router.touch_session(&session.id, served);
+            Ok(())
+        }
         Err(e) if state.session_fail_open => {
             let _ = store_error(state, "append", &e);
             Ok(())

@@ -369,6 +369,9 @@ impl Controller {
 
     /// Forgets a slot's version (its engine stops once the last request holding it finishes).
     fn drop_resident(&mut self, slot: SlotName) {
+        if self.ctx.router.pinned_sessions().is_some_and(|(s, _)| s == slot) {
+            self.ctx.router.end_drain();
+        }
         let e = &mut self.slots[idx(slot)];
         if let Some(r) = e.resident.take() {
             if self.prev_live.is_some_and(|(s, id)| s == slot && id == r.load_id) {
@@ -450,6 +453,7 @@ impl Controller {
             }
         }
         self.prev_live = old.as_ref().map(|o| (o.slot, o.load_id));
+        let pinned = self.drain(req, old.as_ref());
         self.after_flip(target, old.as_ref(), rollback);
         let outcome = FlipOutcome {
             live: target,
@@ -459,6 +463,7 @@ impl Controller {
             swap_us,
             forced,
             rollback,
+            pinned_sessions: pinned,
         };
         self.ctx.audit.record(Entry {
             action: if rollback { "rollback" } else { "flip" },
@@ -468,9 +473,25 @@ impl Controller {
             from_version: outcome.previous_version.clone(),
             to_version: Some(outcome.version.clone()),
             forced,
-            details: json!({"swap_us": swap_us, "previous": outcome.previous}),
+            details: json!({"swap_us": swap_us, "previous": outcome.previous, "pinned_sessions": pinned}),
         });
         Ok(outcome)
+    }
+
+    /// Starts (or ends) session draining for a flip; returns how many sessions stay on the old slot.
+    fn drain(&self, req: &FlipRequest, old: Option<&Arc<Resident>>) -> usize {
+        match old.filter(|_| req.drain_sessions) {
+            Some(old) => {
+                let secs = |v: Option<f64>, d: f64| Duration::from_secs_f64(v.unwrap_or(d).clamp(0.0, 86_400.0));
+                let idle = secs(req.drain_idle_s, 10.0);
+                let timeout = secs(req.drain_timeout_s, 60.0);
+                self.ctx.router.start_drain(old.clone(), idle, timeout)
+            }
+            None => {
+                self.ctx.router.end_drain();
+                0
+            }
+        }
     }
 
     fn after_flip(&mut self, target: SlotName, old: Option<&Arc<Resident>>, rollback: bool) {
@@ -516,11 +537,13 @@ impl Controller {
         Ok(json!({"slot": slot, "state": "empty", "unloaded_version": version}))
     }
 
-    /// Draining slots whose last request finished become ready standbys.
+    /// Draining slots whose last request finished and whose pinned sessions went idle become ready standbys.
     fn finish_draining(&mut self) {
+        let pinned = self.ctx.router.pinned_sessions().map(|(slot, _)| slot);
         for s in SlotName::ALL {
             let e = &self.slots[idx(s)];
-            if e.state == SlotState::Draining && e.resident.as_ref().is_some_and(|r| r.in_flight() == 0) {
+            let idle = e.resident.as_ref().is_some_and(|r| r.in_flight() == 0) && pinned != Some(s);
+            if e.state == SlotState::Draining && idle {
                 let _ = self.set_state(s, SlotEvent::Drained);
             }
         }
@@ -546,6 +569,7 @@ impl Controller {
             "slot": s, "state": e.state.name(), "reason": reason, "live": e.state == SlotState::Live,
             "operation": e.op, "model": model, "loaded_at": e.loaded_at, "load_seconds": e.load_seconds,
             "memory": memory, "in_flight": e.resident.as_ref().map(|r| r.in_flight()).unwrap_or(0),
+            "pinned_sessions": self.ctx.router.pinned_sessions().filter(|(p, _)| *p == s).map(|(_, n)| n).unwrap_or(0),
             "warmup": e.warmup, "gates": e.gates,
         })
     }

@@ -83,6 +83,12 @@ pub struct FlipRequest {
     /// Skip the gates (audited).
     #[serde(default)]
     pub force: bool,
+    /// Keep sessions active on the old slot there until they go idle (`drain_idle_s`, default 10) or
+    /// `drain_timeout_s` (default 60) ends; new sessions go to the new slot.
+    #[serde(default)]
+    pub drain_sessions: bool,
+    pub drain_timeout_s: Option<f64>,
+    pub drain_idle_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +101,8 @@ pub struct FlipOutcome {
     pub swap_us: f64,
     pub forced: bool,
     pub rollback: bool,
+    /// Sessions kept on the old slot by `drain_sessions`.
+    pub pinned_sessions: usize,
 }
 
 /// A long-running admin operation (a load) as GET /admin/operations/{id} shows it.
