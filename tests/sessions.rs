@@ -293,3 +293,32 @@ async fn draining_keeps_active_sessions_on_the_old_slot_until_idle_or_timeout() 
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(slot_of(&s, Some("drain-c")).await, "blue");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_turns_on_one_session_are_all_kept_and_an_oversized_history_says_so() {
+    let redis = Redis::start();
+    let s = TestServer::start_args(ServeArgs { max_total_tokens: Some(256), ..args(Some(&redis)) }).await;
+    let futs = (0..8).map(|i| chat(&s, Some("busy"), turn(&format!("Message {i}."))));
+    for r in futures::future::join_all(futs).await {
+        assert_eq!(r.status(), 200);
+    }
+    let stored = redis.messages("busy");
+    assert_eq!(stored.len(), 16, "eight turns, none lost");
+    for pair in stored.chunks(2) {
+        assert_eq!((pair[0]["role"].as_str(), pair[1]["role"].as_str()), (Some("user"), Some("assistant")));
+    }
+    // The stored history no longer fits this model's context: the error says why.
+    let long = "word ".repeat(60);
+    let mut last = None;
+    for _ in 0..4 {
+        let r = chat(&s, Some("long"), turn(&long)).await;
+        if r.status() != 200 {
+            last = Some((r.status(), r.json::<Value>().await.unwrap()));
+            break;
+        }
+    }
+    let (status, v) = last.expect("the history outgrew the context");
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(v["error"]["message"].as_str().unwrap().contains("stored history"), "{v}");
+}

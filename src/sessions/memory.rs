@@ -8,17 +8,32 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub struct MemoryStore {
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Mutex<Inner>,
     ttl: Duration,
     max_sessions: usize,
 }
 
+/// Sessions with the tick of their last use (a counter, so the least recently used is exact even within a
+/// millisecond).
+#[derive(Default)]
+struct Inner {
+    map: HashMap<String, (Session, u64)>,
+    tick: u64,
+}
+
+impl Inner {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+}
+
 impl MemoryStore {
     pub fn new(ttl: Duration, max_sessions: usize) -> Self {
-        MemoryStore { sessions: Mutex::new(HashMap::new()), ttl, max_sessions: max_sessions.max(1) }
+        MemoryStore { sessions: Mutex::new(Inner::default()), ttl, max_sessions: max_sessions.max(1) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -31,44 +46,45 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let now = now_ms();
-        let mut map = self.lock();
-        if map.get(id).is_some_and(|s| self.expired(s, now)) {
-            map.remove(id);
+        let mut inner = self.lock();
+        if inner.map.get(id).is_some_and(|(s, _)| self.expired(s, now)) {
+            inner.map.remove(id);
         }
-        Ok(map.get_mut(id).map(|s| {
+        let tick = inner.next_tick();
+        Ok(inner.map.get_mut(id).map(|(s, used)| {
             s.updated_at = now;
+            *used = tick;
             s.clone()
         }))
     }
 
     async fn append(&self, id: &str, turn: Vec<StoredMessage>) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut map = self.lock();
-        if map.get(id).is_some_and(|s| self.expired(s, now)) {
-            map.remove(id);
+        let mut inner = self.lock();
+        if inner.map.get(id).is_some_and(|(s, _)| self.expired(s, now)) {
+            inner.map.remove(id);
         }
-        if !map.contains_key(id) && map.len() >= self.max_sessions {
+        if !inner.map.contains_key(id) && inner.map.len() >= self.max_sessions {
             // Full: drop expired sessions, then the least recently used one.
-            map.retain(|_, s| !self.expired(s, now));
-            if map.len() >= self.max_sessions {
-                if let Some(oldest) = map.values().min_by_key(|s| s.updated_at).map(|s| s.id.clone()) {
-                    map.remove(&oldest);
+            inner.map.retain(|_, (s, _)| !self.expired(s, now));
+            if inner.map.len() >= self.max_sessions {
+                if let Some(oldest) = inner.map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
+                    inner.map.remove(&oldest);
                 }
             }
         }
-        let s = map.entry(id.to_string()).or_insert_with(|| Session {
-            id: id.to_string(),
-            created_at: now,
-            updated_at: now,
-            messages: vec![],
+        let tick = inner.next_tick();
+        let (s, used) = inner.map.entry(id.to_string()).or_insert_with(|| {
+            (Session { id: id.to_string(), created_at: now, updated_at: now, messages: vec![] }, tick)
         });
         s.messages.extend(turn);
         s.updated_at = now;
+        *used = tick;
         Ok(())
     }
 
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.lock().remove(id).is_some())
+        Ok(self.lock().map.remove(id).is_some())
     }
 
     fn kind(&self) -> &'static str {
