@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 
@@ -49,7 +49,6 @@ pub struct Entry {
 }
 
 pub struct AuditLog {
-    path: Option<PathBuf>,
     inner: Mutex<Inner>,
     tx: broadcast::Sender<AuditEvent>,
 }
@@ -90,11 +89,7 @@ impl AuditLog {
         }
         let next_seq = events.back().map(|e| e.seq + 1).unwrap_or(1);
         let (tx, _) = broadcast::channel(1024);
-        Ok(AuditLog { path: path.map(Path::to_path_buf), inner: Mutex::new(Inner { events, next_seq, file }), tx })
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        Ok(AuditLog { inner: Mutex::new(Inner { events, next_seq, file }), tx })
     }
 
     pub fn record(&self, e: Entry) -> AuditEvent {

@@ -34,13 +34,6 @@ pub struct Session {
     pub messages: Vec<StoredMessage>,
 }
 
-impl Session {
-    /// Bytes of message text (what the size limit counts).
-    pub fn text_bytes(&self) -> usize {
-        self.messages.iter().map(|m| m.content.len() + m.role.len()).sum()
-    }
-}
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached (Redis down): 503, or served without history when failing open.
