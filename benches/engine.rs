@@ -62,7 +62,7 @@ fn model_step(c: &mut Criterion) {
         eprintln!("skipping model_step: run scripts/fetch-models.sh for SmolLM2");
         return;
     }
-    let opts = teal::models::LoadOptions { device: Device::Cpu, dtype: None };
+    let opts = teal::models::LoadOptions { device: Device::Cpu, dtype: None, share: None };
     let model = Arc::new(teal::models::load(&path, &opts).unwrap());
     let mut g = c.benchmark_group("smollm2_q4_1_decode_step");
     g.sample_size(10).measurement_time(Duration::from_secs(4));

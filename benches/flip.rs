@@ -1,7 +1,8 @@
 //! Blue/green benchmark against an in-process teal server (real HTTP on loopback):
 //! 1. flip latency over N flips: the admin API round trip (client side) and the pointer swap (server side);
 //! 2. wall time of load + warm-up + gates for a model loaded into the standby;
-//! 3. the first request after a flip against steady state, for a standby loaded with and without warm-up.
+//! 3. the first request after a flip against steady state, for a standby loaded with and without warm-up;
+//! 4. park and wake of the standby, and a load from the page cache, with the bandwidth reached.
 //!
 //! Run: `cargo bench --bench flip` (SmolLM2 from scripts/fetch-models.sh; stories260K from ../shared).
 //! Env: TEAL_BENCH_FLIPS (default 1000), TEAL_BENCH_MODEL (a name under models/, default smollm2),
@@ -202,5 +203,68 @@ fn main() {
         }
         s.load("green", json!({"model": model, "version": "flip"})).await;
         flips(&s, n).await;
+        park_wake(&s, rounds).await;
     });
+}
+
+/// Parks and wakes the standby `rounds` times: park time, wake time split into move / allocate / warm-up, and
+/// the bandwidth reached (bytes moved or allocated per second); then a load from the page cache.
+async fn park_wake(s: &Server, rounds: usize) {
+    // The last flip may leave green draining for a moment.
+    while s.admin(Method::GET, "/admin/slots", None).await["slots"]["green"]["state"] != "ready" {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mem = s.admin(Method::GET, "/admin/slots", None).await["slots"]["green"]["memory"].clone();
+    let kv = mem["kv_cache_bytes"].as_f64().unwrap_or(0.0);
+    let (mut park, mut wake, mut alloc, mut warm) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        for action in ["park", "wake"] {
+            let v = s.admin(Method::POST, &format!("/admin/slots/green/{action}"), None).await;
+            let id = v["operation"]["id"].as_str().unwrap().to_string();
+            loop {
+                let op = s.admin(Method::GET, &format!("/admin/operations/{id}"), None).await;
+                if op["status"] != "running" {
+                    assert_eq!(op["status"], "succeeded", "{op}");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        let p = s.admin(Method::GET, "/admin/slots", None).await["slots"]["green"]["park"].clone();
+        park.push(p["park_seconds"].as_f64().unwrap_or(0.0));
+        wake.push(p["wake_seconds"].as_f64().unwrap_or(0.0));
+        alloc.push(p["wake"]["allocate_s"].as_f64().unwrap_or(0.0));
+        warm.push(p["wake"]["warm_s"].as_f64().unwrap_or(0.0));
+    }
+    let mib = |b: f64| b / (1u64 << 20) as f64;
+    println!(
+        "park/wake of the standby ({rounds} rounds, KV pool {:.0} MiB, weights {:.0} MiB, moved {} bytes):",
+        mib(kv),
+        mib(mem["weights_bytes"].as_f64().unwrap_or(0.0)),
+        mem["host_bytes"]
+    );
+    println!(
+        "  park p50 {:.1} ms; wake p50 {:.1} ms = allocate {:.1} ms ({:.2} GiB/s) + warm-up {:.1} ms",
+        pct(&park, 0.5) * 1e3,
+        pct(&wake, 0.5) * 1e3,
+        pct(&alloc, 0.5) * 1e3,
+        kv / pct(&alloc, 0.5) / (1u64 << 30) as f64,
+        pct(&warm, 0.5) * 1e3
+    );
+    let file = mem["file_bytes"].as_f64().unwrap_or(0.0);
+    let op = s
+        .load(
+            "green",
+            json!({"model": std::env::var("TEAL_BENCH_MODEL").unwrap_or_else(|_| "smollm2".into()),
+            "version": "reload", "warmup": {"enabled": false},
+            "gates": {"health": {"enabled": false}, "smoke": {"enabled": false}, "agreement": {"enabled": false}}}),
+        )
+        .await;
+    let secs = op["timings"]["loading"].as_f64().unwrap_or(0.0);
+    println!(
+        "  load from the page cache: {:.2} s for {:.0} MiB of files ({:.2} GiB/s; digest, read, engine start)",
+        secs,
+        mib(file),
+        file / secs / (1u64 << 30) as f64
+    );
 }

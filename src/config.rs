@@ -103,6 +103,14 @@ pub struct ServeArgs {
     /// Log prompts and messages (off by default: they are user data)
     #[arg(long, env = "TEAL_LOG_PROMPTS")]
     pub log_prompts: Option<bool>,
+    /// Memory teal may use per device for model weights, KV pools and workspace: a fraction of the device
+    /// (0.9, 90%), a size (8GiB), or per device (cpu=4GiB,cuda:0=0.8); loads that do not fit are refused
+    /// [default: 0.9]
+    #[arg(long, env = "TEAL_MEMORY_BUDGET", value_delimiter = ',')]
+    pub memory_budget: Option<Vec<String>>,
+    /// A rollback to a parked slot: wake it first, or refuse [default: wake]
+    #[arg(long, env = "TEAL_PARKED_ROLLBACK", value_parser = ["wake", "refuse"])]
+    pub parked_rollback: Option<String>,
     /// Compute threads for CPU inference [default: all cores]
     #[arg(long, env = "TEAL_THREADS")]
     pub threads: Option<usize>,
@@ -115,6 +123,9 @@ pub struct ServeArgs {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub memory_budget: crate::memory::budget::BudgetSpec,
+    /// A rollback to a parked slot wakes it (else it is refused).
+    pub wake_on_rollback: bool,
     /// The blue slot's model at start (`--model` or `--blue`); None: the model repository's default.
     pub blue: Option<PathBuf>,
     pub green: Option<PathBuf>,
@@ -189,6 +200,8 @@ impl ServeArgs {
             max_body_bytes,
             shutdown_timeout,
             log_prompts,
+            memory_budget,
+            parked_rollback,
             threads
         );
         Ok(self)
@@ -213,7 +226,11 @@ impl ServeArgs {
             return Err(TealError::Config("--model and --blue name the same slot; give one".into()));
         }
         let device = self.device.unwrap_or_else(|| "cpu".into());
+        let memory_budget = crate::memory::budget::BudgetSpec::parse(&self.memory_budget.unwrap_or_default())
+            .map_err(TealError::Config)?;
         Ok(Config {
+            memory_budget,
+            wake_on_rollback: self.parked_rollback.as_deref() != Some("refuse"),
             blue: self.model.or(self.blue),
             green: self.green,
             slot_devices: [

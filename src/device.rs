@@ -31,6 +31,15 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
     )))
 }
 
+/// The canonical name of a device: `cpu` or `cuda:N` (what budgets and reports are keyed by).
+pub fn label(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+    }
+}
+
 /// `auto` (None), `f32`, `f16` or `bf16`.
 pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
     match s.trim().to_ascii_lowercase().as_str() {

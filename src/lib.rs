@@ -9,13 +9,15 @@
 //!              bearer token); error.rs turns errors into HTTP
 //! router.rs    the live pointer (one ArcSwap), slot leases held by each request to its last token
 //! lifecycle/   the controller (actor.rs, the only writer of slot state): load -> warm -> gate -> flip /
-//!              rollback / unload; state.rs (pure transitions), warmup.rs, gates.rs, audit.rs (JSONL log)
+//!              rollback / unload / park / wake; state.rs (pure transitions), warmup.rs, gates.rs, audit.rs (JSONL log)
+//! memory/      budgets: estimates from the files, device probes (/proc, cgroup, NVML), admission, report
 //! cli/         `teal admin`: the admin API from the command line
 //! bench/       `teal bench serve|flip|cold-warm`: load generator, stats, JSON with the machine, SVG charts
 //! engine/      per-model engine thread: queue -> scheduler (pure policy) -> batched forward -> sampling
 //!              kv_cache.rs (paged pool, blocks freed on drop), sequence.rs (stop strings, streaming text)
 //! models/      loading (HF safetensors dir or GGUF), llama.rs (stateless forward over a ragged batch),
-//!              paged_attention.rs (custom ops over the KV pool), tokenizer + chat template
+//!              paged_attention.rs (custom ops over the KV pool), shared.rs (identical tensors held once per
+//!              device), estimate.rs (weight bytes from file headers), tokenizer + chat template
 //! device.rs    cpu / cuda:N and dtype parsing; the one place that knows the `cuda` feature
 //! telemetry.rs tracing setup and every Prometheus metric
 //! ```
@@ -30,6 +32,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod lifecycle;
+pub mod memory;
 pub mod models;
 pub mod router;
 pub mod server;

@@ -144,6 +144,12 @@ pub async fn run(
         models_dir: config.models_dir.clone(),
         devices: config.slot_devices.clone(),
         dtype: config.dtype.clone(),
+        budgets: crate::memory::Budgets::new(
+            config.memory_budget.clone(),
+            Arc::new(crate::memory::probe::SystemProbe::default()),
+        ),
+        registry: crate::models::shared::TensorRegistry::new(),
+        wake_on_rollback: config.wake_on_rollback,
     });
     let ttl = Duration::from_secs(config.session_ttl_s);
     let sessions: Arc<dyn SessionStore> = match &config.redis_url {

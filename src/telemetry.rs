@@ -43,11 +43,13 @@ pub struct Metrics {
     pub since_last_flip: Gauge,
     pub session_errors: IntCounterVec,
     pub sessions_degraded: IntCounter,
+    pub memory: crate::memory::report::MemoryMetrics,
 }
 
 /// The labels of every engine metric.
 const ENGINE_LABELS: [&str; 3] = ["model", "slot", "version"];
-const SLOT_STATES: [&str; 8] = ["empty", "loading", "warming", "gating", "ready", "live", "draining", "failed"];
+const SLOT_STATES: [&str; 11] =
+    ["empty", "loading", "warming", "gating", "ready", "live", "draining", "parking", "parked", "waking", "failed"];
 
 /// Registers a statically defined metric (the definitions are constants, so failure is a programming error).
 fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<T>) -> T {
@@ -153,6 +155,7 @@ impl Metrics {
                     "Session requests served without their history because the store failed (fail-open)",
                 ),
             ),
+            memory: crate::memory::report::MemoryMetrics::new(&registry),
             registry,
         }
     }

@@ -25,7 +25,7 @@ async fn completion_greedy_equals_the_transformers_reference() {
     let (prompt, ids) = reference_greedy();
     let model = teal::models::load(
         &common::stories_dir(),
-        &teal::models::LoadOptions { device: candle_core::Device::Cpu, dtype: None },
+        &teal::models::LoadOptions { device: candle_core::Device::Cpu, dtype: None, share: None },
     )
     .unwrap();
     let want = model.tokenizer.decode(&ids).unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use teal::engine::direct::greedy;
 use teal::models::{load, LoadOptions};
 
-const CPU: LoadOptions = LoadOptions { device: Device::Cpu, dtype: None };
+const CPU: LoadOptions = LoadOptions { device: Device::Cpu, dtype: None, share: None };
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -52,7 +52,7 @@ fn sharded_safetensors_with_an_index_load_the_same_model() {
 fn f16_weights_stay_close_to_f32() {
     let src = common::stories_dir();
     let (l32, _) = first_greedy(&src, &CPU);
-    let (l16, _) = first_greedy(&src, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F16) });
+    let (l16, _) = first_greedy(&src, &LoadOptions { device: Device::Cpu, dtype: Some(DType::F16), share: None });
     let scale = l32.iter().fold(0f32, |m, x| m.max(x.abs()));
     let err = l32.iter().zip(&l16).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
     assert!(err < 2e-2, "f16 logits relative error {err}");

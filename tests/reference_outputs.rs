@@ -48,13 +48,15 @@ fn check_model(model: &Model, fx: &Value, greedy_len: usize, check_logits: bool)
 
 #[test]
 fn stories260k_matches_transformers() {
-    let model = load(&common::stories_dir(), &LoadOptions { device: candle_core::Device::Cpu, dtype: None }).unwrap();
+    let model =
+        load(&common::stories_dir(), &LoadOptions { device: candle_core::Device::Cpu, dtype: None, share: None })
+            .unwrap();
     check_model(&model, &fixture("stories260k"), 32, true);
 }
 
 #[test]
 fn smollm2_dequantized_matches_transformers() {
-    let opts = LoadOptions { device: candle_core::Device::Cpu, dtype: Some(DType::F32) };
+    let opts = LoadOptions { device: candle_core::Device::Cpu, dtype: Some(DType::F32), share: None };
     let model = load(&common::smollm_path(), &opts).unwrap();
     let fx = fixture("smollm2");
     check_model(&model, &fx, 32, true);
@@ -77,7 +79,9 @@ fn smollm2_dequantized_matches_transformers() {
 /// rounding flips a near-tie at token 6 of "The capital of France is" in llama.cpp and teal alike.
 #[test]
 fn smollm2_quantized_matches_llama_cpp_and_the_f32_reference() {
-    let model = load(&common::smollm_path(), &LoadOptions { device: candle_core::Device::Cpu, dtype: None }).unwrap();
+    let model =
+        load(&common::smollm_path(), &LoadOptions { device: candle_core::Device::Cpu, dtype: None, share: None })
+            .unwrap();
     let lcpp_path = format!("{}/tests/fixtures/llamacpp_smollm2_q4_1.json", env!("CARGO_MANIFEST_DIR"));
     let lcpp: Value = serde_json::from_str(&std::fs::read_to_string(lcpp_path).unwrap()).unwrap();
     for case in lcpp["cases"].as_array().unwrap() {

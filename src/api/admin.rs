@@ -35,6 +35,8 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
             AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            AdminError::InsufficientMemory(_) => (StatusCode::CONFLICT, "insufficient_memory"),
+            AdminError::Parked(_) => (StatusCode::CONFLICT, "conflict"),
         };
         ApiError::new(status, kind, e.to_string())
     }
@@ -76,13 +78,29 @@ async fn load(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<LoadRequest>,
 ) -> Result<Response, ApiError> {
-    let op = s.lifecycle.load(slot(&name)?, req, false, false).await?;
+    Ok(accepted(s.lifecycle.load(slot(&name)?, req, false, false).await?))
+}
+
+/// 202 with the operation and its Location, as for loads.
+fn accepted(op: crate::lifecycle::Operation) -> Response {
     let location = format!("/admin/operations/{}", op.id);
     let mut resp = (StatusCode::ACCEPTED, Json(json!({"operation": op}))).into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(resp)
+    resp
+}
+
+async fn park(State(s): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(accepted(s.lifecycle.park(slot(&name)?).await?))
+}
+
+async fn wake(State(s): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(accepted(s.lifecycle.wake(slot(&name)?).await?))
+}
+
+async fn memory(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.lifecycle.memory().await?)))
 }
 
 async fn unload(State(s): State<AdminState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -164,6 +182,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/slots", get(slots))
         .route("/admin/slots/{slot}", axum::routing::delete(unload))
         .route("/admin/slots/{slot}/load", post(load))
+        .route("/admin/slots/{slot}/park", post(park))
+        .route("/admin/slots/{slot}/wake", post(wake))
+        .route("/admin/memory", get(memory))
         .route("/admin/operations/{id}", get(operation))
         .route("/admin/flip", post(flip))
         .route("/admin/rollback", post(rollback))

@@ -70,6 +70,12 @@ pub enum AdminCommand {
     Rollback,
     /// Unload a standby slot
     Unload { slot: String },
+    /// Per device and per slot: weights, shared weights, KV pool, workspace, free within the budget
+    Memory,
+    /// Free a ready standby's device memory (weights to host memory, KV pool released)
+    Park { slot: String },
+    /// Bring a parked standby back to its device and warm it
+    Wake { slot: String },
     /// The audit log
     Events {
         /// Keep printing new events
@@ -194,6 +200,12 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
                 println!("{} unloaded ({})", v["slot"].as_str().unwrap_or("?"), v["unloaded_version"])
             });
         }
+        AdminCommand::Memory => {
+            let v = c.call(Method::GET, "/admin/memory", None).await?;
+            print_or(as_json, &v, memory_table);
+        }
+        AdminCommand::Park { slot } => park_or_wake(c, &slot, "park", as_json).await?,
+        AdminCommand::Wake { slot } => park_or_wake(c, &slot, "wake", as_json).await?,
         AdminCommand::Events { follow, after } => events(c, follow, after, as_json).await?,
         AdminCommand::Wait { operation, slot, state, timeout_s } => {
             let limit = Duration::from_secs(timeout_s);
@@ -209,6 +221,14 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+async fn park_or_wake(c: &Client, slot: &str, action: &str, as_json: bool) -> anyhow::Result<()> {
+    let v = c.call(Method::POST, &format!("/admin/slots/{slot}/{action}"), None).await?;
+    let id = v["operation"]["id"].as_str().unwrap_or_default().to_string();
+    let op = follow_operation(c, &id, !as_json, Duration::from_secs(3600)).await?;
+    print_or(as_json, &op, operation_line);
+    check_operation(&op)
 }
 
 fn read_json_arg(s: &str) -> anyhow::Result<Value> {
@@ -229,7 +249,7 @@ fn print_or(as_json: bool, v: &Value, table: impl Fn(&Value)) {
 
 fn check_operation(op: &Value) -> anyhow::Result<()> {
     if op["status"] == "failed" {
-        bail!("load failed: {}", op["error"].as_str().unwrap_or("unknown reason"));
+        bail!("{} failed: {}", s(&op["kind"]), op["error"].as_str().unwrap_or("unknown reason"));
     }
     if op["gates_passed"] == false {
         bail!("loaded, but its gates failed (see `teal admin status`); a flip needs --force");
@@ -343,6 +363,52 @@ fn status_table(v: &Value) {
             s(&sl["model"]["device"]),
             s(&sl["in_flight"]),
         );
+    }
+}
+
+fn gib(v: &Value) -> String {
+    v.as_u64().map(crate::memory::budget::human).unwrap_or_else(|| "-".into())
+}
+
+fn memory_table(v: &Value) {
+    println!(
+        "{:<8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "DEVICE", "TOTAL", "BUDGET", "HELD", "WEIGHTS", "SHARED", "KV", "FREE"
+    );
+    for d in v["devices"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            s(&d["device"]),
+            gib(&d["total_bytes"]),
+            gib(&d["budget_bytes"]),
+            gib(&d["held_bytes"]),
+            gib(&d["weights_bytes"]),
+            gib(&d["shared_bytes"]),
+            gib(&d["kv_cache_bytes"]),
+            gib(&d["free_within_budget_bytes"]),
+        );
+    }
+    println!();
+    println!(
+        "{:<6} {:<9} {:<8} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "SLOT", "STATE", "DEVICE", "WEIGHTS", "SHARED", "KV", "HOST", "ESTIMATE"
+    );
+    for sl in v["slots"].as_array().into_iter().flatten() {
+        let est = sl["estimate"].as_object().map(|e| e.values().filter_map(Value::as_u64).sum::<u64>());
+        println!(
+            "{:<6} {:<9} {:<8} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            s(&sl["slot"]),
+            s(&sl["state"]),
+            s(&sl["device"]),
+            gib(&sl["weights_bytes"]),
+            gib(&sl["shared_bytes"]),
+            gib(&sl["kv_cache_bytes"]),
+            gib(&sl["host_bytes"]),
+            est.map(crate::memory::budget::human).unwrap_or_else(|| "-".into()),
+        );
+    }
+    if let Some(rss) = v["process_resident_bytes"].as_u64() {
+        println!("\nprocess resident memory: {}", crate::memory::budget::human(rss));
     }
 }
 

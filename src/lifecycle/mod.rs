@@ -9,6 +9,7 @@
 mod actor;
 pub mod audit;
 pub mod gates;
+pub mod park;
 mod pipeline;
 pub mod probe;
 pub mod spec;
@@ -43,6 +44,12 @@ pub enum AdminError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 409 with type insufficient_memory: the load does not fit the device's budget.
+    #[error("{0}")]
+    InsufficientMemory(String),
+    /// A rollback whose target is parked and must wake first (handled by `Lifecycle::rollback`).
+    #[error("{0} is parked; wake it before it can go live")]
+    Parked(SlotName),
 }
 
 impl From<spec::PathError> for AdminError {
@@ -144,6 +151,11 @@ pub struct Context {
     /// Default device per slot (blue, green) and dtype.
     pub devices: [String; 2],
     pub dtype: String,
+    pub budgets: crate::memory::Budgets,
+    /// Identical weights are held once per device.
+    pub registry: crate::models::shared::TensorRegistry,
+    /// A rollback to a parked slot wakes it (else it is refused).
+    pub wake_on_rollback: bool,
 }
 
 pub(crate) enum Command {
@@ -169,6 +181,17 @@ pub(crate) enum Command {
     Operation {
         id: String,
         reply: oneshot::Sender<Option<Operation>>,
+    },
+    Park {
+        slot: SlotName,
+        reply: oneshot::Sender<Result<Operation, AdminError>>,
+    },
+    Wake {
+        slot: SlotName,
+        reply: oneshot::Sender<Result<Operation, AdminError>>,
+    },
+    Memory {
+        reply: oneshot::Sender<crate::memory::report::MemoryReport>,
     },
     Report(pipeline::Report),
     Shutdown {
@@ -214,8 +237,31 @@ impl Lifecycle {
         self.ask(|reply| Command::Flip { req, rollback: false, reply }).await?
     }
 
+    /// Rolls back to the previous live version; a parked target is woken first (when so configured), so the
+    /// call then takes as long as the wake.
     pub async fn rollback(&self) -> Result<FlipOutcome, AdminError> {
+        let first = self.ask(|reply| Command::Flip { req: FlipRequest::default(), rollback: true, reply }).await?;
+        let Err(AdminError::Parked(slot)) = first else { return first };
+        let op = self.wake(slot).await?;
+        let done = self.wait(&op.id).await?;
+        if let Some(e) = done.error {
+            return Err(AdminError::Conflict(format!("cannot roll back: waking {slot} failed: {e}")));
+        }
         self.ask(|reply| Command::Flip { req: FlipRequest::default(), rollback: true, reply }).await?
+    }
+
+    /// Frees a ready standby's device memory (weights to host memory, KV pool released).
+    pub async fn park(&self, slot: SlotName) -> Result<Operation, AdminError> {
+        self.ask(|reply| Command::Park { slot, reply }).await?
+    }
+
+    /// Brings a parked standby back to its device and warms it.
+    pub async fn wake(&self, slot: SlotName) -> Result<Operation, AdminError> {
+        self.ask(|reply| Command::Wake { slot, reply }).await?
+    }
+
+    pub async fn memory(&self) -> Result<crate::memory::report::MemoryReport, AdminError> {
+        self.ask(|reply| Command::Memory { reply }).await
     }
 
     pub async fn unload(&self, slot: SlotName) -> Result<Value, AdminError> {

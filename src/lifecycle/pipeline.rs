@@ -3,7 +3,7 @@
 //! A panic anywhere in here fails the load with a reason instead of touching the live slot.
 
 use super::gates::{self, GateReport};
-use super::warmup::{self, WarmupReport};
+use super::warmup::{self, WarmupConfig, WarmupReport};
 use super::{spec, Command};
 use crate::engine::{Engine, EngineConfig};
 use crate::models::{self, LoadOptions};
@@ -19,11 +19,43 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 pub(crate) enum Report {
-    Progress { op: String, progress: f64 },
-    Loaded { op: String, resident: Arc<Resident>, seconds: f64, weights_bytes: u64 },
-    Warmed { op: String, report: WarmupReport },
-    Gated { op: String, report: GateReport },
-    Failed { op: String, reason: String },
+    Progress {
+        op: String,
+        progress: f64,
+    },
+    Loaded {
+        op: String,
+        resident: Arc<Resident>,
+        seconds: f64,
+        weights_bytes: u64,
+        warm: WarmupConfig,
+    },
+    Warmed {
+        op: String,
+        report: WarmupReport,
+    },
+    Gated {
+        op: String,
+        report: GateReport,
+    },
+    Failed {
+        op: String,
+        reason: String,
+    },
+    /// A standby's engine stopped and its weights are in host memory.
+    Parked {
+        op: String,
+        model: Arc<crate::models::Model>,
+        seconds: f64,
+        moved_bytes: u64,
+    },
+    /// A parked standby is back on its device, warmed.
+    Woken {
+        op: String,
+        resident: Arc<Resident>,
+        warmup: WarmupReport,
+        timings: super::park::WakeTimings,
+    },
 }
 
 pub(crate) struct Job {
@@ -40,6 +72,7 @@ pub(crate) struct Job {
     pub warmup_over: Option<Value>,
     pub gates_over: Option<Value>,
     pub router: Arc<LiveRouter>,
+    pub registry: crate::models::shared::TensorRegistry,
     pub tx: UnboundedSender<Command>,
 }
 
@@ -70,8 +103,11 @@ impl Job {
             spec::effective_settings(&settings, self.warmup_over.clone(), self.gates_over.clone())?;
         let files = models::weight_files(&self.path).map_err(|e| e.to_string())?;
         let (digest, weights_bytes) = digest_files(&files, &|p| self.progress(p * 0.5))?;
-        let model = models::load(&self.path, &LoadOptions { device: self.device.clone(), dtype: self.dtype })
-            .map_err(|e| e.to_string())?;
+        let model = models::load(
+            &self.path,
+            &LoadOptions { device: self.device.clone(), dtype: self.dtype, share: Some(self.registry.clone()) },
+        )
+        .map_err(|e| e.to_string())?;
         let version = self.version.clone().or(settings.version).unwrap_or_else(|| digest[..12].to_string());
         let identity = ModelIdentity {
             name: model.name.clone(),
@@ -85,7 +121,8 @@ impl Job {
         let engine = Engine::start(Arc::new(model), self.engine.clone(), metrics).map_err(|e| e.to_string())?;
         let resident = Arc::new(Resident::new(self.load_id, self.slot, identity, engine));
         let seconds = t0.elapsed().as_secs_f64();
-        self.send(Report::Loaded { op: self.op.clone(), resident: resident.clone(), seconds, weights_bytes });
+        let warm = warm_cfg.clone();
+        self.send(Report::Loaded { op: self.op.clone(), resident: resident.clone(), seconds, weights_bytes, warm });
 
         let report = warmup::run(&resident.engine, &warm_cfg, &|p| self.progress(p))
             .map_err(|e| format!("warm-up failed: {e}"))?;

@@ -4,7 +4,8 @@
 //! ```text
 //! empty -> loading -> warming -> gating -> ready (standby) -> live -> draining -> ready
 //!                                            ^------------- rollback / flip back ---'
-//! any -> failed (with reason); ready | failed | draining | empty -> unload -> empty
+//! any -> failed (with reason); ready | failed | draining | parked | empty -> unload -> empty
+//! ready -> parking -> parked -> waking -> ready   (a parked standby frees its device memory)
 //! ```
 
 use serde::Serialize;
@@ -22,6 +23,12 @@ pub enum SlotState {
     Live,
     /// No longer live; requests that started on it are finishing.
     Draining,
+    /// A standby releasing its device memory (weights to host, KV pool freed).
+    Parking,
+    /// A standby whose weights wait in host memory; it must wake before it can go live.
+    Parked,
+    /// A parked standby going back to its device and re-warming.
+    Waking,
     Failed {
         reason: String,
     },
@@ -37,13 +44,19 @@ impl SlotState {
             SlotState::Ready => "ready",
             SlotState::Live => "live",
             SlotState::Draining => "draining",
+            SlotState::Parking => "parking",
+            SlotState::Parked => "parked",
+            SlotState::Waking => "waking",
             SlotState::Failed { .. } => "failed",
         }
     }
 
     /// An operation is running on the slot (a second one gets 409).
     pub fn busy(&self) -> bool {
-        matches!(self, SlotState::Loading | SlotState::Warming | SlotState::Gating)
+        matches!(
+            self,
+            SlotState::Loading | SlotState::Warming | SlotState::Gating | SlotState::Parking | SlotState::Waking
+        )
     }
 
     /// Holds a model that can serve.
@@ -67,6 +80,12 @@ pub enum SlotEvent {
     Drained,
     Fail(String),
     Unload,
+    /// Release the device memory of a ready standby.
+    Park,
+    Parked,
+    /// Bring a parked standby back.
+    Wake,
+    Woken,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +106,10 @@ fn event_name(e: &SlotEvent) -> &'static str {
         SlotEvent::Drained => "finish draining",
         SlotEvent::Fail(_) => "fail",
         SlotEvent::Unload => "unload",
+        SlotEvent::Park => "park",
+        SlotEvent::Parked => "finish parking",
+        SlotEvent::Wake => "wake",
+        SlotEvent::Woken => "finish waking",
     }
 }
 
@@ -95,7 +118,7 @@ pub fn transition(state: &SlotState, event: &SlotEvent) -> Result<SlotState, Ref
     use SlotEvent as E;
     use SlotState as S;
     let next = match (state, event) {
-        (S::Empty | S::Failed { .. } | S::Ready | S::Draining, E::Load) => S::Loading,
+        (S::Empty | S::Failed { .. } | S::Ready | S::Draining | S::Parked, E::Load) => S::Loading,
         (S::Loading, E::Loaded) => S::Warming,
         (S::Warming, E::Warmed) => S::Gating,
         (S::Gating, E::Gated) => S::Ready,
@@ -104,7 +127,11 @@ pub fn transition(state: &SlotState, event: &SlotEvent) -> Result<SlotState, Ref
         (S::Draining, E::Drained) => S::Ready,
         (S::Empty, E::Fail(_)) => return Err(Refused { state: state.name(), event: event_name(event) }),
         (_, E::Fail(reason)) => S::Failed { reason: reason.clone() },
-        (S::Empty | S::Ready | S::Failed { .. } | S::Draining, E::Unload) => S::Empty,
+        (S::Empty | S::Ready | S::Failed { .. } | S::Draining | S::Parked, E::Unload) => S::Empty,
+        (S::Ready, E::Park) => S::Parking,
+        (S::Parking, E::Parked) => S::Parked,
+        (S::Parked, E::Wake) => S::Waking,
+        (S::Waking, E::Woken) => S::Ready,
         _ => return Err(Refused { state: state.name(), event: event_name(event) }),
     };
     Ok(next)
@@ -123,6 +150,9 @@ mod tests {
             SlotState::Ready,
             SlotState::Live,
             SlotState::Draining,
+            SlotState::Parking,
+            SlotState::Parked,
+            SlotState::Waking,
             SlotState::Failed { reason: "x".into() },
         ]
     }
@@ -138,6 +168,10 @@ mod tests {
             SlotEvent::Drained,
             SlotEvent::Fail("boom".into()),
             SlotEvent::Unload,
+            SlotEvent::Park,
+            SlotEvent::Parked,
+            SlotEvent::Wake,
+            SlotEvent::Woken,
         ]
     }
 
@@ -160,7 +194,7 @@ mod tests {
         let allowed = |s: &SlotState, e: &SlotEvent| -> Option<&'static str> {
             use SlotEvent as E;
             match (s.name(), e) {
-                ("empty" | "failed" | "ready" | "draining", E::Load) => Some("loading"),
+                ("empty" | "failed" | "ready" | "draining" | "parked", E::Load) => Some("loading"),
                 ("loading", E::Loaded) => Some("warming"),
                 ("warming", E::Warmed) => Some("gating"),
                 ("gating", E::Gated) => Some("ready"),
@@ -169,7 +203,11 @@ mod tests {
                 ("draining", E::Drained) => Some("ready"),
                 ("empty", E::Fail(_)) => None,
                 (_, E::Fail(_)) => Some("failed"),
-                ("empty" | "ready" | "failed" | "draining", E::Unload) => Some("empty"),
+                ("empty" | "ready" | "failed" | "draining" | "parked", E::Unload) => Some("empty"),
+                ("ready", E::Park) => Some("parking"),
+                ("parking", E::Parked) => Some("parked"),
+                ("parked", E::Wake) => Some("waking"),
+                ("waking", E::Woken) => Some("ready"),
                 _ => None,
             }
         };
@@ -181,12 +219,12 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 72);
+        assert_eq!(checked, 11 * 13);
     }
 
     #[test]
     fn live_and_busy_slots_refuse_loads_and_unloads() {
-        for s in [SlotState::Live, SlotState::Loading, SlotState::Warming, SlotState::Gating] {
+        for s in [SlotState::Live, SlotState::Loading, SlotState::Warming, SlotState::Gating, SlotState::Waking] {
             assert!(transition(&s, &SlotEvent::Load).is_err());
             assert!(transition(&s, &SlotEvent::Unload).is_err());
         }
@@ -199,5 +237,19 @@ mod tests {
         let s = transition(&SlotState::Warming, &SlotEvent::Fail("out of memory".into())).unwrap();
         assert_eq!(s, SlotState::Failed { reason: "out of memory".into() });
         assert!(!s.busy() && !s.servable());
+    }
+
+    #[test]
+    fn a_parked_standby_cannot_go_live_before_it_wakes() {
+        let parked = transition(&transition(&SlotState::Ready, &SlotEvent::Park).unwrap(), &SlotEvent::Parked).unwrap();
+        assert_eq!(parked, SlotState::Parked);
+        assert!(!parked.servable() && !parked.busy());
+        assert_eq!(
+            transition(&parked, &SlotEvent::GoLive).unwrap_err().to_string(),
+            "cannot make live a slot that is parked"
+        );
+        let woken = transition(&transition(&parked, &SlotEvent::Wake).unwrap(), &SlotEvent::Woken).unwrap();
+        assert_eq!(woken, SlotState::Ready);
+        assert!(transition(&SlotState::Live, &SlotEvent::Park).is_err(), "the live slot is never parked");
     }
 }

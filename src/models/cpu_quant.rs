@@ -64,6 +64,21 @@ impl QuantMatrix {
         Some(QuantMatrix { format: first.format, data, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols })
     }
 
+    pub fn bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// The same blocks as a candle `QTensor` on `device` (for devices this module does not run on).
+    pub fn to_qtensor(&self, device: &candle_core::Device) -> Result<candle_core::quantized::QTensor> {
+        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        let dtype = match self.format {
+            Format::Q4_1 => GgmlDType::Q4_1,
+            Format::Q8_0 => GgmlDType::Q8_0,
+        };
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&self.data), device, dtype)?;
+        QTensor::new(storage, (self.rows, self.cols))
+    }
+
     fn row(&self, r: usize) -> &[u8] {
         let n = self.cols / QK * self.format.block_bytes();
         &self.data[r * n..(r + 1) * n]

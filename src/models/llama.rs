@@ -4,7 +4,8 @@
 
 use super::config::{LlamaConfig, RopeStyle};
 use super::paged_attention::{paged_attention, write_kv, AttnMeta};
-use super::weights::{Linear, LinearGroup, Tn, WeightSource};
+use super::shared::{tensor_bytes, Holdings, TensorRegistry};
+use super::weights::{Linear, LinearGroup, Loader, Tn, WeightSource};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct Llama {
     sin: Tensor,
     device: Device,
     dtype: DType,
+    /// Releases the shared objects when the model is dropped.
+    hold: Holdings,
 }
 
 /// One engine step's input: the new tokens of every scheduled sequence and where they go.
@@ -47,29 +50,29 @@ pub trait KvView {
 }
 
 impl Llama {
-    pub fn load(cfg: LlamaConfig, src: &mut WeightSource, device: &Device) -> Result<Self> {
+    /// Loads the weights on `device`, taking objects another model already holds there from `registry`.
+    pub fn load(cfg: LlamaConfig, src: &mut WeightSource, device: &Device, registry: TensorRegistry) -> Result<Self> {
+        let dtype = src.activation_dtype();
+        let mut ld = Loader { src, hold: Holdings::new(registry, device), device: device.clone() };
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let bias = |b: Tn| if cfg.qkv_bias { Some(b) } else { None };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
-            let qkv = vec![
-                src.linear(Tn::Q(l), bias(Tn::QBias(l)), (q_out, h), device)?,
-                src.linear(Tn::K(l), bias(Tn::KBias(l)), (kv_out, h), device)?,
-                src.linear(Tn::V(l), bias(Tn::VBias(l)), (kv_out, h), device)?,
-            ];
-            let gate_up =
-                vec![src.linear(Tn::Gate(l), None, (i, h), device)?, src.linear(Tn::Up(l), None, (i, h), device)?];
             layers.push(Layer {
-                attn_norm: src.vector(Tn::AttnNorm(l), h, device)?,
-                qkv: LinearGroup::new(qkv, vec![q_out, kv_out, kv_out])?,
-                o: src.linear(Tn::O(l), None, (h, q_out), device)?,
-                mlp_norm: src.vector(Tn::MlpNorm(l), h, device)?,
-                gate_up: LinearGroup::new(gate_up, vec![i, i])?,
-                down: src.linear(Tn::Down(l), None, (h, i), device)?,
+                attn_norm: ld.vector(Tn::AttnNorm(l), h)?,
+                qkv: ld.group(&[
+                    (Tn::Q(l), bias(Tn::QBias(l)), (q_out, h)),
+                    (Tn::K(l), bias(Tn::KBias(l)), (kv_out, h)),
+                    (Tn::V(l), bias(Tn::VBias(l)), (kv_out, h)),
+                ])?,
+                o: ld.linear(Tn::O(l), None, (h, q_out))?,
+                mlp_norm: ld.vector(Tn::MlpNorm(l), h)?,
+                gate_up: ld.group(&[(Tn::Gate(l), None, (i, h)), (Tn::Up(l), None, (i, h))])?,
+                down: ld.linear(Tn::Down(l), None, (h, i))?,
             });
         }
-        let embed = src.dense(Tn::Embed, device)?;
+        let embed = ld.dense(Tn::Embed)?;
         if embed.dims() != [cfg.vocab_size, h] {
             return Err(crate::error::TealError::InvalidModel(format!(
                 "embedding has shape {:?}, expected [{}, {h}]",
@@ -77,11 +80,52 @@ impl Llama {
                 cfg.vocab_size
             )));
         }
-        let head_tn = if src.has(Tn::LmHead) { Tn::LmHead } else { Tn::Embed };
-        let lm_head = src.linear(head_tn, None, (cfg.vocab_size, h), device)?;
-        let norm = src.vector(Tn::FinalNorm, h, device)?;
+        let head_tn = if ld.src.has(Tn::LmHead) { Tn::LmHead } else { Tn::Embed };
+        let lm_head = ld.linear(head_tn, None, (cfg.vocab_size, h))?;
+        let norm = ld.vector(Tn::FinalNorm, h)?;
         let (cos, sin) = rope_tables(&cfg, device)?;
-        Ok(Llama { dtype: src.activation_dtype(), cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone() })
+        Ok(Llama { dtype, cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), hold: ld.hold })
+    }
+
+    /// Bytes of the weights on the device (shared objects counted once) and the rotary tables.
+    pub fn weight_bytes(&self) -> u64 {
+        self.hold.bytes() + tensor_bytes(&self.cos) + tensor_bytes(&self.sin)
+    }
+
+    /// A copy of the weights on `device` (not shared with anything there). Parking uses it to move a standby's
+    /// weights to host memory and back.
+    pub fn to_device(&self, device: &Device) -> Result<Llama> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    attn_norm: l.attn_norm.to_device(device)?,
+                    qkv: l.qkv.to_device(device)?,
+                    o: l.o.to_device(device)?,
+                    mlp_norm: l.mlp_norm.to_device(device)?,
+                    gate_up: l.gate_up.to_device(device)?,
+                    down: l.down.to_device(device)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Llama {
+            cfg: self.cfg.clone(),
+            embed: self.embed.to_device(device)?,
+            layers,
+            norm: self.norm.to_device(device)?,
+            lm_head: self.lm_head.to_device(device)?,
+            cos: self.cos.to_device(device)?,
+            sin: self.sin.to_device(device)?,
+            device: device.clone(),
+            dtype: self.dtype,
+            hold: Holdings::unshared(device, self.hold.bytes()),
+        })
+    }
+
+    /// The shared-weights record of this model (what it holds, what another model also holds).
+    pub fn holdings(&self) -> &Holdings {
+        &self.hold
     }
 
     pub fn config(&self) -> &LlamaConfig {

@@ -5,9 +5,11 @@
 pub mod chat_template;
 pub mod config;
 pub mod cpu_quant;
+pub mod estimate;
 mod gguf_meta;
 pub mod llama;
 pub mod paged_attention;
+pub mod shared;
 pub mod tokenizer;
 pub mod weights;
 
@@ -22,11 +24,13 @@ use tokenizer::TextTokenizer;
 use weights::WeightSource;
 
 /// How to load: the device, and the dtype (`None`: f32 on CPU for dense checkpoints, GGUF kept quantized).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Where the weights and the KV pool live.
     pub device: Device,
     pub dtype: Option<DType>,
+    /// Where objects identical to those of other loaded models are shared (None: a private registry).
+    pub share: Option<shared::TensorRegistry>,
 }
 
 /// Everything needed to serve one model version. Immutable after load and shareable between threads.
@@ -191,7 +195,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let mut src = WeightSource::safetensors(&safetensors_files(dir)?, dtype)?;
     let max_context = cfg.max_position_embeddings;
-    let llama = Llama::load(cfg, &mut src, &opts.device)?;
+    let llama = Llama::load(cfg, &mut src, &opts.device, opts.share.clone().unwrap_or_default())?;
     check_vocab(&llama, &tokenizer)?;
     Ok(Model {
         name: String::new(),
@@ -202,6 +206,14 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         max_context,
         format: format!("safetensors {dtype:?}"),
     })
+}
+
+impl Model {
+    /// The same model with its weights moved to `device` (see `Llama::to_device`).
+    pub fn into_device(self, device: &Device) -> Result<Model> {
+        let llama = self.llama.to_device(device)?;
+        Ok(Model { llama, ..self })
+    }
 }
 
 fn dedup(mut v: Vec<u32>) -> Vec<u32> {
@@ -228,7 +240,7 @@ fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Model> {
     let quant = dominant_quant(&content);
     let max_context = cfg.max_position_embeddings;
     let mut src = WeightSource::gguf(file, content, opts.dtype)?;
-    let llama = Llama::load(cfg, &mut src, &opts.device)?;
+    let llama = Llama::load(cfg, &mut src, &opts.device, opts.share.clone().unwrap_or_default())?;
     check_vocab(&llama, &tokenizer)?;
     let format = match opts.dtype {
         Some(d) => format!("gguf {quant} dequantized to {d:?}"),

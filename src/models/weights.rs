@@ -3,6 +3,7 @@
 //! the file format. GGUF weights stay quantized unless the caller asks for a dense dtype.
 
 use super::cpu_quant::{Format, QuantMatrix};
+use super::shared::{tensor_bytes, Holdings, Item, Key};
 use crate::error::{Result, TealError};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
@@ -31,7 +32,7 @@ pub enum Tn {
 }
 
 impl Tn {
-    fn hf(self) -> String {
+    pub(crate) fn hf(self) -> String {
         let l = |i: usize, s: &str| format!("model.layers.{i}.{s}");
         match self {
             Tn::Embed => "model.embed_tokens.weight".into(),
@@ -52,7 +53,7 @@ impl Tn {
         }
     }
 
-    fn gguf(self) -> String {
+    pub(crate) fn gguf(self) -> String {
         let l = |i: usize, s: &str| format!("blk.{i}.{s}");
         match self {
             Tn::Embed => "token_embd.weight".into(),
@@ -89,6 +90,32 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Bytes of the weight and bias on their device.
+    pub fn bytes(&self) -> u64 {
+        let w = match &self.w {
+            Weight::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => tensor_bytes(t),
+            Weight::Cpu(m) => m.bytes(),
+        };
+        w + self.b.as_ref().map(tensor_bytes).unwrap_or(0)
+    }
+
+    /// A copy on `device` (parking moves a standby's weights to host memory and back).
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<Linear> {
+        let w = match &self.w {
+            Weight::Cpu(m) if device.is_cpu() => Weight::Cpu(m.clone()),
+            Weight::Cpu(m) => Weight::Candle(QMatMul::from_qtensor(m.to_qtensor(device)?)?),
+            Weight::Candle(QMatMul::QTensor(q)) => {
+                let storage = candle_core::quantized::QStorage::from_data(q.data()?, device, q.dtype())?;
+                Weight::Candle(QMatMul::from_qtensor(QTensor::new(storage, q.shape().clone())?)?)
+            }
+            Weight::Candle(QMatMul::Tensor(t)) => Weight::Candle(QMatMul::Tensor(t.to_device(device)?)),
+            Weight::Candle(QMatMul::TensorF16(t)) => Weight::Candle(QMatMul::TensorF16(t.to_device(device)?)),
+        };
+        let b = self.b.as_ref().map(|b| b.to_device(device)).transpose()?;
+        Ok(Linear { w, b })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.w {
             Weight::Candle(w) => w.forward(x)?,
@@ -103,6 +130,7 @@ impl Linear {
 
 /// Linear layers that read the same input (q/k/v, gate/up), stacked into one matmul when their weights allow
 /// it (fewer passes over the input and fewer parallel regions per step); otherwise run one by one.
+#[derive(Clone)]
 pub struct LinearGroup {
     fused: Option<Linear>,
     parts: Vec<Linear>,
@@ -142,6 +170,18 @@ impl LinearGroup {
             None => return Ok(None),
         };
         Ok(Some(Linear { w, b }))
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.fused.iter().chain(&self.parts).map(Linear::bytes).sum()
+    }
+
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<LinearGroup> {
+        Ok(LinearGroup {
+            fused: self.fused.as_ref().map(|f| f.to_device(device)).transpose()?,
+            parts: self.parts.iter().map(|p| p.to_device(device)).collect::<candle_core::Result<_>>()?,
+            sizes: self.sizes.clone(),
+        })
     }
 
     /// One output per part, `[tokens, size]` each.
@@ -247,12 +287,108 @@ impl WeightSource {
         };
         Ok(Linear { w, b })
     }
+}
 
-    /// A 1-D vector of a given length.
-    pub fn vector(&mut self, tn: Tn, len: usize, device: &Device) -> Result<Tensor> {
-        let t = self.dense(tn, device)?;
+impl WeightSource {
+    /// The content key of a tensor as `form` loads it: BLAKE3 of the form, the target dtype and the source bytes
+    /// (the safetensors view, or the GGUF block data). Computed before anything is allocated on the device.
+    pub fn key(&self, tn: Tn, form: &str) -> Result<Key> {
+        let mut h = blake3::Hasher::new();
+        h.update(form.as_bytes());
+        h.update(format!("|{:?}|", self.activation_dtype()).as_bytes());
+        match self {
+            WeightSource::Safetensors { st, .. } => {
+                let name = tn.hf();
+                let view = st.get(&name).map_err(|e| TealError::InvalidModel(format!("tensor {name}: {e}")))?;
+                h.update(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
+                h.update(view.data());
+            }
+            WeightSource::Gguf { content, file, path, dense } => {
+                let name = tn.gguf();
+                let bad = |e: String| TealError::InvalidModel(format!("{}: tensor {name}: {e}", path.display()));
+                let info = content.tensor_infos.get(&name).ok_or_else(|| bad("missing".into()))?;
+                let dt = info.ggml_dtype;
+                let len = info.shape.elem_count() / dt.block_size() * dt.type_size();
+                let mut buf = vec![0u8; len];
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(&mut buf, content.tensor_data_offset + info.offset)
+                    .map_err(|e| bad(e.to_string()))?;
+                h.update(format!("{dt:?}{:?}{dense:?}", info.shape.dims()).as_bytes());
+                h.update(&buf);
+            }
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+}
+
+fn combine(tag: &str, keys: &[Key]) -> Key {
+    let mut h = blake3::Hasher::new();
+    h.update(tag.as_bytes());
+    for k in keys {
+        h.update(k);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Loads a model's tensors through the shared-weights registry: every object is looked up by its content key
+/// first and built only when the device does not hold it yet. What the model takes is recorded in `hold`.
+pub struct Loader<'a> {
+    pub src: &'a mut WeightSource,
+    pub hold: Holdings,
+    pub device: Device,
+}
+
+impl Loader<'_> {
+    /// A dense tensor (embeddings).
+    pub fn dense(&mut self, tn: Tn) -> Result<Tensor> {
+        let key = self.src.key(tn, "dense")?;
+        let (src, device) = (&mut *self.src, &self.device);
+        match self.hold.intern(key, || Ok(Item::Tensor(src.dense(tn, device)?)))? {
+            Item::Tensor(t) => Ok(t),
+            _ => Err(TealError::InvalidModel(format!("tensor {tn:?}: shared object of another kind"))),
+        }
+    }
+
+    /// A 1-D vector of a given length (norm weights).
+    pub fn vector(&mut self, tn: Tn, len: usize) -> Result<Tensor> {
+        let t = self.dense(tn)?;
         check_shape(tn, t.dims(), (len, 0))?;
         Ok(t)
+    }
+
+    fn linear_key(&self, tn: Tn, bias: Option<Tn>) -> Result<Key> {
+        let mut keys = vec![self.src.key(tn, "linear")?];
+        if let Some(b) = bias {
+            keys.push(self.src.key(b, "bias")?);
+        }
+        Ok(combine("linear", &keys))
+    }
+
+    /// A linear layer (see `WeightSource::linear`).
+    pub fn linear(&mut self, tn: Tn, bias: Option<Tn>, shape: (usize, usize)) -> Result<Linear> {
+        let key = self.linear_key(tn, bias)?;
+        let (src, device) = (&mut *self.src, &self.device);
+        match self.hold.intern(key, || Ok(Item::Linear(src.linear(tn, bias, shape, device)?)))? {
+            Item::Linear(l) => Ok(l),
+            _ => Err(TealError::InvalidModel(format!("tensor {tn:?}: shared object of another kind"))),
+        }
+    }
+
+    /// Linear layers reading the same input, stacked (`LinearGroup`); shared as one object.
+    pub fn group(&mut self, parts: &[(Tn, Option<Tn>, (usize, usize))]) -> Result<LinearGroup> {
+        let keys = parts.iter().map(|&(tn, b, _)| self.linear_key(tn, b)).collect::<Result<Vec<_>>>()?;
+        let key = combine("group", &keys);
+        let (src, device) = (&mut *self.src, &self.device);
+        let make = || {
+            let linears =
+                parts.iter().map(|&(tn, b, shape)| src.linear(tn, b, shape, device)).collect::<Result<Vec<_>>>()?;
+            let sizes = parts.iter().map(|p| p.2 .0).collect();
+            Ok(Item::Group(LinearGroup::new(linears, sizes)?))
+        };
+        match self.hold.intern(key, make)? {
+            Item::Group(g) => Ok(g),
+            _ => Err(TealError::InvalidModel(format!("group {:?}: shared object of another kind", parts[0].0))),
+        }
     }
 }
 

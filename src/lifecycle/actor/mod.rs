@@ -1,13 +1,18 @@
 //! The lifecycle controller: the one task that owns both slots' state, the operations table and the rollback
 //! target, and the only code that stores the live pointer. Every change goes through `state::transition`.
 
+mod memory;
+mod park;
+
 use super::audit::Entry;
 use super::gates::GateReport;
 use super::pipeline::{Job, Report};
 use super::state::{transition, SlotEvent, SlotState};
-use super::warmup::WarmupReport;
+use super::warmup::{WarmupConfig, WarmupReport};
 use super::{AdminError, Command, Context, FlipOutcome, FlipRequest, LoadRequest, Operation};
-use crate::router::{Resident, SlotName};
+use crate::memory::budget::Need;
+use crate::models::Model;
+use crate::router::{ModelIdentity, Resident, SlotName};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +33,21 @@ struct SlotEntry {
     weights_bytes: u64,
     warmup: Option<WarmupReport>,
     gates: Option<GateReport>,
+    /// The version the slot holds (live, standby or parked) and its load id (rollback checks it).
+    model: Option<(ModelIdentity, u64)>,
+    /// The device the slot's model is on (`cpu`, `cuda:N`) and what admission estimated for it.
+    device: String,
+    estimate: Option<Need>,
+    /// The weight files (path, size, mtime) and dtype of the load: the same files in the other slot on the same
+    /// device share their weights, which admission credits.
+    files: Option<FileSignature>,
+    warm: Option<WarmupConfig>,
+    /// A parked standby's model, its weights in host memory.
+    parked: Option<Arc<Model>>,
+    park: park::ParkTimes,
 }
+
+type FileSignature = (Vec<(std::path::PathBuf, u64, Option<SystemTime>)>, Option<candle_core::DType>);
 
 struct OpRecord {
     op: Operation,
@@ -49,6 +68,8 @@ pub(super) struct Controller {
     flips: u64,
     rollbacks: u64,
     last_flip: Option<SystemTime>,
+    /// When the memory gauges were last set.
+    memory_observed: Option<Instant>,
 }
 
 fn idx(s: SlotName) -> usize {
@@ -82,6 +103,7 @@ impl Controller {
             flips: 0,
             rollbacks: 0,
             last_flip: None,
+            memory_observed: None,
         }
     }
 
@@ -98,7 +120,10 @@ impl Controller {
                     Some(c) => self.handle(c),
                     None => break,
                 },
-                _ = tick.tick() => self.finish_draining(),
+                _ = tick.tick() => {
+                    self.finish_draining();
+                    self.refresh_memory_metrics();
+                }
             }
         }
     }
@@ -123,6 +148,15 @@ impl Controller {
             Command::Operation { id, reply } => {
                 let op = op_key(&id).and_then(|k| self.ops.get(&k)).map(|r| self.op_view(r));
                 let _ = reply.send(op);
+            }
+            Command::Park { slot, reply } => {
+                let _ = reply.send(self.park(slot));
+            }
+            Command::Wake { slot, reply } => {
+                let _ = reply.send(self.wake(slot));
+            }
+            Command::Memory { reply } => {
+                let _ = reply.send(self.memory_report());
             }
             Command::Report(r) => self.on_report(r),
             Command::Shutdown { .. } => {}
@@ -180,9 +214,13 @@ impl Controller {
         let device = crate::device::parse_device(&device_label).map_err(|e| AdminError::BadRequest(e.to_string()))?;
         let dtype = crate::device::parse_dtype(req.dtype.as_deref().unwrap_or(&self.ctx.dtype))
             .map_err(|e| AdminError::BadRequest(e.to_string()))?;
-        let replaced = self.slots[idx(slot)].resident.as_ref().map(|r| r.identity.version.clone());
+        let device_label = crate::device::label(&device);
+        let (estimate, files) = self.admit_load(slot, &path, dtype, &device_label)?;
+        let replaced = self.slots[idx(slot)].model.as_ref().map(|(m, _)| m.version.clone());
         self.set_state(slot, SlotEvent::Load)?;
         self.drop_resident(slot);
+        let e = &mut self.slots[idx(slot)];
+        (e.device, e.estimate, e.files) = (device_label.clone(), estimate, Some(files));
         let id = self.new_op(slot, &req.model, go_live);
         self.slots[idx(slot)].op = Some(id.clone());
         self.ctx.audit.record(Entry {
@@ -208,6 +246,7 @@ impl Controller {
             warmup_over: req.warmup,
             gates_over: req.gates,
             router: self.ctx.router.clone(),
+            registry: self.ctx.registry.clone(),
             tx: self.tx.clone(),
         };
         self.next_load += 1;
@@ -216,16 +255,27 @@ impl Controller {
     }
 
     fn new_op(&mut self, slot: SlotName, model: &str, go_live: bool) -> String {
+        self.new_op_of("load", "loading", slot, model, go_live)
+    }
+
+    fn new_op_of(
+        &mut self,
+        kind: &'static str,
+        phase: &'static str,
+        slot: SlotName,
+        model: &str,
+        go_live: bool,
+    ) -> String {
         let key = self.next_op;
         self.next_op += 1;
         let id = format!("op-{key}");
         let op = Operation {
             id: id.clone(),
-            kind: "load",
+            kind,
             slot,
             model: model.to_string(),
             status: "running",
-            phase: "loading",
+            phase,
             progress: 0.0,
             started_at: now_rfc3339(),
             elapsed_s: 0.0,
@@ -280,10 +330,12 @@ impl Controller {
                     rec.op.progress = progress.clamp(0.0, 1.0);
                 }
             }
-            Report::Loaded { op, resident, seconds, weights_bytes } => {
+            Report::Loaded { op, resident, seconds, weights_bytes, warm } => {
                 let Some(slot) = self.slot_of(&op) else { return };
                 if self.set_state(slot, SlotEvent::Loaded).is_ok() {
                     let e = &mut self.slots[idx(slot)];
+                    e.model = Some((resident.identity.clone(), resident.load_id));
+                    e.warm = Some(warm);
                     e.resident = Some(resident);
                     e.loaded_at = Some(now_rfc3339());
                     e.load_seconds = Some(seconds);
@@ -300,6 +352,8 @@ impl Controller {
             }
             Report::Gated { op, report } => self.on_gated(&op, report),
             Report::Failed { op, reason } => self.on_failed(&op, reason),
+            Report::Parked { op, model, seconds, moved_bytes } => self.on_parked(&op, model, seconds, moved_bytes),
+            Report::Woken { op, resident, warmup, timings } => self.on_woken(&op, resident, warmup, timings),
         }
     }
 
@@ -373,13 +427,18 @@ impl Controller {
             self.ctx.router.end_drain();
         }
         let e = &mut self.slots[idx(slot)];
-        if let Some(r) = e.resident.take() {
-            if self.prev_live.is_some_and(|(s, id)| s == slot && id == r.load_id) {
+        if let Some((id, load_id)) = e.model.take() {
+            if self.prev_live.is_some_and(|(s, l)| s == slot && l == load_id) {
                 self.prev_live = None;
             }
-            let id = &r.identity;
             self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
         }
+        e.resident = None;
+        e.parked = None;
+        e.park = Default::default();
+        e.estimate = None;
+        e.files = None;
+        e.warm = None;
         e.warmup = None;
         e.gates = None;
         e.loaded_at = None;
@@ -395,7 +454,7 @@ impl Controller {
                     "nothing to roll back to: no earlier live version is resident".into(),
                 ));
             };
-            let same = self.slots[idx(slot)].resident.as_ref().is_some_and(|r| r.load_id == load_id);
+            let same = self.slots[idx(slot)].model.as_ref().is_some_and(|(_, l)| *l == load_id);
             if !same {
                 return Err(AdminError::Conflict(format!(
                     "cannot roll back: {slot} no longer holds the previous version"
@@ -426,6 +485,7 @@ impl Controller {
         }
         let target = self.flip_target(req, rollback, live)?;
         self.busy(target)?;
+        self.refuse_parked(target, rollback)?;
         let entry = &self.slots[idx(target)];
         let Some(resident) =
             entry.resident.clone().filter(|_| matches!(entry.state, SlotState::Ready | SlotState::Draining))
@@ -524,7 +584,7 @@ impl Controller {
         if self.slots[idx(slot)].state == SlotState::Live {
             return Err(AdminError::Conflict(format!("{slot} is live; flip to the other slot before unloading it")));
         }
-        let version = self.slots[idx(slot)].resident.as_ref().map(|r| r.identity.version.clone());
+        let version = self.slots[idx(slot)].model.as_ref().map(|(m, _)| m.version.clone());
         self.set_state(slot, SlotEvent::Unload)?;
         self.drop_resident(slot);
         self.ctx.audit.record(Entry {
@@ -560,17 +620,15 @@ impl Controller {
             SlotState::Failed { reason } => Some(reason.clone()),
             _ => None,
         };
-        let model = e.resident.as_ref().map(|r| serde_json::to_value(&r.identity).unwrap_or_default());
-        let memory = e.resident.as_ref().map(|r| {
-            json!({"weights_bytes": e.weights_bytes, "kv_cache_bytes": r.engine.kv_bytes(),
-                   "kv_cache_tokens": r.engine.kv_capacity()})
-        });
+        let model = e.model.as_ref().map(|(m, _)| serde_json::to_value(m).unwrap_or_default());
+        let memory = self.slot_memory_view(s);
         json!({
             "slot": s, "state": e.state.name(), "reason": reason, "live": e.state == SlotState::Live,
             "operation": e.op, "model": model, "loaded_at": e.loaded_at, "load_seconds": e.load_seconds,
             "memory": memory, "in_flight": e.resident.as_ref().map(|r| r.in_flight()).unwrap_or(0),
             "pinned_sessions": self.ctx.router.pinned_sessions().filter(|(p, _)| *p == s).map(|(_, n)| n).unwrap_or(0),
-            "warmup": e.warmup, "gates": e.gates,
+            "warmup": e.warmup, "gates": e.gates, "park": e.park,
+            "rollback_eta_s": self.rollback_eta(s),
         })
     }
 

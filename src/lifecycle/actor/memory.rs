@@ -1,0 +1,200 @@
+//! The controller's memory accounting: admission before a load or a wake, each slot's actual figures beside its
+//! estimate, and the report behind GET /admin/memory and the memory metrics.
+
+use super::{idx, Controller, FileSignature};
+use crate::lifecycle::state::SlotState;
+use crate::lifecycle::AdminError;
+use crate::memory::budget::{self, Need};
+use crate::memory::report::{device_totals, DeviceMemory, MemoryReport, SlotMemory};
+use crate::router::SlotName;
+use candle_core::DType;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// How often the memory gauges are refreshed.
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn signature(path: &Path, dtype: Option<DType>) -> FileSignature {
+    let files = crate::models::weight_files(path).unwrap_or_default();
+    let sig = files
+        .into_iter()
+        .map(|f| {
+            let meta = f.metadata().ok();
+            let (len, mtime) = (meta.as_ref().map(|m| m.len()).unwrap_or(0), meta.and_then(|m| m.modified().ok()));
+            (f, len, mtime)
+        })
+        .collect();
+    (sig, dtype)
+}
+
+impl Controller {
+    /// Admission of a load into `slot`: the estimate from the files must fit the device's budget beside what
+    /// the other slot holds there. Weights the other slot already holds from the same files are credited (they
+    /// will be shared). A model whose files cannot be read is let through: the load fails on the same files
+    /// before it allocates anything, with the loader's precise reason.
+    pub(super) fn admit_load(
+        &self,
+        slot: SlotName,
+        path: &Path,
+        dtype: Option<DType>,
+        device: &str,
+    ) -> Result<(Option<Need>, FileSignature), AdminError> {
+        let files = signature(path, dtype);
+        let Ok(mut need) = crate::memory::estimate_load(path, dtype, &self.ctx.engine) else {
+            return Ok((None, files));
+        };
+        let other = &self.slots[idx(slot.other())];
+        if other.device == device && other.files.as_ref() == Some(&files) {
+            let held = other.resident.as_ref().map(|r| r.engine.model().clone()).or_else(|| other.parked.clone());
+            let shared = held.map(|m| m.llama.holdings().bytes()).unwrap_or(0);
+            need.weights = need.weights.saturating_sub(shared);
+        }
+        let held = self.held_on(device, Some(slot));
+        let this = self.slot_memory(slot);
+        let in_use = self.slots[idx(slot)].resident.as_ref().is_some_and(|r| r.in_flight() > 0);
+        let reclaimable = if this.device == device && !in_use { this.device_bytes() } else { 0 };
+        self.ctx
+            .budgets
+            .admit(device, &need, held, reclaimable, self.live_bytes_on(device))
+            .map_err(|e| AdminError::InsufficientMemory(format!("{slot}: load refused: {e}")))?;
+        Ok((Some(need), files))
+    }
+
+    /// Admission of a wake: the KV pool and workspace (and the weights, when they come back from host memory)
+    /// must fit beside everything teal holds on the device, this slot's parked weights included.
+    pub(super) fn admit_wake(&self, slot: SlotName, moves_weights: bool) -> Result<(), AdminError> {
+        let e = &self.slots[idx(slot)];
+        let est = e.estimate.unwrap_or_default();
+        let weights = if moves_weights { e.parked.as_ref().map(|m| m.llama.weight_bytes()).unwrap_or(0) } else { 0 };
+        let need = Need { weights, kv: est.kv, workspace: est.workspace };
+        self.ctx
+            .budgets
+            .admit(&e.device, &need, self.held_on(&e.device, None), 0, self.live_bytes_on(&e.device))
+            .map_err(|err| AdminError::InsufficientMemory(format!("{slot}: wake refused: {err}")))
+    }
+
+    /// What teal's slots hold on `device` (shared weights once), leaving out `except`.
+    fn held_on(&self, device: &str, except: Option<SlotName>) -> u64 {
+        let slots: Vec<SlotMemory> =
+            SlotName::ALL.into_iter().filter(|s| Some(*s) != except).map(|s| self.slot_memory(s)).collect();
+        let (weights, _, kv, ws) = device_totals(device, &slots);
+        weights + kv + ws
+    }
+
+    fn live_bytes_on(&self, device: &str) -> Option<u64> {
+        let live = self.live_slot()?;
+        let m = self.slot_memory(live);
+        (m.device == device).then(|| m.device_bytes())
+    }
+
+    /// A slot's figures: actual once its model is loaded (or parked), the admission estimate while it loads.
+    pub(super) fn slot_memory(&self, s: SlotName) -> SlotMemory {
+        let e = &self.slots[idx(s)];
+        let est = e.estimate.unwrap_or_default();
+        let mut m = SlotMemory {
+            slot: s,
+            state: e.state.name(),
+            device: e.device.clone(),
+            version: e.model.as_ref().map(|(m, _)| m.version.clone()),
+            weights_bytes: 0,
+            shared_bytes: 0,
+            kv_cache_bytes: 0,
+            workspace_bytes: 0,
+            host_bytes: 0,
+            estimate: e.estimate,
+        };
+        if let Some(r) = &e.resident {
+            let llama = &r.engine.model().llama;
+            m.weights_bytes = llama.weight_bytes();
+            m.shared_bytes = llama.holdings().shared_bytes();
+            m.kv_cache_bytes = r.engine.kv_bytes() as u64;
+            m.workspace_bytes = est.workspace;
+        } else if let Some(p) = &e.parked {
+            let llama = &p.llama;
+            m.host_bytes = llama.weight_bytes();
+            if llama.device().is_cpu() && e.device == "cpu" {
+                // On CPU the parked weights stay where they were: still held on the device.
+                (m.weights_bytes, m.shared_bytes) = (m.host_bytes, llama.holdings().shared_bytes());
+            }
+        } else if e.state.busy() {
+            // Loading or waking: what admission reserved.
+            let waking = e.state == SlotState::Waking;
+            (m.weights_bytes, m.kv_cache_bytes, m.workspace_bytes) =
+                (if waking { 0 } else { est.weights }, est.kv, est.workspace);
+        }
+        m
+    }
+
+    /// The slot's memory as GET /admin/slots shows it: actual and estimate side by side.
+    pub(super) fn slot_memory_view(&self, s: SlotName) -> Option<Value> {
+        let e = &self.slots[idx(s)];
+        if e.model.is_none() && !e.state.busy() {
+            return None;
+        }
+        let m = self.slot_memory(s);
+        let kv_tokens = e.resident.as_ref().map(|r| r.engine.kv_capacity());
+        Some(json!({
+            "device": m.device, "weights_bytes": m.weights_bytes, "shared_bytes": m.shared_bytes,
+            "kv_cache_bytes": m.kv_cache_bytes, "kv_cache_tokens": kv_tokens, "workspace_bytes": m.workspace_bytes,
+            "host_bytes": m.host_bytes, "device_bytes": m.device_bytes(), "file_bytes": e.weights_bytes,
+            "estimate": m.estimate.map(|n| json!({"weights_bytes": n.weights, "kv_cache_bytes": n.kv,
+                "workspace_bytes": n.workspace, "total_bytes": n.total()})),
+        }))
+    }
+
+    pub(super) fn memory_report(&self) -> MemoryReport {
+        let slots: Vec<SlotMemory> = SlotName::ALL.into_iter().map(|s| self.slot_memory(s)).collect();
+        let mut names: Vec<String> = self.ctx.devices.iter().map(|d| canonical(d)).collect();
+        names.extend(slots.iter().map(|s| s.device.clone()).filter(|d| !d.is_empty()));
+        names.sort();
+        names.dedup();
+        let devices = names.into_iter().map(|d| self.device_memory(&d, &slots)).collect();
+        MemoryReport { devices, slots, process_resident_bytes: self.ctx.budgets.probe.process_rss() }
+    }
+
+    fn device_memory(&self, device: &str, slots: &[SlotMemory]) -> DeviceMemory {
+        let (weights, shared, kv, ws) = device_totals(device, slots);
+        let held = weights + kv + ws;
+        let figures = self.ctx.budgets.device(device);
+        let free = figures.map(|(f, budget)| {
+            budget::free_within_budget(&budget::DeviceState {
+                budget,
+                held,
+                available: f.available,
+                ..Default::default()
+            })
+        });
+        DeviceMemory {
+            device: device.to_string(),
+            total_bytes: figures.map(|(f, _)| f.total),
+            available_bytes: figures.map(|(f, _)| f.available),
+            budget_bytes: figures.map(|(_, b)| b),
+            held_bytes: held,
+            weights_bytes: weights,
+            shared_bytes: shared,
+            kv_cache_bytes: kv,
+            workspace_bytes: ws,
+            free_within_budget_bytes: free,
+            slots: slots.iter().filter(|s| s.device == device).map(|s| s.slot).collect(),
+            nvml: self.ctx.budgets.probe.gpu(device),
+        }
+    }
+
+    /// Sets the memory gauges from a fresh report, at most once a second.
+    pub(super) fn refresh_memory_metrics(&mut self) {
+        if self.memory_observed.is_some_and(|t| t.elapsed() < METRICS_EVERY) {
+            return;
+        }
+        self.memory_observed = Some(Instant::now());
+        self.ctx.metrics.memory.observe(&self.memory_report());
+    }
+}
+
+/// `cuda` -> `cuda:0`, `CPU` -> `cpu` (names only: no device is opened).
+fn canonical(device: &str) -> String {
+    match device.trim().to_ascii_lowercase().as_str() {
+        "cuda" => "cuda:0".into(),
+        d => d.to_string(),
+    }
+}

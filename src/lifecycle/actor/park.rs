@@ -1,0 +1,163 @@
+//! Park and wake on the controller's side: the checks, the state changes and the audit records; the work runs on
+//! a blocking thread (lifecycle/park.rs) and reports back.
+
+use super::{idx, now_rfc3339, op_key, Controller};
+use crate::lifecycle::audit::Entry;
+use crate::lifecycle::park::{ParkJob, WakeJob, WakeTimings};
+use crate::lifecycle::state::{SlotEvent, SlotState};
+use crate::lifecycle::warmup::WarmupReport;
+use crate::lifecycle::{AdminError, Operation};
+use crate::models::Model;
+use crate::router::{Resident, SlotName};
+use serde::Serialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// When a slot was parked and how long parking and waking took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(super) struct ParkTimes {
+    pub parked_at: Option<String>,
+    pub park_seconds: Option<f64>,
+    pub woken_at: Option<String>,
+    pub wake_seconds: Option<f64>,
+    /// The last wake's phases.
+    pub wake: Option<WakeTimings>,
+    /// Weight bytes the last park or wake copied between the device and host memory (0 on CPU).
+    pub moved_bytes: u64,
+}
+
+impl Controller {
+    pub(super) fn park(&mut self, slot: SlotName) -> Result<Operation, AdminError> {
+        self.busy(slot)?;
+        let e = &self.slots[idx(slot)];
+        if e.state != SlotState::Ready {
+            return Err(AdminError::Conflict(format!(
+                "{slot} is {}; only a ready standby can be parked",
+                e.state.name()
+            )));
+        }
+        let Some(resident) = e.resident.clone() else {
+            return Err(AdminError::Conflict(format!("{slot} holds no model")));
+        };
+        if resident.in_flight() > 0 {
+            return Err(AdminError::Conflict(format!("{slot} still has {} requests running", resident.in_flight())));
+        }
+        self.set_state(slot, SlotEvent::Park)?;
+        self.slots[idx(slot)].resident = None;
+        let id = &resident.identity;
+        self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
+        let op = self.new_op_of("park", "parking", slot, &id.name, false);
+        self.slots[idx(slot)].op = Some(op.clone());
+        self.audit_park("park_started", slot, &op);
+        let job = ParkJob { op: op.clone(), resident, tx: self.tx.clone() };
+        tokio::task::spawn_blocking(move || job.run());
+        Ok(self.op_view(&self.ops[&op_key(&op).unwrap_or_default()]))
+    }
+
+    pub(super) fn on_parked(&mut self, op: &str, model: Arc<Model>, seconds: f64, moved: u64) {
+        let Some(slot) = self.slot_of(op) else { return };
+        if self.set_state(slot, SlotEvent::Parked).is_err() {
+            return;
+        }
+        let e = &mut self.slots[idx(slot)];
+        e.parked = Some(model);
+        e.park.parked_at = Some(now_rfc3339());
+        e.park.park_seconds = Some(seconds);
+        e.park.moved_bytes = moved;
+        self.finish_op(op);
+        self.audit_park("parked", slot, op);
+    }
+
+    pub(super) fn wake(&mut self, slot: SlotName) -> Result<Operation, AdminError> {
+        self.busy(slot)?;
+        let e = &self.slots[idx(slot)];
+        let (Some(model), Some((identity, load_id)), SlotState::Parked) = (&e.parked, &e.model, &e.state) else {
+            return Err(AdminError::Conflict(format!("{slot} is {}; only a parked slot can wake", e.state.name())));
+        };
+        let device = crate::device::parse_device(&e.device).map_err(|err| AdminError::Conflict(err.to_string()))?;
+        let moves = !model.llama.device().same_device(&device);
+        self.admit_wake(slot, moves)?;
+        let (model, identity, load_id) = (model.clone(), identity.clone(), *load_id);
+        let warm = e.warm.clone().unwrap_or_default();
+        self.set_state(slot, SlotEvent::Wake)?;
+        self.slots[idx(slot)].parked = None;
+        let op = self.new_op_of("wake", "waking", slot, &identity.name, false);
+        self.slots[idx(slot)].op = Some(op.clone());
+        self.audit_park("wake_started", slot, &op);
+        let job = WakeJob {
+            op: op.clone(),
+            slot,
+            load_id,
+            identity,
+            model,
+            device,
+            engine: self.ctx.engine.clone(),
+            metrics: self.ctx.metrics.clone(),
+            warm,
+            tx: self.tx.clone(),
+        };
+        tokio::task::spawn_blocking(move || job.run());
+        Ok(self.op_view(&self.ops[&op_key(&op).unwrap_or_default()]))
+    }
+
+    pub(super) fn on_woken(&mut self, op: &str, resident: Arc<Resident>, warmup: WarmupReport, t: WakeTimings) {
+        let Some(slot) = self.slot_of(op) else { return };
+        if self.set_state(slot, SlotEvent::Woken).is_err() {
+            return;
+        }
+        let e = &mut self.slots[idx(slot)];
+        e.resident = Some(resident);
+        e.warmup = Some(warmup);
+        e.park.woken_at = Some(now_rfc3339());
+        e.park.wake_seconds = Some(t.move_s + t.allocate_s + t.warm_s);
+        e.park.wake = Some(t);
+        e.park.moved_bytes = t.moved_bytes;
+        self.finish_op(op);
+        self.audit_park("woken", slot, op);
+    }
+
+    fn finish_op(&mut self, op: &str) {
+        self.advance(op, "done");
+        if let Some(r) = op_key(op).and_then(|k| self.ops.get_mut(&k)) {
+            r.op.status = "succeeded";
+        }
+    }
+
+    fn audit_park(&self, action: &'static str, slot: SlotName, op: &str) {
+        let e = &self.slots[idx(slot)];
+        self.ctx.audit.record(Entry {
+            action,
+            slot: Some(slot.to_string()),
+            outcome: "ok",
+            to_version: e.model.as_ref().map(|(m, _)| m.version.clone()),
+            details: json!({"operation": op, "park": e.park}),
+            ..Default::default()
+        });
+    }
+
+    /// A flip or rollback to a parked slot: a rollback wakes it first when configured (the handle does that on
+    /// `AdminError::Parked`); anything else is refused.
+    pub(super) fn refuse_parked(&self, target: SlotName, rollback: bool) -> Result<(), AdminError> {
+        if self.slots[idx(target)].state != SlotState::Parked {
+            return Ok(());
+        }
+        if rollback && self.ctx.wake_on_rollback {
+            return Err(AdminError::Parked(target));
+        }
+        Err(AdminError::Conflict(format!(
+            "{target} is parked; wake it first (POST /admin/slots/{target}/wake){}",
+            if rollback { ", rollbacks to a parked slot are set to refuse" } else { "" }
+        )))
+    }
+
+    /// Seconds until a rollback to `slot` could serve: a swap when it is ready, its last wake time (else its load
+    /// time) when parked; None when it cannot be rolled back to.
+    pub(super) fn rollback_eta(&self, slot: SlotName) -> Option<f64> {
+        let e = &self.slots[idx(slot)];
+        match e.state {
+            SlotState::Ready | SlotState::Draining => Some(0.0),
+            SlotState::Parked => e.park.wake_seconds.or(e.load_seconds),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The blocking halves of park and wake. Park stops a standby's engine (its KV pool and workspace go) and, on a
+//! device other than the host, moves its weights to host memory; wake moves them back, allocates a new KV pool
+//! and warms the engine again, so the first request after a flip to a woken slot is as fast as after a load.
+//! On CPU the weights are already in host memory: park frees the KV pool and workspace, wake re-allocates them.
+//! Like pipeline.rs, these write no slot state: they report to the controller.
+
+use super::pipeline::Report;
+use super::warmup::{self, WarmupConfig};
+use super::Command;
+use crate::engine::{Engine, EngineConfig};
+use crate::models::Model;
+use crate::router::{ModelIdentity, Resident, SlotName};
+use crate::telemetry::Metrics;
+use candle_core::Device;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+fn send(tx: &UnboundedSender<Command>, r: Report) {
+    let _ = tx.send(Command::Report(r));
+}
+
+/// Runs `f`, turning an error or a panic into a `Failed` report.
+fn guarded(tx: &UnboundedSender<Command>, op: &str, what: &str, f: impl FnOnce() -> Result<Report, String>) {
+    let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Report::Failed { op: op.to_string(), reason: format!("{what} failed: {e}") },
+        Err(_) => Report::Failed { op: op.to_string(), reason: format!("internal error while {what} (panic)") },
+    };
+    send(tx, report);
+}
+
+pub(crate) struct ParkJob {
+    pub op: String,
+    pub resident: Arc<Resident>,
+    pub tx: UnboundedSender<Command>,
+}
+
+impl ParkJob {
+    pub fn run(self) {
+        let (op, tx) = (self.op.clone(), self.tx.clone());
+        guarded(&tx, &op, "parking", move || {
+            let t0 = Instant::now();
+            let model = self.resident.engine.model().clone();
+            // The engine thread owns the KV pool: joining it frees the pool.
+            self.resident.engine.shutdown();
+            drop(self.resident);
+            let model = wait_unique(model)?;
+            let moved = if model.llama.device().is_cpu() { 0 } else { model.llama.weight_bytes() };
+            let model = if moved > 0 { model.into_device(&Device::Cpu).map_err(|e| e.to_string())? } else { model };
+            Ok(Report::Parked {
+                op: self.op,
+                model: Arc::new(model),
+                seconds: t0.elapsed().as_secs_f64(),
+                moved_bytes: moved,
+            })
+        });
+    }
+}
+
+/// Takes sole ownership of a model once the last request holding its engine has let go (a standby has none;
+/// this waits out a gate probe that is just finishing).
+fn wait_unique(mut model: Arc<Model>) -> Result<Model, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Arc::try_unwrap(model) {
+            Ok(m) => return Ok(m),
+            Err(m) if Instant::now() < deadline => {
+                model = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return Err("the model is still in use after 30 s".into()),
+        }
+    }
+}
+
+/// Where a wake's time went: copying weights back to the device, allocating the KV pool (and starting the
+/// engine), and the warm-up.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct WakeTimings {
+    pub move_s: f64,
+    pub allocate_s: f64,
+    pub warm_s: f64,
+    pub moved_bytes: u64,
+}
+
+pub(crate) struct WakeJob {
+    pub op: String,
+    pub slot: SlotName,
+    pub load_id: u64,
+    pub identity: ModelIdentity,
+    pub model: Arc<Model>,
+    pub device: Device,
+    pub engine: EngineConfig,
+    pub metrics: Metrics,
+    pub warm: WarmupConfig,
+    pub tx: UnboundedSender<Command>,
+}
+
+impl WakeJob {
+    pub fn run(self) {
+        let (op, tx) = (self.op.clone(), self.tx.clone());
+        guarded(&tx, &op, "waking", move || {
+            let t0 = Instant::now();
+            let same_device = self.model.llama.device().same_device(&self.device);
+            let (model, moved) = if same_device {
+                (self.model, 0)
+            } else {
+                let bytes = self.model.llama.weight_bytes();
+                let model = wait_unique(self.model)?.into_device(&self.device).map_err(|e| e.to_string())?;
+                (Arc::new(model), bytes)
+            };
+            let move_s = t0.elapsed().as_secs_f64();
+            let id = &self.identity;
+            let metrics = self.metrics.for_slot(&id.name, self.slot.as_str(), &id.version);
+            let engine = Engine::start(model, self.engine, metrics).map_err(|e| e.to_string())?;
+            let allocate_s = t0.elapsed().as_secs_f64() - move_s;
+            let resident = Arc::new(Resident::new(self.load_id, self.slot, self.identity, engine));
+            let warmup = warmup::run(&resident.engine, &self.warm, &|_| {}).map_err(|e| format!("warm-up: {e}"))?;
+            let warm_s = t0.elapsed().as_secs_f64() - move_s - allocate_s;
+            let timings = WakeTimings { move_s, allocate_s, warm_s, moved_bytes: moved };
+            Ok(Report::Woken { op: self.op, resident, warmup, timings })
+        });
+    }
+}
