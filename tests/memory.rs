@@ -82,7 +82,6 @@ async fn a_load_over_the_budget_is_refused_with_the_numbers_and_live_serves_on()
     let status = s.admin_json("/admin/slots").await;
     assert_eq!(status["slots"]["green"]["state"], "empty", "a refused load changes nothing");
     assert_eq!(complete(&s, "Once upon a time").await, before, "the live slot served on");
-    // A smaller KV pool is not an option per load, but a larger budget is: the same load then fits.
     s.stop().await.unwrap();
 }
 
@@ -301,5 +300,6 @@ async fn resident_memory_agrees_with_the_report() {
     let _ = child.wait();
     assert!(reported > 900.0 * (1 << 20) as f64, "{m}");
     assert!((grew - reported).abs() <= 0.10 * reported, "RSS grew {grew} bytes; the report says {reported}");
-    assert_eq!(u(&m["process_resident_bytes"]) / (1 << 20), rss1 / (1 << 20), "the report's own RSS figure");
+    let own = u(&m["process_resident_bytes"]) as f64;
+    assert!((own - rss1 as f64).abs() < 0.05 * rss1 as f64, "the report's own RSS figure {own} vs {rss1}");
 }
