@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn kv_and_workspace_follow_the_engine_settings() {
         let cfg = LlamaConfig::from_hf_json(
-            r#"{"hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,
+            r#"{"model_type":"llama","hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,
                 "num_key_value_heads":3,"vocab_size":49152,"max_position_embeddings":8192}"#,
         )
         .unwrap();
