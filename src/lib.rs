@@ -8,6 +8,7 @@
 //! api/         axum routes: OpenAI /v1 (openai.rs, generate.rs), health + metrics; admin.rs (own listener,
 //!              bearer token); error.rs turns errors into HTTP
 //! router.rs    the live pointer (one ArcSwap), slot leases held by each request to its last token
+//! backend.rs   what a slot serves with, by model kind: the LLM engine or a dynamic batcher (batcher.rs)
 //! lifecycle/   the controller (actor.rs, the only writer of slot state): load -> warm -> gate -> flip /
 //!              rollback / unload / park / wake; state.rs (pure transitions), warmup.rs, gates.rs, audit.rs (JSONL log)
 //! memory/      budgets: estimates from the files, device probes (/proc, cgroup, NVML), admission, report
@@ -17,7 +18,9 @@
 //!              kv_cache.rs (paged pool, blocks freed on drop), sequence.rs (stop strings, streaming text)
 //! models/      loading (HF safetensors dir or GGUF), llama.rs (stateless forward over a ragged batch),
 //!              paged_attention.rs (custom ops over the KV pool), shared.rs (identical tensors held once per
-//!              device), estimate.rs (weight bytes from file headers), tokenizer + chat template
+//!              device), estimate.rs (weight bytes from file headers), tokenizer + chat template;
+//!              embedding.rs (BERT sentence embeddings), classifier.rs + efficientnet_lite.rs + image.rs
+//!              (image classification with its versioned preprocessing), pth.rs (PyTorch checkpoints)
 //! device.rs    cpu / cuda:N and dtype parsing; the one place that knows the `cuda` feature
 //! telemetry.rs tracing setup and every Prometheus metric
 //! ```
@@ -25,6 +28,8 @@
 //! the live slot through the router's atomic pointer; the lifecycle controller alone moves that pointer.
 
 pub mod api;
+pub mod backend;
+pub mod batcher;
 pub mod bench;
 pub mod cli;
 pub mod config;

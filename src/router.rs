@@ -2,6 +2,7 @@
 //! takes a `SlotLease` once, keeps it to its last token, and so never sees a flip mid-response; a flip stores a
 //! new pointer and in-flight requests drain on the slot they started on. Only the lifecycle controller stores.
 
+use crate::backend::Backend;
 use crate::engine::Engine;
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
@@ -61,22 +62,28 @@ pub struct ModelIdentity {
     pub digest: String,
     pub device: String,
     pub format: String,
+    pub kind: crate::backend::ModelKind,
 }
 
-/// One loaded model version in a slot: its identity and its engine. Immutable; shared by the slot table, the
-/// live pointer and every request that leased it.
+/// One loaded model version in a slot: its identity and what serves it (the LLM engine or a batcher). Immutable;
+/// shared by the slot table, the live pointer and every request that leased it.
 pub struct Resident {
     /// Distinguishes two loads of the same model into the same slot (rollback checks it).
     pub load_id: u64,
     pub slot: SlotName,
     pub identity: ModelIdentity,
-    pub engine: Engine,
+    pub backend: Backend,
     in_flight: AtomicUsize,
 }
 
 impl Resident {
-    pub fn new(load_id: u64, slot: SlotName, identity: ModelIdentity, engine: Engine) -> Self {
-        Resident { load_id, slot, identity, engine, in_flight: AtomicUsize::new(0) }
+    pub fn new(load_id: u64, slot: SlotName, identity: ModelIdentity, backend: Backend) -> Self {
+        Resident { load_id, slot, identity, backend, in_flight: AtomicUsize::new(0) }
+    }
+
+    /// The LLM engine, when this version is a text-generation model.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.backend.engine()
     }
 
     /// Requests holding a lease on this version.
@@ -105,8 +112,8 @@ impl SlotLease {
         &self.0
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.0.engine
+    pub fn engine(&self) -> Option<&Engine> {
+        self.0.engine()
     }
 }
 

@@ -141,6 +141,7 @@ pub async fn run(
         audit,
         metrics: metrics.clone(),
         engine: config.engine.clone(),
+        batch: config.batch,
         models_dir: config.models_dir.clone(),
         devices: config.slot_devices.clone(),
         dtype: config.dtype.clone(),
@@ -164,6 +165,7 @@ pub async fn run(
         session_fail_open: config.session_fail_open,
         max_session_bytes: config.max_session_bytes,
         max_body_bytes: config.max_body_bytes,
+        max_image_pixels: config.max_image_pixels,
         log_prompts: config.log_prompts,
         started_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -207,7 +209,7 @@ pub async fn run(
         tracing::warn!(secs = config.shutdown_timeout_s, "in-flight requests did not finish in time");
     }
     let residents = lifecycle.shutdown().await;
-    tokio::task::spawn_blocking(move || residents.iter().for_each(|r| r.engine.shutdown())).await.ok();
+    tokio::task::spawn_blocking(move || residents.iter().for_each(|r| r.backend.shutdown())).await.ok();
     load_result
 }
 

@@ -62,6 +62,7 @@ async fn before_the_model_is_ready_generation_gets_503() {
         session_fail_open: false,
         max_session_bytes: 1 << 20,
         max_body_bytes: 1 << 20,
+        max_image_pixels: 1 << 20,
         log_prompts: false,
         started_at: 0,
     };

@@ -55,6 +55,20 @@ impl ApiError {
         }
     }
 
+    /// 400: the served model is of a kind this route does not serve (an embedding model on chat, an LLM on
+    /// /v1/embeddings).
+    pub fn wrong_kind(name: &str, kind: crate::backend::ModelKind, route: &str) -> Self {
+        ApiError {
+            param: Some("model"),
+            code: Some("wrong_model_kind"),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("The model `{name}` is a {kind} model and is not served by {route}."),
+            )
+        }
+    }
+
     /// 500 with a generic message; the cause goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

@@ -1,12 +1,15 @@
-//! The public HTTP API: OpenAI-compatible routes (openai.rs), health and metrics; and, on its own listener, the
+//! The public HTTP API: OpenAI-compatible routes (openai.rs, embeddings.rs), KServe v2 for image classifiers
+//! (kserve.rs), health and metrics; and, on its own listener, the
 //! admin API (admin.rs). `router()` and `admin::router()` build the axum Routers that `server::run` serves.
 //! Every generation request leases the live slot once (router.rs); every response names the slot and version
 //! that served it in `x-teal-slot` / `x-teal-model-version`.
 
 pub mod admin;
+mod embeddings;
 pub mod error;
 mod generate;
 mod health;
+mod kserve;
 mod openai;
 pub mod openai_types;
 pub mod sessions;
@@ -37,6 +40,8 @@ pub struct AppState {
     /// Largest stored history plus new messages, in bytes (413 past it).
     pub max_session_bytes: usize,
     pub max_body_bytes: usize,
+    /// Largest image (width x height) the classification route decodes.
+    pub max_image_pixels: u64,
     /// Log prompts and messages (off by default: prompts are user data).
     pub log_prompts: bool,
     pub started_at: u64,
@@ -125,6 +130,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v2", get(kserve::server_metadata))
+        .route("/v2/health/live", get(kserve::server_live))
+        .route("/v2/health/ready", get(kserve::server_ready))
+        .route("/v2/models/{name}", get(kserve::model_metadata))
+        .route("/v2/models/{name}/ready", get(kserve::model_ready))
+        .route("/v2/models/{name}/infer", post(kserve::infer))
+        .route("/v2/models/{name}/versions/{version}", get(kserve::version_metadata))
+        .route("/v2/models/{name}/versions/{version}/infer", post(kserve::version_infer))
         .route("/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

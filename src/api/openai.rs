@@ -10,11 +10,13 @@ use crate::engine::request::FinishReason;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
 use crate::models::tokenizer::TextTokenizer;
+use crate::models::Model;
 use crate::router::SlotLease;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// A lease on the live slot (or, for a session pinned by a drain, on the old one) if it serves `requested`, or
 /// 503 (nothing live yet) / 404 (another name). The request keeps this lease, and so its slot, to its last token.
@@ -32,6 +34,11 @@ fn lease_in(state: &AppState, requested: &str, session: Option<&str>) -> Result<
         return Err(ApiError::model_not_found(requested));
     }
     Ok(lease)
+}
+
+/// The lease's LLM engine: a model of another kind (embeddings, images) does not serve generation routes.
+fn llm<'a>(lease: &'a SlotLease, route: &str) -> Result<&'a Engine, ApiError> {
+    lease.engine().ok_or_else(|| ApiError::wrong_kind(&lease.identity.name, lease.identity.kind, route))
 }
 
 /// Finishes a generation response: stream or JSON, with the slot headers of the lease that served it.
@@ -121,10 +128,12 @@ pub async fn chat(
     if state.log_prompts {
         tracing::info!(messages = ?messages, "chat request");
     }
-    let prompt = render_chat(&lease, messages).await?;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), lease.engine().max_request_tokens())
+    let engine = llm(&lease, "/v1/chat/completions")?;
+    let model = engine.model().clone();
+    let prompt = render_chat(model.clone(), messages).await?;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())
         .map_err(|e| with_history_note(e, stored))?;
-    let rx = lease.engine().submit(prompt, params)?;
+    let rx = engine.submit(prompt, params)?;
     let served = super::ServedBy::of(&lease);
     let finisher = session.as_ref().map(|s| {
         let (state, active, hold) = (state.clone(), s.clone_for_store(), lease.resident().lease());
@@ -133,7 +142,7 @@ pub async fn chat(
         });
         finish
     });
-    let shape = ChatShape::new(state.served_name(&lease), lease, top.is_some());
+    let shape = ChatShape::new(state.served_name(&lease), lease, model, top.is_some());
     let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
     let mut resp = respond(served, rx, shape, stream, finisher).await?;
     if let Some(s) = &session {
@@ -143,8 +152,7 @@ pub async fn chat(
 }
 
 /// Renders the conversation with the leased model's own chat template and tokenizes it (off the runtime).
-async fn render_chat(lease: &SlotLease, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
-    let model = lease.engine().model().clone();
+async fn render_chat(model: Arc<Model>, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
     tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         let tmpl = model
             .chat_template
@@ -194,13 +202,22 @@ struct ChatShape {
     created: u64,
     model: String,
     /// Held until the response ends: the slot this request started on.
-    lease: SlotLease,
+    _lease: SlotLease,
+    /// The leased model (its tokenizer renders logprobs).
+    llm: Arc<Model>,
     logprobs: bool,
 }
 
 impl ChatShape {
-    fn new(model: String, lease: SlotLease, logprobs: bool) -> Self {
-        ChatShape { id: generate::new_id("chatcmpl"), created: generate::unix_now(), model, lease, logprobs }
+    fn new(model: String, lease: SlotLease, llm: Arc<Model>, logprobs: bool) -> Self {
+        ChatShape {
+            id: generate::new_id("chatcmpl"),
+            created: generate::unix_now(),
+            model,
+            _lease: lease,
+            llm,
+            logprobs,
+        }
     }
 
     fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
@@ -211,7 +228,7 @@ impl ChatShape {
 
 impl FullShape for ChatShape {
     fn full(self, done: Collected) -> Value {
-        let logprobs = self.logprobs.then(|| chat_logprobs(&self.lease.engine().model().tokenizer, &done.tokens));
+        let logprobs = self.logprobs.then(|| chat_logprobs(&self.llm.tokenizer, &done.tokens));
         json!({"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                "system_fingerprint": Value::Null,
                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
@@ -229,7 +246,7 @@ impl Shape for ChatShape {
     }
 
     fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> Value {
-        let lp = self.logprobs.then(|| chat_logprobs(&self.lease.engine().model().tokenizer, tokens));
+        let lp = self.logprobs.then(|| chat_logprobs(&self.llm.tokenizer, tokens));
         self.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None)
     }
 
@@ -242,8 +259,8 @@ impl Shape for ChatShape {
     }
 }
 
-fn completion_prompt(engine: &Engine, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
-    let tok = &engine.model().tokenizer;
+fn completion_prompt(model: &Model, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+    let tok = &model.tokenizer;
     let ids = match prompt {
         Prompt::Text(t) => tok.encode(&t, true)?,
         Prompt::Texts(v) if v.len() == 1 => tok.encode(&v[0], true)?,
@@ -251,7 +268,7 @@ fn completion_prompt(engine: &Engine, prompt: Prompt) -> Result<Vec<u32>, ApiErr
         Prompt::IdLists(mut v) if v.len() == 1 => v.remove(0),
         _ => return Err(ApiError::invalid("prompt", "only one prompt per request is supported")),
     };
-    let vocab = engine.model().llama.config().vocab_size as u32;
+    let vocab = model.llama.config().vocab_size as u32;
     if ids.is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
     }
@@ -284,19 +301,22 @@ pub async fn completions(
     if state.log_prompts {
         tracing::info!(prompt = ?req.prompt, "completion request");
     }
-    let resident = lease.resident().clone();
+    let engine = llm(&lease, "/v1/completions")?;
+    let model = engine.model().clone();
     let prompt_in = req.prompt;
-    let prompt = tokio::task::spawn_blocking(move || completion_prompt(&resident.engine, prompt_in))
+    let for_prompt = model.clone();
+    let prompt = tokio::task::spawn_blocking(move || completion_prompt(&for_prompt, prompt_in))
         .await
         .map_err(ApiError::internal)??;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), lease.engine().max_request_tokens())?;
-    let rx = lease.engine().submit(prompt, params)?;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
+    let rx = engine.submit(prompt, params)?;
     let served = super::ServedBy::of(&lease);
     let shape = CompletionShape {
         id: generate::new_id("cmpl"),
         created: generate::unix_now(),
         model: state.served_name(&lease),
-        lease,
+        _lease: lease,
+        llm: model,
         logprobs: top.is_some(),
         offset: 0,
     };
@@ -309,7 +329,8 @@ struct CompletionShape {
     created: u64,
     model: String,
     /// Held until the response ends: the slot this request started on.
-    lease: SlotLease,
+    _lease: SlotLease,
+    llm: Arc<Model>,
     logprobs: bool,
     /// Bytes of text sent so far (text_offset of the next token).
     offset: usize,
@@ -320,7 +341,7 @@ impl CompletionShape {
         if !self.logprobs {
             return None;
         }
-        let tok = &self.lease.engine().model().tokenizer;
+        let tok = &self.llm.tokenizer;
         let mut out = CompletionLogprobs::default();
         for t in tokens {
             let Some(lp) = &t.logprob else { continue };

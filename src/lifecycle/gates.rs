@@ -27,6 +27,10 @@ pub struct GatesConfig {
     pub smoke: SmokeGate,
     pub latency: LatencyGate,
     pub agreement: AgreementGate,
+    /// Image classifiers: images with their expected top-1 label (see batch_checks.rs).
+    pub golden_images: Vec<super::batch_checks::GoldenImage>,
+    /// Embedding models: sentence pairs with the cosine range they must fall in.
+    pub golden_pairs: Vec<super::batch_checks::GoldenPair>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,11 +189,11 @@ impl GateReport {
     }
 }
 
-fn result(gate: &'static str, passed: bool, summary: String, details: Value) -> GateResult {
+pub(super) fn result(gate: &'static str, passed: bool, summary: String, details: Value) -> GateResult {
     GateResult { gate, passed, skipped: false, summary, details }
 }
 
-fn skipped(gate: &'static str, why: &str) -> GateResult {
+pub(super) fn skipped(gate: &'static str, why: &str) -> GateResult {
     GateResult { gate, passed: true, skipped: true, summary: why.into(), details: Value::Null }
 }
 

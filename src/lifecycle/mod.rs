@@ -8,6 +8,7 @@
 
 mod actor;
 pub mod audit;
+pub mod batch_checks;
 pub mod gates;
 pub mod park;
 mod pipeline;
@@ -147,6 +148,8 @@ pub struct Context {
     pub audit: Arc<AuditLog>,
     pub metrics: Metrics,
     pub engine: EngineConfig,
+    /// Dynamic batching of the embedding and image kinds.
+    pub batch: crate::batcher::BatchConfig,
     pub models_dir: PathBuf,
     /// Default device per slot (blue, green) and dtype.
     pub devices: [String; 2],

@@ -7,6 +7,7 @@
 use super::pipeline::Report;
 use super::warmup::{self, WarmupConfig};
 use super::Command;
+use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
 use crate::models::Model;
 use crate::router::{ModelIdentity, Resident, SlotName};
@@ -41,9 +42,10 @@ impl ParkJob {
         let (op, tx) = (self.op.clone(), self.tx.clone());
         guarded(&tx, &op, "parking", move || {
             let t0 = Instant::now();
-            let model = self.resident.engine.model().clone();
+            let engine = self.resident.engine().ok_or("only text-generation models can be parked")?;
+            let model = engine.model().clone();
             // The engine thread owns the KV pool: joining it frees the pool.
-            self.resident.engine.shutdown();
+            engine.shutdown();
             drop(self.resident);
             let model = wait_unique(model)?;
             let moved = if model.llama.device().is_cpu() { 0 } else { model.llama.weight_bytes() };
@@ -115,8 +117,8 @@ impl WakeJob {
             let metrics = self.metrics.for_slot(&id.name, self.slot.as_str(), &id.version);
             let engine = Engine::start(model, self.engine, metrics).map_err(|e| e.to_string())?;
             let allocate_s = t0.elapsed().as_secs_f64() - move_s;
-            let resident = Arc::new(Resident::new(self.load_id, self.slot, self.identity, engine));
-            let warmup = warmup::run(&resident.engine, &self.warm, &|_| {}).map_err(|e| format!("warm-up: {e}"))?;
+            let warmup = warmup::run(&engine, &self.warm, &|_| {}).map_err(|e| format!("warm-up: {e}"))?;
+            let resident = Arc::new(Resident::new(self.load_id, self.slot, self.identity, Backend::Llm(engine)));
             let warm_s = t0.elapsed().as_secs_f64() - move_s - allocate_s;
             let timings = WakeTimings { move_s, allocate_s, warm_s, moved_bytes: moved };
             Ok(Report::Woken { op: self.op, resident, warmup, timings })

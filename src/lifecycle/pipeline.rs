@@ -2,10 +2,15 @@
 //! gates. It writes no slot state; it reports each stage to the controller, which decides what the slot becomes.
 //! A panic anywhere in here fails the load with a reason instead of touching the live slot.
 
+use super::batch_checks;
 use super::gates::{self, GateReport};
 use super::warmup::{self, WarmupConfig, WarmupReport};
 use super::{spec, Command};
+use crate::backend::{Backend, ModelKind};
+use crate::batcher::{BatchConfig, Batcher};
 use crate::engine::{Engine, EngineConfig};
+use crate::models::classifier::{Classifier, ClassifierSpec};
+use crate::models::embedding::Embedder;
 use crate::models::{self, LoadOptions};
 use crate::router::{LiveRouter, ModelIdentity, Resident, SlotName};
 use crate::telemetry::Metrics;
@@ -68,6 +73,7 @@ pub(crate) struct Job {
     pub device: Device,
     pub dtype: Option<DType>,
     pub engine: EngineConfig,
+    pub batch: BatchConfig,
     pub metrics: Metrics,
     pub warmup_over: Option<Value>,
     pub gates_over: Option<Value>,
@@ -99,40 +105,102 @@ impl Job {
     fn stages(&self) -> Result<(), String> {
         let t0 = Instant::now();
         let settings = spec::read_model_toml(&self.path)?;
+        let kind = models::detect_kind(&self.path, settings.kind.as_deref()).map_err(|e| e.to_string())?;
         let (warm_cfg, gate_cfg) =
             spec::effective_settings(&settings, self.warmup_over.clone(), self.gates_over.clone())?;
         let files = models::weight_files(&self.path).map_err(|e| e.to_string())?;
         let (digest, weights_bytes) = digest_files(&files, &|p| self.progress(p * 0.5))?;
-        let model = models::load(
-            &self.path,
-            &LoadOptions { device: self.device.clone(), dtype: self.dtype, share: Some(self.registry.clone()) },
-        )
-        .map_err(|e| e.to_string())?;
-        let version = self.version.clone().or(settings.version).unwrap_or_else(|| digest[..12].to_string());
+        let version = self.version.clone().or(settings.version.clone()).unwrap_or_else(|| digest[..12].to_string());
+        let name = model_name(&self.path);
+        let metrics = self.metrics.for_slot(&name, self.slot.as_str(), &version);
+        let (backend, format) = self.start_backend(kind, &settings, metrics)?;
         let identity = ModelIdentity {
-            name: model.name.clone(),
-            version: version.clone(),
+            name,
+            version,
             source: self.path.clone(),
             digest: format!("sha256:{digest}"),
             device: self.device_label.clone(),
-            format: model.format.clone(),
+            format,
+            kind,
         };
-        let metrics = self.metrics.for_slot(&model.name, self.slot.as_str(), &version);
-        let engine = Engine::start(Arc::new(model), self.engine.clone(), metrics).map_err(|e| e.to_string())?;
-        let resident = Arc::new(Resident::new(self.load_id, self.slot, identity, engine));
+        let resident = Arc::new(Resident::new(self.load_id, self.slot, identity, backend));
         let seconds = t0.elapsed().as_secs_f64();
         let warm = warm_cfg.clone();
         self.send(Report::Loaded { op: self.op.clone(), resident: resident.clone(), seconds, weights_bytes, warm });
 
-        let report = warmup::run(&resident.engine, &warm_cfg, &|p| self.progress(p))
-            .map_err(|e| format!("warm-up failed: {e}"))?;
+        let report = match resident.engine() {
+            Some(engine) => warmup::run(engine, &warm_cfg, &|p| self.progress(p)),
+            None => batch_checks::warm(&resident.backend, &warm_cfg, &|p| self.progress(p)),
+        }
+        .map_err(|e| format!("warm-up failed: {e}"))?;
         self.send(Report::Warmed { op: self.op.clone(), report });
 
         let live = self.router.peek().filter(|r| r.slot != self.slot).map(|r| r.lease());
-        let report =
-            gates::run_all(&gate_cfg, &resident.engine, live.as_ref().map(|l| l.engine()), &|p| self.progress(p));
+        let progress = |p| self.progress(p);
+        let report = match resident.engine() {
+            Some(engine) => gates::run_all(&gate_cfg, engine, live.as_ref().and_then(|l| l.engine()), &progress),
+            None => {
+                let dir = model_dir(&self.path);
+                batch_checks::gates(
+                    &gate_cfg,
+                    &resident.backend,
+                    live.as_ref().map(|l| &l.resident().backend),
+                    &dir,
+                    &progress,
+                )
+            }
+        };
         self.send(Report::Gated { op: self.op.clone(), report });
         Ok(())
+    }
+
+    /// Loads the model as its kind says and starts what serves it; returns it with its format label.
+    fn start_backend(
+        &self,
+        kind: ModelKind,
+        settings: &spec::ModelToml,
+        metrics: crate::telemetry::EngineMetrics,
+    ) -> Result<(Backend, String), String> {
+        let s = |e: crate::error::TealError| e.to_string();
+        match kind {
+            ModelKind::TextGeneration => {
+                let opts =
+                    LoadOptions { device: self.device.clone(), dtype: self.dtype, share: Some(self.registry.clone()) };
+                let model = models::load(&self.path, &opts).map_err(s)?;
+                let format = model.format.clone();
+                let engine = Engine::start(Arc::new(model), self.engine.clone(), metrics).map_err(s)?;
+                Ok((Backend::Llm(engine), format))
+            }
+            ModelKind::Embedding => {
+                let model = Embedder::load(&model_dir(&self.path), &self.device).map_err(s)?;
+                let format = model.format.clone();
+                Ok((Backend::Embed(Batcher::start(Arc::new(model), self.batch, metrics).map_err(s)?), format))
+            }
+            ModelKind::ImageClassification => {
+                let raw = settings.classifier.clone().ok_or(
+                    "an image-classification model needs a [classifier] section in its teal.toml \
+                     (architecture, weights, labels, preprocess)",
+                )?;
+                let spec: ClassifierSpec = raw.try_into().map_err(|e| format!("teal.toml [classifier]: {e}"))?;
+                let model = Classifier::load(&model_dir(&self.path), &spec, &self.device).map_err(s)?;
+                let format = model.format.clone();
+                Ok((Backend::Classify(Batcher::start(Arc::new(model), self.batch, metrics).map_err(s)?), format))
+            }
+        }
+    }
+}
+
+/// The name a model is known by: its directory or file name.
+fn model_name(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into())
+}
+
+/// The model's directory (the path itself, or the folder of a single model file).
+fn model_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 }
 

@@ -57,7 +57,11 @@ fn lexically_inside(root: &Path, p: &Path) -> bool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelToml {
+    /// text-generation, embedding or image-classification; absent: detected from the files.
+    pub kind: Option<String>,
     pub version: Option<String>,
+    /// An image classifier's architecture, weights, labels and preprocessing.
+    pub classifier: Option<toml::Value>,
     pub warmup: Option<toml::Value>,
     pub gates: Option<toml::Value>,
 }

@@ -52,6 +52,7 @@ pub fn estimate(path: &Path, dtype: Option<DType>) -> Result<WeightEstimate> {
                 .collect();
             (gguf_meta::llama_config(&content)?, tensors, true)
         }
+        Layout::Pth(file) => return Err(TealError::UnsupportedModel(format!("{}: not a causal LM", file.display()))),
     };
     let act = dtype.unwrap_or(DType::F32).size_in_bytes() as u64;
     let name = |tn: Tn| if gguf { tn.gguf() } else { tn.hf() };

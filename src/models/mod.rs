@@ -3,12 +3,17 @@
 //! live in weights.rs and gguf_meta.rs.
 
 pub mod chat_template;
+pub mod classifier;
 pub mod config;
 pub mod cpu_quant;
+pub mod efficientnet_lite;
+pub mod embedding;
 pub mod estimate;
 mod gguf_meta;
+pub mod image;
 pub mod llama;
 pub mod paged_attention;
+pub mod pth;
 pub mod shared;
 pub mod tokenizer;
 pub mod weights;
@@ -50,6 +55,31 @@ pub struct Model {
 enum Layout {
     HfDir(PathBuf),
     Gguf(PathBuf),
+    /// A directory holding one PyTorch checkpoint (an image classifier with its teal.toml).
+    Pth(PathBuf),
+}
+
+fn is_pth(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "pth" || e == "pt")
+}
+
+/// The kind of the model at `path`: the one its teal.toml declares (`kind = ...`), else what its files say (a
+/// PyTorch checkpoint: an image classifier; a sentence-transformers or BERT directory: embeddings; a causal LM
+/// directory or GGUF file: text generation).
+pub fn detect_kind(path: &Path, declared: Option<&str>) -> Result<crate::backend::ModelKind> {
+    use crate::backend::ModelKind;
+    if let Some(k) = declared {
+        return ModelKind::parse(k).ok_or_else(|| {
+            TealError::InvalidModel(format!(
+                "teal.toml: unknown kind {k:?} (text-generation, embedding, image-classification)"
+            ))
+        });
+    }
+    Ok(match resolve(path)? {
+        Layout::Pth(_) => ModelKind::ImageClassification,
+        Layout::HfDir(dir) if embedding::is_embedding_dir(&dir) => ModelKind::Embedding,
+        _ => ModelKind::TextGeneration,
+    })
 }
 
 fn resolve(path: &Path) -> Result<Layout> {
@@ -66,14 +96,17 @@ fn resolve(path: &Path) -> Result<Layout> {
     if path.join("config.json").is_file() {
         return Ok(Layout::HfDir(path.to_path_buf()));
     }
-    let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| TealError::io(path, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
+    let files: Vec<PathBuf> =
+        std::fs::read_dir(path).map_err(|e| TealError::io(path, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let ggufs: Vec<&PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+    let pths: Vec<&PathBuf> = files.iter().filter(|p| is_pth(p)).collect();
     match ggufs.as_slice() {
-        [one] => Ok(Layout::Gguf(one.clone())),
-        [] => Err(TealError::InvalidModel(format!("{}: no config.json and no .gguf file", path.display()))),
+        [one] => Ok(Layout::Gguf((*one).clone())),
+        [] if pths.len() == 1 => Ok(Layout::Pth(pths[0].clone())),
+        [] if pths.len() > 1 => {
+            Err(TealError::InvalidModel(format!("{}: several .pth files; name one in teal.toml", path.display())))
+        }
+        [] => Err(TealError::InvalidModel(format!("{}: no config.json, .gguf or .pth file", path.display()))),
         _ => Err(TealError::InvalidModel(format!("{}: several .gguf files; name one", path.display()))),
     }
 }
@@ -90,7 +123,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     match resolve(path)? {
         Layout::HfDir(dir) => safetensors_files(&dir),
-        Layout::Gguf(file) => Ok(vec![file]),
+        Layout::Gguf(file) | Layout::Pth(file) => Ok(vec![file]),
     }
 }
 
@@ -100,6 +133,12 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
     let mut model = match resolve(path)? {
         Layout::HfDir(dir) => load_hf(&dir, opts)?,
         Layout::Gguf(file) => load_gguf(&file, opts)?,
+        Layout::Pth(file) => {
+            return Err(TealError::UnsupportedModel(format!(
+                "{}: a PyTorch checkpoint is not a causal LM",
+                file.display()
+            )))
+        }
     };
     model.name = name;
     model.source = path.to_path_buf();

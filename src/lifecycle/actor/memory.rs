@@ -46,7 +46,8 @@ impl Controller {
         };
         let other = &self.slots[idx(slot.other())];
         if other.device == device && other.files.as_ref() == Some(&files) {
-            let held = other.resident.as_ref().map(|r| r.engine.model().clone()).or_else(|| other.parked.clone());
+            let held = other.resident.as_ref().and_then(|r| r.engine().map(|e| e.model().clone()));
+            let held = held.or_else(|| other.parked.clone());
             let shared = held.map(|m| m.llama.holdings().bytes()).unwrap_or(0);
             need.weights = need.weights.saturating_sub(shared);
         }
@@ -105,10 +106,11 @@ impl Controller {
             estimate: e.estimate,
         };
         if let Some(r) = &e.resident {
-            let llama = &r.engine.model().llama;
-            m.weights_bytes = llama.weight_bytes();
-            m.shared_bytes = llama.holdings().shared_bytes();
-            m.kv_cache_bytes = r.engine.kv_bytes() as u64;
+            m.weights_bytes = r.backend.weight_bytes();
+            if let Some(engine) = r.engine() {
+                m.shared_bytes = engine.model().llama.holdings().shared_bytes();
+                m.kv_cache_bytes = engine.kv_bytes() as u64;
+            }
             m.workspace_bytes = est.workspace;
         } else if let Some(p) = &e.parked {
             let llama = &p.llama;
@@ -133,7 +135,7 @@ impl Controller {
             return None;
         }
         let m = self.slot_memory(s);
-        let kv_tokens = e.resident.as_ref().map(|r| r.engine.kv_capacity());
+        let kv_tokens = e.resident.as_ref().and_then(|r| r.engine().map(|e| e.kv_capacity()));
         Some(json!({
             "device": m.device, "weights_bytes": m.weights_bytes, "shared_bytes": m.shared_bytes,
             "kv_cache_bytes": m.kv_cache_bytes, "kv_cache_tokens": kv_tokens, "workspace_bytes": m.workspace_bytes,

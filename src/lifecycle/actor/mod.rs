@@ -242,6 +242,7 @@ impl Controller {
             device,
             dtype,
             engine: self.ctx.engine.clone(),
+            batch: self.ctx.batch,
             metrics: self.ctx.metrics.clone(),
             warmup_over: req.warmup,
             gates_over: req.gates,
@@ -492,6 +493,13 @@ impl Controller {
         else {
             return Err(AdminError::Conflict(format!("{target} is {}, not ready to go live", entry.state.name())));
         };
+        if let Some(now) = self.ctx.router.peek().filter(|r| r.identity.kind != resident.identity.kind) {
+            // Clients of the live model speak its kind's API; a flip must not pull that API from under them.
+            return Err(AdminError::Conflict(format!(
+                "{target} holds a {} model but the live slot serves a {} model; a flip cannot change the kind",
+                resident.identity.kind, now.identity.kind
+            )));
+        }
         let gates_ok = entry.gates.as_ref().is_some_and(|g| g.passed || g.forced);
         let forced = req.force && !gates_ok;
         if !gates_ok && !req.force && !rollback {

@@ -39,6 +39,12 @@ impl Controller {
         let Some(resident) = e.resident.clone() else {
             return Err(AdminError::Conflict(format!("{slot} holds no model")));
         };
+        if resident.engine().is_none() {
+            return Err(AdminError::Conflict(format!(
+                "{slot} holds a {} model; parking is for text-generation models (the KV cache is what it frees)",
+                resident.identity.kind
+            )));
+        }
         if resident.in_flight() > 0 {
             return Err(AdminError::Conflict(format!("{slot} still has {} requests running", resident.in_flight())));
         }
