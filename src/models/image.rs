@@ -53,6 +53,8 @@ pub enum ImageError {
     NotAnImage,
     #[error("image is {width}x{height} = {pixels} pixels; the limit is {limit}")]
     TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
+    #[error("image is {width}x{height}: an aspect ratio over 16:1 is not accepted")]
+    AspectRatio { width: u32, height: u32 },
     #[error("image data is corrupt or truncated: {0}")]
     Corrupt(String),
 }
@@ -211,6 +213,10 @@ pub fn preprocess(img: &Rgb, p: &Preprocess) -> Result<Vec<f32>, ImageError> {
     if img.width == 0 || img.height == 0 || img.pixels.len() != img.width as usize * img.height as usize * 3 {
         return Err(ImageError::Corrupt("image has no pixels".into()));
     }
+    // A thin sliver (1 x 40000) would resize to billions of pixels: refuse it before allocating anything.
+    if img.width.max(img.height) as u64 > 16 * img.width.min(img.height) as u64 {
+        return Err(ImageError::AspectRatio { width: img.width, height: img.height });
+    }
     let (w, h) = resized_size(img.width, img.height, p.resize);
     let buf = resize(img, w, h, p.interpolation);
     let (c, top, left) = (p.crop as usize, crop_offset(h, p.crop) as usize, crop_offset(w, p.crop) as usize);
@@ -248,6 +254,15 @@ mod tests {
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
         assert!(matches!(decode(&png, 1000), Err(ImageError::TooLarge { pixels: 1200, .. })));
         assert!(matches!(decode(&png[..png.len() / 2], 10_000), Err(ImageError::Corrupt(_))));
+        let sliver = Rgb { width: 1, height: 40_000, pixels: vec![0; 120_000] };
+        let p = Preprocess {
+            resize: 256,
+            crop: 224,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            interpolation: Interpolation::Bilinear,
+        };
+        assert_eq!(preprocess(&sliver, &p).err(), Some(ImageError::AspectRatio { width: 1, height: 40_000 }));
         let ok = decode(&png, 10_000).unwrap();
         assert_eq!((ok.width, ok.height, ok.pixels[..3].to_vec()), (40, 30, vec![10, 20, 30]));
     }
