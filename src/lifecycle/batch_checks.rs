@@ -124,15 +124,7 @@ fn timed(p: &Probe, salt: usize) -> Result<Timing> {
 pub fn warm(backend: &Backend, cfg: &WarmupConfig, progress: &dyn Fn(f64)) -> Result<WarmupReport> {
     let t0 = Instant::now();
     let p = Probe::of(backend).ok_or_else(|| TealError::Config("not a batched model".into()))?;
-    let mut report = WarmupReport {
-        enabled: cfg.enabled,
-        seconds: 0.0,
-        requests: 0,
-        batch_sizes: vec![],
-        prefill_tokens: 0,
-        first_request_cold: None,
-        first_request_warm: None,
-    };
+    let mut report = WarmupReport::empty(cfg.enabled);
     if !cfg.enabled {
         return Ok(report);
     }

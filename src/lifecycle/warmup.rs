@@ -55,6 +55,21 @@ pub struct WarmupReport {
     pub first_request_warm: Option<Timing>,
 }
 
+impl WarmupReport {
+    /// A report with nothing run yet.
+    pub fn empty(enabled: bool) -> Self {
+        WarmupReport {
+            enabled,
+            seconds: 0.0,
+            requests: 0,
+            batch_sizes: vec![],
+            prefill_tokens: 0,
+            first_request_cold: None,
+            first_request_warm: None,
+        }
+    }
+}
+
 fn default_prompts() -> Vec<ProbePrompt> {
     vec![
         ProbePrompt::Instruction("Tell me something about warm starts.".into()),
@@ -76,15 +91,7 @@ pub fn default_batch_sizes(max_batch: usize) -> Vec<usize> {
 /// Runs the warm-up; `progress` gets the share done (0..=1).
 pub fn run(engine: &Engine, cfg: &WarmupConfig, progress: &dyn Fn(f64)) -> Result<WarmupReport> {
     let t0 = Instant::now();
-    let mut report = WarmupReport {
-        enabled: cfg.enabled,
-        seconds: 0.0,
-        requests: 0,
-        batch_sizes: vec![],
-        prefill_tokens: 0,
-        first_request_cold: None,
-        first_request_warm: None,
-    };
+    let mut report = WarmupReport::empty(cfg.enabled);
     if !cfg.enabled {
         return Ok(report);
     }
