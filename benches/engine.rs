@@ -85,6 +85,7 @@ fn model_step(c: &mut Criterion) {
             slot_mapping: tables.iter().map(|t| t.slot(64)).collect(),
             block_tables: tables.iter().map(|t| t.ids().to_vec()).collect(),
             block_size: 16,
+            ..Default::default()
         };
         let input = teal::models::llama::StepInput {
             tokens: (0..batch as u32).map(|i| 100 + i).collect(),

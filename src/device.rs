@@ -1,4 +1,5 @@
-//! Device and dtype selection from user strings; the one place that knows whether CUDA was compiled in.
+//! Device and dtype selection from user strings; with kernels.rs, the only code that knows whether CUDA was
+//! compiled in.
 
 use crate::error::{Result, TealError};
 use candle_core::{DType, Device};
@@ -19,9 +20,21 @@ pub fn parse_device(s: &str) -> Result<Device> {
     cuda_device(ordinal)
 }
 
+/// One candle device per GPU for the whole process: candle tells devices apart by instance, so two slots on
+/// `cuda:0` must get the same one, or weights shared between them, and teal's kernel module (loaded once per
+/// device), would belong to "another device".
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| TealError::Device(format!("cuda:{ordinal}: {e}")))
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static OPENED: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();
+    let mut opened = OPENED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = opened.get(&ordinal) {
+        return Ok(d.clone());
+    }
+    let d = Device::new_cuda(ordinal).map_err(|e| TealError::Device(format!("cuda:{ordinal}: {e}")))?;
+    opened.insert(ordinal, d.clone());
+    Ok(d)
 }
 
 #[cfg(not(feature = "cuda"))]

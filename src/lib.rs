@@ -21,7 +21,8 @@
 //!              device), estimate.rs (weight bytes from file headers), tokenizer + chat template;
 //!              embedding.rs (BERT sentence embeddings), classifier.rs + efficientnet_lite.rs + image.rs
 //!              (image classification with its versioned preprocessing), pth.rs (PyTorch checkpoints)
-//! device.rs    cpu / cuda:N and dtype parsing; the one place that knows the `cuda` feature
+//! kernels.rs   teal's own CUDA kernels (kernels/*.cu -> PTX by build.rs): module load at warm-up, launches
+//! device.rs    cpu / cuda:N and dtype parsing; with kernels.rs the only code that knows the `cuda` feature
 //! telemetry.rs tracing setup and every Prometheus metric
 //! ```
 //! An engine owns its model, KV pool and device; a slot holds one engine (one model version). Requests reach
@@ -36,6 +37,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod lifecycle;
 pub mod memory;
 pub mod models;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub since_last_flip: Gauge,
     pub session_errors: IntCounterVec,
     pub sessions_degraded: IntCounter,
+    pub kernel_module_loads: IntCounter,
     pub memory: crate::memory::report::MemoryMetrics,
 }
 
@@ -155,6 +156,13 @@ impl Metrics {
                     "Session requests served without their history because the store failed (fail-open)",
                 ),
             ),
+            kernel_module_loads: reg(
+                &registry,
+                IntCounter::new(
+                    "teal_kernel_module_loads_total",
+                    "Loads of teal's CUDA kernel module onto a device (each JIT-compiles its PTX); warm-up does them",
+                ),
+            ),
             memory: crate::memory::report::MemoryMetrics::new(&registry),
             registry,
         }
@@ -166,6 +174,8 @@ impl Metrics {
         if last > 0.0 {
             self.since_last_flip.set((unix_seconds(std::time::SystemTime::now()) - last).max(0.0));
         }
+        let loads = crate::kernels::module_loads();
+        self.kernel_module_loads.inc_by(loads.saturating_sub(self.kernel_module_loads.get()));
         let mut buf = vec![];
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -30,6 +30,7 @@ pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, 
             slot_mapping: (cached..tokens.len()).map(|p| table.slot(p)).collect(),
             block_tables: vec![table.ids().to_vec()],
             block_size: bs,
+            ..Default::default()
         };
         let input =
             StepInput { tokens: tokens[cached..].to_vec(), meta: Arc::new(meta), logits_rows: vec![n as u32 - 1] };

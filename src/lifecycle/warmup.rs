@@ -1,7 +1,9 @@
-//! Warm-up of a standby before it may go live: one timed request while cold, then prefill and decode at every
-//! batch size the scheduler will use and one full prefill chunk, then the first request timed again. Whatever a
-//! first request pays (first touches of weights and KV pages, allocator growth, thread spin-up, and on CUDA
-//! kernel loading and cuBLAS heuristics) is paid here, before any user sees the slot.
+//! Warm-up of a standby before it may go live: teal's own CUDA kernels loaded onto the slot's device (the driver
+//! JIT-compiles their PTX here), one timed request while cold, then prefill and decode at every batch size the
+//! scheduler will use and one full prefill chunk (so every kernel, custom and candle's, and every cuBLAS GEMM
+//! shape of a decode step is launched once on the standby's own device), then the first request timed again.
+//! Whatever a first request pays (first touches of weights and KV pages, allocator growth, thread spin-up, module
+//! loads and cuBLAS heuristics) is paid here, before any user sees the slot.
 
 use super::probe::{self, ProbePrompt};
 use crate::engine::Engine;
@@ -50,6 +52,8 @@ pub struct WarmupReport {
     pub requests: usize,
     pub batch_sizes: Vec<usize>,
     pub prefill_tokens: usize,
+    /// teal's own kernels loaded onto the slot's device before the first request (empty on CPU).
+    pub kernels_loaded: Vec<String>,
     /// The first request the slot ever served (before warm-up) and the same request after it.
     pub first_request_cold: Option<Timing>,
     pub first_request_warm: Option<Timing>,
@@ -64,6 +68,7 @@ impl WarmupReport {
             requests: 0,
             batch_sizes: vec![],
             prefill_tokens: 0,
+            kernels_loaded: vec![],
             first_request_cold: None,
             first_request_warm: None,
         }
@@ -102,6 +107,8 @@ pub fn run(engine: &Engine, cfg: &WarmupConfig, progress: &dyn Fn(f64)) -> Resul
     let Some(first) = encoded.first().cloned() else {
         return Err(crate::error::TealError::Config("warm-up: none of the prompts could be tokenized".into()));
     };
+    report.kernels_loaded = crate::kernels::preload(engine.model().llama.device())
+        .map_err(|e| crate::error::TealError::Device(format!("loading teal's kernels: {e}")))?;
     let limit = engine.max_request_tokens();
     let max_tokens = cfg.max_tokens.clamp(1, limit.saturating_sub(first.len()).max(1));
     let cold = probe::run(engine, first.clone(), probe::greedy(max_tokens, false))?;

@@ -77,8 +77,31 @@ pub fn device_totals(device: &str, slots: &[SlotMemory]) -> (u64, u64, u64, u64)
 pub struct MemoryMetrics {
     device: GaugeVec,
     slot: GaugeVec,
-    gpu: GaugeVec,
+    /// One family per NVML quantity (GPU_GAUGES), labelled by device.
+    gpu: Vec<GaugeVec>,
     rss: Gauge,
+}
+
+/// NVML telemetry families: name and help.
+const GPU_GAUGES: [(&str, &str); 6] = [
+    ("teal_gpu_memory_used_bytes", "GPU memory in use on the device, all processes (NVML)"),
+    ("teal_gpu_memory_free_bytes", "GPU memory free on the device (NVML)"),
+    ("teal_gpu_memory_total_bytes", "GPU memory on the device (NVML)"),
+    ("teal_gpu_utilization_ratio", "Share of the last sample period a kernel ran on the GPU (NVML)"),
+    ("teal_gpu_temperature_celsius", "GPU core temperature (NVML)"),
+    ("teal_gpu_power_watts", "GPU power draw (NVML)"),
+];
+
+/// The values of GPU_GAUGES, in order, from one NVML reading.
+fn gpu_values(g: &GpuTelemetry) -> [Option<f64>; 6] {
+    [
+        Some(g.memory_used_bytes as f64),
+        Some(g.memory_free_bytes as f64),
+        Some(g.memory_total_bytes as f64),
+        g.utilization_percent.map(|u| f64::from(u) / 100.0),
+        g.temperature_celsius.map(f64::from),
+        g.power_watts,
+    ]
 }
 
 impl MemoryMetrics {
@@ -103,12 +126,7 @@ impl MemoryMetrics {
                 "A slot's memory by kind: weights, shared, kv_cache, workspace, host, estimate",
                 &["slot", "kind"],
             ),
-            gpu: vec(
-                "teal_gpu_info",
-                "NVML telemetry by kind: memory_used_bytes, memory_total_bytes, utilization_ratio, \
-                 temperature_celsius, power_watts",
-                &["device", "kind"],
-            ),
+            gpu: GPU_GAUGES.iter().map(|(name, help)| vec(name, help, &["device"])).collect(),
             rss,
         }
     }
@@ -130,12 +148,9 @@ impl MemoryMetrics {
             set("workspace", Some(d.workspace_bytes));
             set("free_within_budget", d.free_within_budget_bytes);
             if let Some(g) = &d.nvml {
-                let gset = |kind: &str, v: f64| self.gpu.with_label_values(&[d.device.as_str(), kind]).set(v);
-                gset("memory_used_bytes", g.memory_used_bytes as f64);
-                gset("memory_total_bytes", g.memory_total_bytes as f64);
-                g.utilization_percent.inspect(|u| gset("utilization_ratio", f64::from(*u) / 100.0));
-                g.temperature_celsius.inspect(|t| gset("temperature_celsius", f64::from(*t)));
-                g.power_watts.inspect(|p| gset("power_watts", *p));
+                for (gauge, v) in self.gpu.iter().zip(gpu_values(g)) {
+                    v.inspect(|v| gauge.with_label_values(&[d.device.as_str()]).set(*v));
+                }
             }
         }
         for s in &r.slots {
@@ -178,5 +193,49 @@ mod tests {
         assert_eq!(device_totals("cpu", &same), (110, 90, 20, 2));
         let apart = [slot(SlotName::Blue, "cuda:0", 100, 0), slot(SlotName::Green, "cuda:1", 100, 0)];
         assert_eq!(device_totals("cuda:0", &apart), (100, 0, 10, 1));
+    }
+
+    #[test]
+    fn nvml_figures_become_one_gauge_family_each() {
+        let registry = Registry::new();
+        let metrics = MemoryMetrics::new(&registry);
+        let gpu = GpuTelemetry {
+            name: "H100".into(),
+            memory_total_bytes: 80,
+            memory_used_bytes: 30,
+            memory_free_bytes: 50,
+            utilization_percent: Some(45),
+            temperature_celsius: Some(61),
+            power_watts: None,
+        };
+        let device = DeviceMemory {
+            device: "cuda:0".into(),
+            total_bytes: Some(80),
+            available_bytes: Some(50),
+            budget_bytes: None,
+            held_bytes: 0,
+            weights_bytes: 0,
+            shared_bytes: 0,
+            kv_cache_bytes: 0,
+            workspace_bytes: 0,
+            free_within_budget_bytes: None,
+            slots: vec![],
+            nvml: Some(gpu),
+        };
+        metrics.observe(&MemoryReport { devices: vec![device], slots: vec![], process_resident_bytes: None });
+        let mut text = vec![];
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            "teal_gpu_memory_used_bytes{device=\"cuda:0\"} 30",
+            "teal_gpu_memory_free_bytes{device=\"cuda:0\"} 50",
+            "teal_gpu_memory_total_bytes{device=\"cuda:0\"} 80",
+            "teal_gpu_utilization_ratio{device=\"cuda:0\"} 0.45",
+            "teal_gpu_temperature_celsius{device=\"cuda:0\"} 61",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // A figure NVML did not give is absent, not zero.
+        assert!(!text.contains("teal_gpu_power_watts{"));
     }
 }

@@ -4,7 +4,8 @@
 //! - `paged_attention`: each new token attends to every earlier position of its own sequence, reading keys and
 //!   values straight from the pool through the sequence's block table (no gather copy, no padding).
 //!
-//! The CPU implementations are here; a CUDA implementation slots into the same ops' `cuda_fwd`.
+//! The CPU implementations here are also the reference for the CUDA kernels (kernels/paged_attention.cu, launched
+//! from the ops' `cuda_fwd` through src/kernels.rs; compared in tests/cuda_kernels.rs).
 //! The pool is always f32 and laid out `[slots, kv_heads, head_dim]`, slot = block * block_size + offset.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
@@ -23,6 +24,8 @@ pub struct AttnMeta {
     /// Per sequence: the pool blocks holding its positions, in order.
     pub block_tables: Vec<Vec<u32>>,
     pub block_size: usize,
+    /// The same metadata on a CUDA device, copied once per step by the first layer that needs it.
+    pub device_copy: crate::kernels::MetaCache,
 }
 
 impl AttnMeta {
@@ -67,6 +70,17 @@ impl InplaceOp2 for WriteKv {
             pool[dst..dst + row].copy_from_slice(&src[t * row..(t + 1) * row]);
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        crate::kernels::cuda::write_kv(s1, l1, s2, l2, &self.meta)
     }
 }
 
@@ -196,6 +210,10 @@ impl CustomOp3 for PagedAttention {
             candle_core::bail!("query has {} values, expected {}", q.len(), t_count * nh * hd);
         }
         let (nkv, group) = (self.num_kv_heads, nh / self.num_kv_heads);
+        if kp.len() != vp.len() || kp.len() % (nkv * hd) != 0 {
+            candle_core::bail!("key and value pools must both be [slots, {nkv}, {hd}]");
+        }
+        crate::kernels::check_meta(&self.meta, kp.len() / (nkv * hd))?;
         let work: Vec<((usize, usize), usize)> =
             self.tiles().into_iter().flat_map(|t| (0..nkv).map(move |h| (t, h))).collect();
         let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.tile(q, kp, vp, t, h)).collect();
@@ -207,6 +225,26 @@ impl CustomOp3 for PagedAttention {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((t_count, nh * hd))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = crate::kernels::cuda::AttnShape {
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            scale: self.scale,
+        };
+        let out = crate::kernels::cuda::paged_attention(s1, l1, s2, l2, s3, l3, &self.meta, &shape)?;
+        Ok((out, Shape::from((self.meta.num_tokens(), self.num_heads * self.head_dim))))
     }
 }
 
@@ -275,6 +313,7 @@ mod tests {
             slot_mapping: (0..7).map(|p| slot(&ta, p)).collect(),
             block_tables: vec![ta.clone()],
             block_size: bs,
+            ..Default::default()
         });
         write_kv(&kp, &k_all.narrow(0, 0, 7).unwrap(), &cached).unwrap();
         write_kv(&vp, &v_all.narrow(0, 0, 7).unwrap(), &cached).unwrap();
@@ -284,6 +323,7 @@ mod tests {
             slot_mapping: std::iter::once(slot(&ta, 7)).chain((0..6).map(|p| slot(&tb, p))).collect(),
             block_tables: vec![ta.clone(), tb.clone()],
             block_size: bs,
+            ..Default::default()
         });
         write_kv(&kp, &k_all.narrow(0, 7, 7).unwrap(), &batch).unwrap();
         write_kv(&vp, &v_all.narrow(0, 7, 7).unwrap(), &batch).unwrap();
@@ -321,6 +361,7 @@ mod tests {
             slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
             block_tables: vec![table],
             block_size: bs,
+            ..Default::default()
         });
         let kp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();
         let vp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();

@@ -3,16 +3,21 @@
 
 use std::path::PathBuf;
 
-/// stories260K from the shared folder beside the checkout.
+/// stories260K from the shared folder beside the checkout (or `TEAL_STORIES_DIR`, for a test binary run elsewhere,
+/// such as on a GPU machine).
 pub fn stories_dir() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K");
+    let p = std::env::var_os("TEAL_STORIES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K"));
     assert!(p.join("config.json").is_file(), "stories260K not found at {}", p.display());
     p
 }
 
-/// SmolLM2 Q4_1 as scripts/fetch-models.sh puts it.
+/// SmolLM2 Q4_1 as scripts/fetch-models.sh puts it (or `TEAL_SMOLLM_PATH`).
 pub fn smollm_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = std::env::var_os("TEAL_SMOLLM_PATH").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
     assert!(p.is_file(), "SmolLM2 not found at {}: run scripts/fetch-models.sh", p.display());
     p
 }
