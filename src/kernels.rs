@@ -38,10 +38,17 @@ pub fn preload(device: &Device) -> Result<Vec<String>> {
 }
 
 /// A step's attention metadata as copied to one CUDA device, made at the first layer and reused by the rest.
-#[derive(Default, Clone)]
+/// A clone starts empty: the copy belongs to the metadata it was made from.
+#[derive(Default)]
 pub struct MetaCache {
     #[cfg(feature = "cuda")]
-    cell: std::sync::Arc<std::sync::OnceLock<cuda::DeviceMeta>>,
+    cell: std::sync::OnceLock<cuda::DeviceMeta>,
+}
+
+impl Clone for MetaCache {
+    fn clone(&self) -> Self {
+        MetaCache::default()
+    }
 }
 
 impl std::fmt::Debug for MetaCache {
@@ -112,6 +119,7 @@ pub mod cuda {
         block_tables: CudaSlice<u32>,
         max_blocks: u32,
         pool_slots: usize,
+        device: DeviceId,
     }
 
     fn upload(dev: &CudaDevice, meta: &AttnMeta, pool_slots: usize) -> Result<DeviceMeta> {
@@ -128,16 +136,17 @@ pub mod cuda {
             block_tables: dev.clone_htod(&flat)?,
             max_blocks: max_blocks as u32,
             pool_slots,
+            device: dev.id(),
         })
     }
 
     /// The step's metadata on `dev`: uploaded (and checked) by the first layer, reused by the others.
     fn device_meta<'a>(dev: &CudaDevice, meta: &'a AttnMeta, pool_slots: usize) -> Result<&'a DeviceMeta> {
         if let Some(m) = meta.device_copy.cell.get() {
-            if m.pool_slots == pool_slots {
+            if m.pool_slots == pool_slots && m.device == dev.id() {
                 return Ok(m);
             }
-            candle_core::bail!("attention metadata reused with a different pool");
+            candle_core::bail!("attention metadata reused with a different pool or device");
         }
         let m = upload(dev, meta, pool_slots)?;
         Ok(meta.device_copy.cell.get_or_init(|| m))
