@@ -179,6 +179,11 @@ impl Worker {
                 finished[i] = true;
                 continue;
             }
+            // Counted before `sample` hands the token to the client: a client that has its whole answer must see
+            // it in /metrics.
+            if !seq.internal {
+                self.metrics.generation_tokens.inc();
+            }
             let step = seq.sample(&mut row, &self.model.tokenizer, self.model.max_context);
             if step.finished.is_some() {
                 finished[i] = true;
@@ -186,7 +191,6 @@ impl Worker {
             if seq.internal {
                 continue;
             }
-            self.metrics.generation_tokens.inc();
             if let Some(t) = step.first_token_latency {
                 self.metrics.ttft.observe(t);
             }
