@@ -74,6 +74,16 @@ impl Backend {
         }
     }
 
+    /// Stops at once without waiting (a cancelled or timed-out standby): new requests are refused and the ones
+    /// it holds end with an error, so whoever waits on them returns.
+    pub fn abort(&self) {
+        match self {
+            Backend::Llm(e) => e.abort(),
+            Backend::Embed(b) => b.close(),
+            Backend::Classify(b) => b.close(),
+        }
+    }
+
     /// Stops serving: the engine's or batcher's thread ends after the work it holds.
     pub fn shutdown(&self) {
         match self {

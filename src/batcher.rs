@@ -92,13 +92,28 @@ impl<M: BatchModel> Batcher<M> {
         &self.config
     }
 
-    fn submit(&self, inputs: Vec<M::Input>) -> std::result::Result<oneshot::Receiver<Outcome<M::Output>>, InferError> {
-        let n = inputs.len();
+    /// Holds queue space for `n` inputs before they are prepared (decoded, tokenized), so a request the queue
+    /// cannot take is refused before any of that work is done.
+    pub fn reserve(&self, n: usize) -> std::result::Result<Reservation, InferError> {
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before > 0 && before + n > self.config.max_queue {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return Err(InferError::Overloaded(before));
         }
+        Ok(Reservation { queued: self.queued.clone(), n })
+    }
+
+    fn submit(
+        &self,
+        mut held: Reservation,
+        inputs: Vec<M::Input>,
+    ) -> std::result::Result<oneshot::Receiver<Outcome<M::Output>>, InferError> {
+        let n = inputs.len();
+        if n > held.n {
+            return Err(InferError::Failed(format!("{n} inputs for a reservation of {}", held.n)));
+        }
+        // The worker releases what the job brings; the reservation releases the rest when it drops.
+        held.n -= n;
         let (reply, rx) = oneshot::channel();
         let sent = match self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(tx) => tx.send(Job { inputs, reply, arrived: Instant::now() }).is_ok(),
@@ -113,21 +128,51 @@ impl<M: BatchModel> Batcher<M> {
 
     /// One output per input, from the batch they ran in.
     pub async fn infer(&self, inputs: Vec<M::Input>) -> std::result::Result<Vec<M::Output>, InferError> {
-        let rx = self.submit(inputs)?;
+        let held = self.reserve(inputs.len())?;
+        self.infer_reserved(held, inputs).await
+    }
+
+    /// `infer` with queue space reserved beforehand (at least `inputs.len()`).
+    pub async fn infer_reserved(
+        &self,
+        held: Reservation,
+        inputs: Vec<M::Input>,
+    ) -> std::result::Result<Vec<M::Output>, InferError> {
+        let rx = self.submit(held, inputs)?;
         rx.await.map_err(|_| InferError::Stopped)?.map_err(InferError::Failed)
     }
 
     /// `infer` for blocking callers (warm-up and gates run on blocking threads).
     pub fn infer_blocking(&self, inputs: Vec<M::Input>) -> std::result::Result<Vec<M::Output>, InferError> {
-        let rx = self.submit(inputs)?;
+        let held = self.reserve(inputs.len())?;
+        let rx = self.submit(held, inputs)?;
         rx.blocking_recv().map_err(|_| InferError::Stopped)?.map_err(InferError::Failed)
+    }
+
+    /// Stops taking requests without waiting; queued ones are still answered.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Stops taking requests; queued ones are still answered. Returns when the worker has finished.
     pub fn shutdown(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.close();
         if let Some(h) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// Queue space held by one request (see `Batcher::reserve`); released on drop unless its inputs were submitted.
+pub struct Reservation {
+    queued: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.queued.fetch_sub(self.n, Ordering::AcqRel);
         }
     }
 }
@@ -272,5 +317,19 @@ mod tests {
         assert_eq!(b.infer_blocking(vec![3]).unwrap(), vec![6]);
         b.shutdown();
         assert!(matches!(b.infer_blocking(vec![3]), Err(InferError::Stopped)));
+    }
+
+    #[test]
+    fn reservations_refuse_a_full_queue_before_any_work_and_release_on_drop() {
+        let model = Arc::new(Doubler(Mutex::new(vec![])));
+        let cfg = BatchConfig { max_batch: 4, max_delay: Duration::ZERO, max_queue: 10 };
+        let b = Batcher::start(model, cfg, metrics()).unwrap();
+        let a = b.reserve(8).unwrap();
+        assert!(matches!(b.reserve(5), Err(InferError::Overloaded(8))), "8 + 5 > 10");
+        drop(a);
+        let held = b.reserve(6).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(rt.block_on(b.infer_reserved(held, vec![1, 2])).unwrap(), vec![2, 4], "fewer than reserved");
+        assert_eq!(b.queued.load(Ordering::Acquire), 0, "everything released");
     }
 }

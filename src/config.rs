@@ -124,6 +124,47 @@ pub struct ServeArgs {
     /// Compute threads for CPU inference [default: all cores]
     #[arg(long, env = "TEAL_THREADS")]
     pub threads: Option<usize>,
+    /// Largest prompt (or the messages of one chat request) in bytes of text, refused before tokenizing; a
+    /// model's own bound (its longest request in tokens x its longest token) may be lower [default: 1048576]
+    #[arg(long, env = "TEAL_MAX_PROMPT_BYTES")]
+    pub max_prompt_bytes: Option<usize>,
+    /// Most stop_token_ids in one request [default: 64]
+    #[arg(long, env = "TEAL_MAX_STOP_TOKEN_IDS")]
+    pub max_stop_token_ids: Option<usize>,
+    /// Most images (or tensors) in one KServe request [default: 64]
+    #[arg(long, env = "TEAL_MAX_IMAGES_PER_REQUEST")]
+    pub max_images_per_request: Option<usize>,
+    /// Most pixels of all images of one KServe request together, read from their headers before decoding
+    /// [default: 100000000]
+    #[arg(long, env = "TEAL_MAX_REQUEST_PIXELS")]
+    pub max_request_pixels: Option<u64>,
+    /// Seconds a request body may take to arrive; slower gets 408 [default: 30]
+    #[arg(long, env = "TEAL_BODY_TIMEOUT")]
+    pub body_timeout: Option<f64>,
+    /// Seconds a request's headers may take to arrive; also how long an idle keep-alive connection stays open
+    /// [default: 30]
+    #[arg(long, env = "TEAL_HEADER_TIMEOUT")]
+    pub header_timeout: Option<f64>,
+    /// Seconds a response write may make no progress (a client that stopped reading) before the connection is
+    /// closed and its request's KV cache freed [default: 30]
+    #[arg(long, env = "TEAL_WRITE_TIMEOUT")]
+    pub write_timeout: Option<f64>,
+    /// Most open connections on the API port; more are closed at once [default: 1024]
+    #[arg(long, env = "TEAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections on the admin port (counted apart, so the API port cannot starve it) [default: 64]
+    #[arg(long, env = "TEAL_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<usize>,
+    /// Threads that tokenize prompts, render chat templates and decode images [default: the number of cores]
+    #[arg(long, env = "TEAL_PREPROCESS_THREADS")]
+    pub preprocess_threads: Option<usize>,
+    /// Requests that may wait for a preprocessing thread; more get 429 [default: 256]
+    #[arg(long, env = "TEAL_PREPROCESS_QUEUE")]
+    pub preprocess_queue: Option<usize>,
+    /// Log format: text (colours only on a terminal) or json (one object per line, for log shippers)
+    /// [default: text]
+    #[arg(long, env = "TEAL_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     /// Configuration file [default: ./teal.toml when it exists]
     #[arg(long, env = "TEAL_CONFIG")]
     #[serde(skip)]
@@ -160,8 +201,13 @@ pub struct Config {
     pub engine: crate::engine::EngineConfig,
     /// Dynamic batching of the embedding and image kinds.
     pub batch: crate::batcher::BatchConfig,
-    pub max_image_pixels: u64,
-    pub max_body_bytes: usize,
+    /// What one public request may cost.
+    pub limits: crate::api::limits::RequestLimits,
+    /// Connection limits of the API and the admin listeners.
+    pub api_conns: crate::net::ConnLimits,
+    pub admin_conns: crate::net::ConnLimits,
+    pub preprocess_threads: usize,
+    pub preprocess_queue: usize,
     pub shutdown_timeout_s: u64,
     pub log_prompts: bool,
     pub threads: Option<usize>,
@@ -218,7 +264,19 @@ impl ServeArgs {
             batch_delay_ms,
             batch_max_size,
             max_image_pixels,
-            threads
+            threads,
+            max_prompt_bytes,
+            max_stop_token_ids,
+            max_images_per_request,
+            max_request_pixels,
+            body_timeout,
+            header_timeout,
+            write_timeout,
+            max_connections,
+            admin_max_connections,
+            preprocess_threads,
+            preprocess_queue,
+            log_format
         );
         Ok(self)
     }
@@ -251,6 +309,31 @@ impl ServeArgs {
             ..Default::default()
         };
         let device = self.device.unwrap_or_else(|| "cpu".into());
+        let secs = |name: &str, v: Option<f64>, default: f64| -> Result<std::time::Duration> {
+            let v = v.unwrap_or(default);
+            if !(0.001..=86_400.0).contains(&v) {
+                return Err(TealError::Config(format!("{name} must be between 0.001 and 86400 seconds")));
+            }
+            Ok(std::time::Duration::from_secs_f64(v))
+        };
+        let d = crate::api::limits::RequestLimits::default();
+        let limits = crate::api::limits::RequestLimits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
+            body_timeout: secs("body-timeout", self.body_timeout, 30.0)?,
+            max_prompt_bytes: self.max_prompt_bytes.unwrap_or(d.max_prompt_bytes),
+            max_stop_token_ids: self.max_stop_token_ids.unwrap_or(d.max_stop_token_ids),
+            max_images_per_request: self.max_images_per_request.unwrap_or(d.max_images_per_request).max(1),
+            max_request_pixels: self.max_request_pixels.unwrap_or(d.max_request_pixels),
+            max_image_pixels: self.max_image_pixels.unwrap_or(d.max_image_pixels),
+        };
+        let conns = |max: usize| -> Result<crate::net::ConnLimits> {
+            Ok(crate::net::ConnLimits {
+                max_connections: max.max(1),
+                header_timeout: secs("header-timeout", self.header_timeout, 30.0)?,
+                write_timeout: secs("write-timeout", self.write_timeout, 30.0)?,
+            })
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let memory_budget = crate::memory::budget::BudgetSpec::parse(&self.memory_budget.unwrap_or_default())
             .map_err(TealError::Config)?;
         Ok(Config {
@@ -280,8 +363,11 @@ impl ServeArgs {
             served_model_name: self.served_model_name,
             engine,
             batch,
-            max_image_pixels: self.max_image_pixels.unwrap_or(40_000_000),
-            max_body_bytes: self.max_body_bytes.unwrap_or(4 << 20),
+            api_conns: conns(self.max_connections.unwrap_or(1024))?,
+            admin_conns: conns(self.admin_max_connections.unwrap_or(64))?,
+            limits,
+            preprocess_threads: self.preprocess_threads.unwrap_or(cores).max(1),
+            preprocess_queue: self.preprocess_queue.unwrap_or(256),
             shutdown_timeout_s: self.shutdown_timeout.unwrap_or(30),
             log_prompts: self.log_prompts.unwrap_or(false),
             threads: self.threads,

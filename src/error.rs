@@ -27,6 +27,9 @@ pub enum TealError {
     Device(String),
     #[error("engine stopped")]
     EngineStopped,
+    /// A request (a warm-up or gate probe) the engine refused as it would refuse a client's.
+    #[error("request refused: {0}")]
+    Request(String),
 }
 
 impl TealError {
@@ -43,6 +46,7 @@ impl TealError {
             TealError::Config(_) => "config_error",
             TealError::Device(_) => "device_error",
             TealError::EngineStopped => "engine_stopped",
+            TealError::Request(_) => "request_refused",
         }
     }
 

@@ -23,10 +23,14 @@
 //!              (image classification with its versioned preprocessing), pth.rs (PyTorch checkpoints)
 //! kernels.rs   teal's own CUDA kernels (kernels/*.cu -> PTX by build.rs): module load at warm-up, launches
 //! device.rs    cpu / cuda:N and dtype parsing; with kernels.rs the only code that knows the `cuda` feature
+//! net/         the HTTP/1.1 listener loop: connection caps, header and write deadlines, shutdown phases
 //! telemetry.rs tracing setup and every Prometheus metric
 //! ```
 //! An engine owns its model, KV pool and device; a slot holds one engine (one model version). Requests reach
 //! the live slot through the router's atomic pointer; the lifecycle controller alone moves that pointer.
+
+// No panics on any path a request, a model file or an admin call reaches: checked by clippy in CI.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod api;
 pub mod backend;
@@ -41,6 +45,7 @@ pub mod kernels;
 pub mod lifecycle;
 pub mod memory;
 pub mod models;
+pub mod net;
 pub mod router;
 pub mod server;
 pub mod sessions;

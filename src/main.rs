@@ -1,6 +1,7 @@
 //! The `teal` command line. Parsing only; the work is in the library.
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use teal::config::ServeArgs;
 
 /// teal: an inference server with blue/green model slots (OpenAI-compatible API).
@@ -22,12 +23,27 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    teal::telemetry::init_logging();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve(*args),
-        Command::Admin(args) => teal::cli::admin::run(*args),
-        Command::Bench(args) => teal::bench::run(*args),
+        Command::Serve(args) => {
+            let on_command_line = matches
+                .subcommand_matches("serve")
+                .and_then(|m| m.value_source("admin_token"))
+                .is_some_and(|s| s == ValueSource::CommandLine);
+            serve(*args, on_command_line)
+        }
+        Command::Admin(args) => {
+            teal::telemetry::init_logging(false);
+            teal::cli::admin::run(*args)
+        }
+        Command::Bench(args) => {
+            teal::telemetry::init_logging(false);
+            teal::bench::run(*args)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -38,11 +54,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.with_file()?.resolve()?;
+fn serve(args: ServeArgs, token_on_command_line: bool) -> anyhow::Result<()> {
+    let args = args.with_file()?;
+    teal::telemetry::init_logging(args.log_format.as_deref() == Some("json"));
+    if token_on_command_line {
+        tracing::warn!(
+            "--admin-token on the command line is visible to every user of this machine (ps); use \
+             TEAL_ADMIN_TOKEN or --admin-token-file"
+        );
+    }
+    let config = args.resolve()?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let listeners = teal::server::Listeners::bind(&config).await?;
         teal::server::run(config, listeners, teal::server::shutdown_signal()).await
-    })
+    });
+    // A load or gate thread that hangs must not keep the process alive: the server has already stopped.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }

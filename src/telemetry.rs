@@ -7,12 +7,19 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Installs the `tracing` subscriber (RUST_LOG / TEAL_LOG filter, default info).
-pub fn init_logging() {
+/// Installs the `tracing` subscriber (RUST_LOG / TEAL_LOG filter, default info) writing to stderr: `json` gives
+/// one JSON object per line for log shippers; text has colours only when stderr is a terminal.
+pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEAL_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }
 
 /// All metrics of one server process.
@@ -52,8 +59,13 @@ const ENGINE_LABELS: [&str; 3] = ["model", "slot", "version"];
 const SLOT_STATES: [&str; 11] =
     ["empty", "loading", "warming", "gating", "ready", "live", "draining", "parking", "parked", "waking", "failed"];
 
-/// Registers a statically defined metric (the definitions are constants, so failure is a programming error).
-fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<T>) -> T {
+/// Registers a statically defined metric. The definitions are constants and each is registered once, when the
+/// server starts: a failure is a programming error found by every test, never something input can cause.
+#[allow(clippy::expect_used)]
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
     let m = metric.expect("static metric definition");
     registry.register(Box::new(m.clone())).expect("metric registered once");
     m

@@ -61,8 +61,10 @@ async fn before_the_model_is_ready_generation_gets_503() {
         sessions: std::sync::Arc::new(teal::sessions::memory::MemoryStore::new(std::time::Duration::from_secs(60), 10)),
         session_fail_open: false,
         max_session_bytes: 1 << 20,
-        max_body_bytes: 1 << 20,
-        max_image_pixels: 1 << 20,
+        limits: Default::default(),
+        cpu: teal::api::limits::CpuPool::new(1, 8),
+        control: Default::default(),
+        shutdown: teal::net::shutdown::ShutdownSignal::never(),
         log_prompts: false,
         started_at: 0,
     };
@@ -176,4 +178,31 @@ fn an_admin_api_on_a_public_address_needs_an_explicit_token() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to serve the admin API on 0.0.0.0"), "{err}");
+}
+
+#[test]
+fn admin_tokens_must_be_long_and_logs_are_plain_or_json() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["serve", "--admin-token", "short", "--model", "/nonexistent/model"])
+        .args(["--port", &free_port().to_string(), "--admin-port", &free_port().to_string()])
+        .env("TEAL_STATE_DIR", state.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shorter than 16 characters"), "{err}");
+    assert!(err.contains("visible to every user"), "a token on the command line is warned about: {err}");
+    assert!(!err.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["serve", "--log-format", "json", "--model", "/nonexistent/model"])
+        .args(["--port", &free_port().to_string(), "--admin-port", &free_port().to_string()])
+        .env("TEAL_STATE_DIR", state.path())
+        .env("TEAL_ADMIN_TOKEN", "0123456789abcdef0123")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<Value> =
+        err.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(logs.iter().any(|l| l["level"] == "ERROR" && l["fields"]["error"].is_string()), "{err}");
 }

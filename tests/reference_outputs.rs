@@ -67,7 +67,7 @@ fn smollm2_dequantized_matches_transformers() {
         .chat_template
         .as_ref()
         .unwrap()
-        .render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token)
+        .render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token, 1 << 20)
         .unwrap();
     assert_eq!(model.tokenizer.encode(&text, false).unwrap(), ids(&chat["ids"]), "chat prompt ids");
 }

@@ -80,6 +80,13 @@ async fn chat(s: &TestServer, session: Option<&str>, body: Value) -> reqwest::Re
     r.send().await.unwrap()
 }
 
+/// Creates a session with this id (sessions are never created implicitly).
+async fn create(s: &TestServer, id: &str) {
+    let r = reqwest::Client::new().post(format!("{}/v1/sessions", s.url)).json(&json!({"id": id})).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 201, "creating session {id}");
+}
+
 fn turn(content: &str) -> Value {
     json!({"model": "chat", "messages": [{"role": "user", "content": content}], "max_tokens": 3, "temperature": 0})
 }
@@ -164,6 +171,7 @@ async fn redis_down_fails_closed_then_recovers_and_two_processes_share_sessions(
     let mut redis = Redis::start();
     let a = TestServer::start_args(args(Some(&redis))).await;
     let b = TestServer::start_args(args(Some(&redis))).await;
+    create(&a, "shared-1").await;
     let r = chat(&a, Some("shared-1"), turn("My name is Ada.")).await;
     assert_eq!(r.status(), 200);
     let r = chat(&b, Some("shared-1"), turn("What is my name?")).await;
@@ -175,6 +183,7 @@ async fn redis_down_fails_closed_then_recovers_and_two_processes_share_sessions(
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "session_store_unavailable", "{v}");
+    assert!(!v["error"]["message"].as_str().unwrap().contains("os error"), "no Redis error text reaches a client: {v}");
     let plain = chat(&a, None, turn("No session needed.")).await;
     assert_eq!(plain.status(), 200, "requests without a session do not need Redis");
     assert!(a.metric("teal_session_store_errors_total{op=\"get\"}").await.unwrap() >= 1.0);
@@ -183,7 +192,13 @@ async fn redis_down_fails_closed_then_recovers_and_two_processes_share_sessions(
     let redis = Redis::start_on(redis.port);
     let mut ok = false;
     for _ in 0..50 {
-        if chat(&a, Some("shared-2"), turn("Back again.")).await.status() == 200 {
+        let created = reqwest::Client::new()
+            .post(format!("{}/v1/sessions", a.url))
+            .json(&json!({"id": "shared-2"}))
+            .send()
+            .await
+            .unwrap();
+        if created.status() == 201 && chat(&a, Some("shared-2"), turn("Back again.")).await.status() == 200 {
             ok = true;
             break;
         }
@@ -202,6 +217,15 @@ async fn fail_open_serves_without_history_and_says_so() {
     assert_eq!(r.status(), 200);
     assert!(r.headers()["x-teal-session-warning"].to_str().unwrap().contains("without session history"));
     assert!(s.metric("teal_sessions_served_without_history_total").await.unwrap() >= 1.0);
+    // A streamed answer says so in the stream too, just before [DONE].
+    let mut body = turn("Streamed?");
+    body["stream"] = json!(true);
+    let r = chat(&s, Some("open-1"), body).await;
+    assert_eq!(r.status(), 200);
+    let events = common::sse_events(r).await;
+    let warning: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(warning["choices"], json!([]), "{warning}");
+    assert!(warning["teal"]["session_warning"].as_str().unwrap().contains("without session history"), "{warning}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -211,6 +235,7 @@ async fn memory_sessions_stream_store_and_guard_their_inputs() {
     let mut body = turn("Hi there.");
     body["stream"] = json!(true);
     body["session_id"] = json!("mem-1");
+    create(&s, "mem-1").await;
     let r = chat(&s, None, body).await;
     assert_eq!((r.status().as_u16(), r.headers()["x-teal-session"].to_str().unwrap()), (200, "mem-1"));
     let events = common::sse_events(r).await;
@@ -265,6 +290,9 @@ async fn draining_keeps_active_sessions_on_the_old_slot_until_idle_or_timeout() 
         )
         .await;
     assert_eq!(op["status"], "succeeded", "{op}");
+    for id in ["drain-a", "drain-b", "drain-c"] {
+        create(&s, id).await;
+    }
     assert_eq!(slot_of(&s, Some("drain-a")).await, "blue");
     let flip = json!({"expect_live": "blue", "drain_sessions": true, "drain_idle_s": 1.5, "drain_timeout_s": 30});
     let v: Value = s.admin(Method::POST, "/admin/flip", Some(flip)).await.json().await.unwrap();
@@ -298,6 +326,8 @@ async fn draining_keeps_active_sessions_on_the_old_slot_until_idle_or_timeout() 
 async fn concurrent_turns_on_one_session_are_all_kept_and_an_oversized_history_says_so() {
     let redis = Redis::start();
     let s = TestServer::start_args(ServeArgs { max_total_tokens: Some(256), ..args(Some(&redis)) }).await;
+    create(&s, "busy").await;
+    create(&s, "long").await;
     let futs = (0..8).map(|i| chat(&s, Some("busy"), turn(&format!("Message {i}."))));
     for r in futures::future::join_all(futs).await {
         assert_eq!(r.status(), 200);

@@ -2,9 +2,12 @@
 //! <token>` (compared in constant time). Handlers only translate HTTP to lifecycle commands and back; the
 //! lifecycle controller decides everything.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::error::ApiError;
 use super::JsonBody;
 use crate::lifecycle::{AdminError, FlipRequest, Lifecycle, LoadRequest};
+use crate::net::shutdown::{Phase, ShutdownSignal};
 use crate::router::SlotName;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -24,6 +27,8 @@ use subtle::ConstantTimeEq;
 pub struct AdminState {
     pub lifecycle: Lifecycle,
     pub token: Arc<String>,
+    /// Event followers close when the server starts shutting down.
+    pub shutdown: ShutdownSignal,
 }
 
 impl From<AdminError> for ApiError {
@@ -114,8 +119,13 @@ async fn operation(State(s): State<AdminState>, Path(id): Path<String>) -> Resul
     }
 }
 
+async fn cancel(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.lifecycle.cancel(id).await?)))
+}
+
 /// POST /admin/flip; an empty body flips to the standby.
-async fn flip(State(s): State<AdminState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn flip(State(s): State<AdminState>, req: Request) -> Result<Json<Value>, ApiError> {
+    let body = super::body::read(req, true, true).await?;
     let req: FlipRequest = if body.iter().all(u8::is_ascii_whitespace) {
         FlipRequest::default()
     } else {
@@ -142,7 +152,13 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Response {
+async fn events(
+    State(s): State<AdminState>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return ApiError::invalid("query", "expected ?follow=true|false&after=N&limit=N").into_response();
+    };
     let audit = s.lifecycle.audit.clone();
     if !q.follow {
         return Json(json!({"events": audit.since(q.after, q.limit.unwrap_or(1000).min(10_000))})).into_response();
@@ -150,6 +166,7 @@ async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Re
     // Subscribe before reading the backlog so nothing recorded in between is missed (duplicates are skipped).
     let mut rx = audit.subscribe();
     let backlog = audit.since(q.after, usize::MAX);
+    let shutdown = s.shutdown.clone();
     let stream = async_stream::stream! {
         let mut last = q.after;
         for ev in backlog {
@@ -157,7 +174,12 @@ async fn events(State(s): State<AdminState>, Query(q): Query<EventsQuery>) -> Re
             yield Ok::<_, Infallible>(SseEvent::default().id(ev.seq.to_string()).data(json!(ev).to_string()));
         }
         loop {
-            match rx.recv().await {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                // Followers never end on their own: close them as soon as the server starts shutting down.
+                _ = shutdown.reached(Phase::Draining) => break,
+            };
+            match next {
                 Ok(ev) if ev.seq > last => {
                     last = ev.seq;
                     yield Ok(SseEvent::default().id(ev.seq.to_string()).data(json!(ev).to_string()));
@@ -177,6 +199,21 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Admin bodies: 1 MiB, 30 s.
+async fn body_rules(mut req: Request, next: Next) -> Response {
+    let rules = super::body::BodyRules { max_bytes: 1 << 20, timeout: std::time::Duration::from_secs(30) };
+    req.extensions_mut().insert(rules);
+    next.run(req).await
+}
+
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/slots", get(slots))
@@ -186,12 +223,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/slots/{slot}/wake", post(wake))
         .route("/admin/memory", get(memory))
         .route("/admin/operations/{id}", get(operation))
+        .route("/admin/operations/{id}/cancel", post(cancel))
         .route("/admin/flip", post(flip))
         .route("/admin/rollback", post(rollback))
         .route("/admin/events", get(events))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(body_rules))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(middleware::from_fn(super::body::request_id))
         .with_state(state)
 }
 

@@ -3,6 +3,8 @@
 //! asks for); `usage` counts the tokens. Every input is checked before any is computed: empty inputs, inputs
 //! longer than the model takes and token ids outside its vocabulary are a 400 naming the input.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::error::ApiError;
 use super::{AppState, JsonBody, ServedBy};
 use crate::backend::Backend;
@@ -38,6 +40,17 @@ pub enum EmbeddingInput {
     IdLists(Vec<Vec<u32>>),
 }
 
+impl EmbeddingInput {
+    /// How many embeddings the request asks for (checked against the per-request limit before any work).
+    fn count(&self) -> usize {
+        match self {
+            EmbeddingInput::Text(_) | EmbeddingInput::Ids(_) => 1,
+            EmbeddingInput::Texts(v) => v.len(),
+            EmbeddingInput::IdLists(v) => v.len(),
+        }
+    }
+}
+
 impl From<InferError> for ApiError {
     fn from(e: InferError) -> Self {
         match e {
@@ -48,13 +61,13 @@ impl From<InferError> for ApiError {
     }
 }
 
-/// The input as token id lists, validated against the model.
-fn tokenize(model: &Embedder, input: EmbeddingInput) -> Result<Vec<Vec<u32>>, ApiError> {
+/// The input as token id lists, validated against the model; texts over `max_bytes` are refused untokenized.
+fn tokenize(model: &Embedder, input: EmbeddingInput, max_bytes: usize) -> Result<Vec<Vec<u32>>, ApiError> {
     let ids: Vec<Vec<u32>> = match input {
-        EmbeddingInput::Text(t) => vec![text_ids(model, 0, &t)?],
+        EmbeddingInput::Text(t) => vec![text_ids(model, 0, &t, max_bytes)?],
         EmbeddingInput::Texts(v) => {
             check_count(v.len())?;
-            v.iter().enumerate().map(|(i, t)| text_ids(model, i, t)).collect::<Result<_, _>>()?
+            v.iter().enumerate().map(|(i, t)| text_ids(model, i, t, max_bytes)).collect::<Result<_, _>>()?
         }
         EmbeddingInput::Ids(ids) => vec![ids],
         EmbeddingInput::IdLists(v) => {
@@ -92,9 +105,13 @@ fn check_count(n: usize) -> Result<(), ApiError> {
     }
 }
 
-fn text_ids(model: &Embedder, i: usize, text: &str) -> Result<Vec<u32>, ApiError> {
+fn text_ids(model: &Embedder, i: usize, text: &str, max_bytes: usize) -> Result<Vec<u32>, ApiError> {
     if text.is_empty() {
         return Err(ApiError::invalid("input", format!("input[{i}] is an empty string")));
+    }
+    if text.len() > max_bytes {
+        return Err(ApiError::invalid("input", format!("input[{i}] is {} bytes; at most {max_bytes}", text.len()))
+            .with_code("context_length_exceeded"));
     }
     Ok(model.tokenize(text)?)
 }
@@ -140,9 +157,13 @@ pub async fn embeddings(
         tracing::info!(input = ?req.input, "embedding request");
     }
     let input = req.input;
-    let ids = tokio::task::spawn_blocking(move || tokenize(&model, input)).await.map_err(ApiError::internal)??;
+    // Queue space first, then tokenizing (on the bounded pool): a request the queue cannot take costs nothing.
+    check_count(input.count())?;
+    let held = batcher.reserve(input.count())?;
+    let limit = state.limits.max_prompt_bytes;
+    let ids = state.cpu.run(move || tokenize(&model, input, limit)).await??;
     let tokens: usize = ids.iter().map(Vec::len).sum();
-    let vectors = batcher.infer(ids).await?;
+    let vectors = batcher.infer_reserved(held, ids).await?;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()

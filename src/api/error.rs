@@ -1,6 +1,8 @@
 //! The only place errors become HTTP responses: OpenAI's shape `{"error": {"message", "type", "param",
 //! "code"}}` with a precise status. Internal details are logged, never sent.
 
+#![deny(clippy::indexing_slicing)]
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -97,6 +99,9 @@ impl From<crate::engine::SubmitError> for ApiError {
             crate::engine::SubmitError::QueueFull(_) => ApiError::overloaded(format!("server overloaded: {e}")),
             crate::engine::SubmitError::Stopped => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "the server is shutting down")
+            }
+            crate::engine::SubmitError::TooLong { .. } => {
+                ApiError { code: Some("context_length_exceeded"), ..ApiError::invalid("messages", e.to_string()) }
             }
         }
     }

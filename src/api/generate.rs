@@ -2,9 +2,12 @@
 //! limits, submit to the engine, then either collect the whole answer or stream it as SSE chunks. The
 //! endpoint-specific JSON (chat vs. completions) is produced by a `Shape`.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::error::ApiError;
 use super::openai_types::{SamplingFields, Usage};
 use crate::engine::request::{Event, FinishReason, SamplingParams, TokenLogprob};
+use crate::net::shutdown::{Phase, ShutdownSignal};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -38,6 +41,18 @@ pub trait Shape: Send + 'static {
     fn start(&mut self) -> Option<serde_json::Value> {
         None
     }
+    /// A chunk with no choices carrying a warning the client must see (a session served in fail-open mode).
+    fn warning(&mut self, text: &str) -> serde_json::Value {
+        serde_json::json!({"choices": [], "teal": {"session_warning": text}})
+    }
+}
+
+/// What bounds a request's sampling parameters: the model's longest request, its vocabulary, and the server's
+/// limit on stop ids.
+pub struct Bounds {
+    pub max_total: usize,
+    pub vocab: usize,
+    pub max_stop_token_ids: usize,
 }
 
 fn range<T: PartialOrd + std::fmt::Display>(param: &'static str, v: Option<T>, lo: T, hi: T) -> Result<(), ApiError> {
@@ -54,8 +69,9 @@ pub fn sampling_params(
     f: SamplingFields,
     logprobs: Option<usize>,
     prompt_len: usize,
-    max_total: usize,
+    bounds: &Bounds,
 ) -> Result<SamplingParams, ApiError> {
+    let max_total = bounds.max_total;
     range("temperature", f.temperature, 0.0, 2.0)?;
     range("top_p", f.top_p, f32::MIN_POSITIVE, 1.0)?;
     range("presence_penalty", f.presence_penalty, -2.0, 2.0)?;
@@ -76,6 +92,19 @@ pub fn sampling_params(
     let stop = f.stop.map(|s| s.into_vec()).unwrap_or_default();
     if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
         return Err(ApiError::invalid("stop", "stop takes up to 4 non-empty strings of at most 256 bytes"));
+    }
+    let stop_ids = f.stop_token_ids.unwrap_or_default();
+    if stop_ids.len() > bounds.max_stop_token_ids {
+        return Err(ApiError::invalid(
+            "stop_token_ids",
+            format!("{} stop_token_ids; at most {} are accepted", stop_ids.len(), bounds.max_stop_token_ids),
+        ));
+    }
+    if let Some(bad) = stop_ids.iter().find(|&&id| id as usize >= bounds.vocab) {
+        return Err(ApiError::invalid(
+            "stop_token_ids",
+            format!("stop token id {bad} is outside the vocabulary (size {})", bounds.vocab),
+        ));
     }
     let max_tokens = match f.max_completion_tokens.or(f.max_tokens) {
         Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", "max_tokens must be at least 1")),
@@ -104,7 +133,7 @@ pub fn sampling_params(
         seed: f.seed.map(|s| s as u64),
         max_tokens,
         stop,
-        stop_token_ids: f.stop_token_ids.unwrap_or_default(),
+        stop_token_ids: stop_ids,
         ignore_eos: f.ignore_eos,
         repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
@@ -136,16 +165,19 @@ fn sse_json(v: &serde_json::Value) -> SseEvent {
 }
 
 /// Runs once the whole answer is known and before it is acknowledged (a session stores its turn); an error
-/// replaces the final chunk.
-pub type Finisher = Box<dyn FnOnce(String) -> futures::future::BoxFuture<'static, Result<(), ApiError>> + Send>;
+/// replaces the final chunk; a warning (Some) must reach the client (a header, or a chunk before `[DONE]`).
+pub type Finisher =
+    Box<dyn FnOnce(String) -> futures::future::BoxFuture<'static, Result<Option<String>, ApiError>> + Send>;
 
 /// Streams the answer as SSE, ending with `data: [DONE]`. Dropping the stream (client gone) drops the
-/// receiver, and the engine frees the sequence at its next step.
+/// receiver, and the engine frees the sequence at its next step. At the shutdown deadline a stream that is
+/// still running ends with an error chunk and `[DONE]`.
 pub fn stream(
     rx: UnboundedReceiver<Event>,
     mut shape: impl Shape,
     include_usage: bool,
     finisher: Option<Finisher>,
+    shutdown: ShutdownSignal,
 ) -> Response {
     let s = async_stream::stream! {
         let mut rx = rx;
@@ -155,7 +187,22 @@ pub fn stream(
         if let Some(first) = shape.start() {
             yield sse_json(&first);
         }
-        while let Some(ev) = rx.recv().await {
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = shutdown.reached(Phase::Deadline) => {
+                    let e = ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        "the server is shutting down; this response was cut short",
+                    )
+                    .with_code("shutting_down");
+                    yield sse_json(&e.body());
+                    ended = true;
+                    break;
+                }
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 Event::Token { id, text, logprob } => {
                     let has_lp = logprob.is_some();
@@ -165,16 +212,23 @@ pub fn stream(
                     }
                 }
                 Event::Done { reason, prompt_tokens, completion_tokens } => {
+                    let mut warning = None;
                     if let Some(f) = finisher.take() {
-                        if let Err(e) = f(std::mem::take(&mut full)).await {
-                            yield sse_json(&e.body());
-                            ended = true;
-                            break;
+                        match f(std::mem::take(&mut full)).await {
+                            Ok(w) => warning = w,
+                            Err(e) => {
+                                yield sse_json(&e.body());
+                                ended = true;
+                                break;
+                            }
                         }
                     }
                     yield sse_json(&shape.finish(reason));
                     if include_usage {
                         yield sse_json(&shape.usage(Usage::new(prompt_tokens, completion_tokens)));
+                    }
+                    if let Some(w) = warning {
+                        yield sse_json(&shape.warning(&w));
                     }
                     ended = true;
                     break;
@@ -235,7 +289,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tx.send(Event::Token { id: 1, text: "hi".into(), logprob: None }).unwrap();
         drop(tx);
-        let text = body(stream(rx, Plain, false, None)).await;
+        let text = body(stream(rx, Plain, false, None, ShutdownSignal::never())).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(data.len(), 3, "{text}");
         assert!(data[1].contains("\"type\":\"server_error\""), "{text}");
@@ -248,7 +302,7 @@ mod tests {
         tx.send(Event::Token { id: 1, text: "a".into(), logprob: None }).unwrap();
         tx.send(Event::Token { id: 2, text: "b".into(), logprob: None }).unwrap();
         tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1 }).unwrap();
-        let text = body(stream(rx, Plain, true, None)).await;
+        let text = body(stream(rx, Plain, true, None, ShutdownSignal::never())).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(
             data,

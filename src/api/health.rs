@@ -1,5 +1,7 @@
 //! Liveness (the process answers), readiness (a model is loaded and warmed) and Prometheus metrics.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::error::ApiError;
 use super::AppState;
 use axum::extract::State;
@@ -8,8 +10,13 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-pub async fn live() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// 200 while the process serves and its lifecycle controller runs; 503 once the controller has stopped (the
+/// process is then on its way out, exiting non-zero).
+pub async fn live(State(state): State<AppState>) -> axum::response::Response {
+    if state.control.alive() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "controller_stopped"}))).into_response()
 }
 
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -20,8 +27,4 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Val
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
-}
-
-pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "no such route").with_code("not_found")
 }

@@ -6,13 +6,15 @@
 //! `{"error": "..."}` with a 4xx/5xx status, as the protocol specifies. JSON only (the binary tensor extension is
 //! not implemented).
 
+#![deny(clippy::indexing_slicing)]
+
+use super::limits::RequestLimits;
 use super::{AppState, ServedBy};
 use crate::backend::Backend;
 use crate::batcher::{Batcher, InferError};
 use crate::models::classifier::Classifier;
 use crate::models::image;
 use crate::router::SlotLease;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +35,21 @@ impl V2Error {
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
         (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<super::body::BodyError> for V2Error {
+    fn from(e: super::body::BodyError) -> Self {
+        V2Error(e.status(), e.message())
+    }
+}
+
+impl From<super::limits::PoolError> for V2Error {
+    fn from(e: super::limits::PoolError) -> Self {
+        match e {
+            super::limits::PoolError::Saturated(_) => V2Error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            super::limits::PoolError::Failed => V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     }
 }
 
@@ -148,19 +165,44 @@ pub async fn model_ready(State(state): State<AppState>, Path(name): Path<String>
     Ok(Json(json!({"name": name, "ready": true})))
 }
 
-pub async fn infer(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Response, V2Error> {
-    run(state, name, None, body).await
+pub async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: axum::extract::Request,
+) -> Result<Response, V2Error> {
+    run(state, name, None, req).await
 }
 
 pub async fn version_infer(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Result<Response, V2Error> {
-    run(state, name, Some(version), body).await
+    run(state, name, Some(version), req).await
 }
 
-async fn run(state: AppState, name: String, version: Option<String>, body: Bytes) -> Result<Response, V2Error> {
+/// How many images (or tensors) an input holds, refused past the per-request limit before anything is decoded.
+fn input_count(input: &InferInput, limits: &RequestLimits) -> Result<usize, V2Error> {
+    let n = match input.datatype.as_str() {
+        "BYTES" => input.data.as_array().map_or(0, Vec::len),
+        _ => input.shape.first().and_then(|&n| usize::try_from(n).ok()).unwrap_or(0),
+    };
+    if n > limits.max_images_per_request {
+        return Err(V2Error::bad(format!(
+            "input {}: {n} images; at most {} per request",
+            input.name, limits.max_images_per_request
+        )));
+    }
+    Ok(n.max(1))
+}
+
+async fn run(
+    state: AppState,
+    name: String,
+    version: Option<String>,
+    req: axum::extract::Request,
+) -> Result<Response, V2Error> {
+    let body = super::body::read(req, true, false).await?;
     let req: InferRequest =
         serde_json::from_slice(&body).map_err(|e| V2Error::bad(format!("invalid JSON body: {e}")))?;
     let lease = live(&state)?;
@@ -177,13 +219,12 @@ async fn run(state: AppState, name: String, version: Option<String>, body: Bytes
     }
     let [input] = <[InferInput; 1]>::try_from(req.inputs)
         .map_err(|v| V2Error::bad(format!("expected exactly one input, got {}", v.len())))?;
-    let model = b.model().clone();
-    let max_pixels = state.max_image_pixels;
-    let tensors = tokio::task::spawn_blocking(move || to_tensors(&model, input, max_pixels))
-        .await
-        .map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    // Queue space first, then the decoding: a request the queue cannot take costs no decoding.
+    let held = b.reserve(input_count(&input, &state.limits)?)?;
+    let (model, limits) = (b.model().clone(), state.limits.clone());
+    let tensors = state.cpu.run(move || to_tensors(&model, input, &limits)).await??;
     let n = tensors.len();
-    let logits = b.infer(tensors).await?;
+    let logits = b.infer_reserved(held, tensors).await?;
     let outputs = outputs(b.model(), &logits, top_k, want_logits, req.outputs.as_deref());
     let mut resp = Json(json!({
         "model_name": name, "model_version": lease.identity.version, "id": req.id.unwrap_or_default(),
@@ -209,7 +250,7 @@ fn top_k(req: &InferRequest, classes: usize) -> Result<usize, V2Error> {
 }
 
 /// The model inputs of one request: decoded and preprocessed images, or the FP32 tensor split per image.
-fn to_tensors(model: &Classifier, input: InferInput, max_pixels: u64) -> Result<Vec<Vec<f32>>, V2Error> {
+fn to_tensors(model: &Classifier, input: InferInput, limits: &RequestLimits) -> Result<Vec<Vec<f32>>, V2Error> {
     match input.datatype.as_str() {
         "BYTES" => {
             let items = input
@@ -219,8 +260,8 @@ fn to_tensors(model: &Classifier, input: InferInput, max_pixels: u64) -> Result<
             if items.is_empty() {
                 return Err(V2Error::bad(format!("input {}: no images", input.name)));
             }
-            let count: i64 = input.shape.iter().product();
-            if input.shape.is_empty() || count != items.len() as i64 {
+            let count = input.shape.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
+            if input.shape.is_empty() || count != Some(items.len() as i64) {
                 return Err(V2Error::bad(format!(
                     "input {}: shape {:?} does not match {} elements",
                     input.name,
@@ -228,7 +269,22 @@ fn to_tensors(model: &Classifier, input: InferInput, max_pixels: u64) -> Result<
                     items.len()
                 )));
             }
-            items.iter().enumerate().map(|(i, item)| image_tensor(model, &input.name, i, item, max_pixels)).collect()
+            let encoded = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| image_bytes(&input.name, i, item))
+                .collect::<Result<Vec<_>, _>>()?;
+            check_pixels(&input.name, &encoded, limits)?;
+            encoded
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    let img = image::decode(bytes, limits.max_image_pixels)
+                        .map_err(|e| V2Error::bad(format!("input {}[{i}]: {e}", input.name)))?;
+                    image::preprocess(&img, &model.preprocess)
+                        .map_err(|e| V2Error::bad(format!("input {}[{i}]: {e}", input.name)))
+                })
+                .collect()
         }
         "FP32" => fp32_tensors(model, &input),
         other => Err(V2Error::bad(format!(
@@ -238,7 +294,24 @@ fn to_tensors(model: &Classifier, input: InferInput, max_pixels: u64) -> Result<
     }
 }
 
-fn image_tensor(model: &Classifier, name: &str, i: usize, item: &Value, max_pixels: u64) -> Result<Vec<f32>, V2Error> {
+/// The pixels of every image, from their headers, against the per-image and per-request limits: nothing is
+/// decoded until all of them fit.
+fn check_pixels(name: &str, encoded: &[Vec<u8>], limits: &RequestLimits) -> Result<(), V2Error> {
+    let mut total: u64 = 0;
+    for (i, bytes) in encoded.iter().enumerate() {
+        let (w, h) = image::dimensions(bytes).map_err(|e| V2Error::bad(format!("input {name}[{i}]: {e}")))?;
+        total = total.saturating_add(u64::from(w) * u64::from(h));
+        if total > limits.max_request_pixels {
+            return Err(V2Error::bad(format!(
+                "input {name}: the images hold more than {} pixels together (the per-request limit)",
+                limits.max_request_pixels
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn image_bytes(name: &str, i: usize, item: &Value) -> Result<Vec<u8>, V2Error> {
     let text = match item {
         Value::String(s) => s.as_str(),
         Value::Object(o) => o
@@ -247,11 +320,9 @@ fn image_tensor(model: &Classifier, name: &str, i: usize, item: &Value, max_pixe
             .ok_or_else(|| V2Error::bad(format!("input {name}[{i}]: expected a base64 string or {{\"b64\": ...}}")))?,
         _ => return Err(V2Error::bad(format!("input {name}[{i}]: expected a base64 string"))),
     };
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|e| V2Error::bad(format!("input {name}[{i}]: not valid base64: {e}")))?;
-    let img = image::decode(&bytes, max_pixels).map_err(|e| V2Error::bad(format!("input {name}[{i}]: {e}")))?;
-    image::preprocess(&img, &model.preprocess).map_err(|e| V2Error::bad(format!("input {name}[{i}]: {e}")))
+        .map_err(|e| V2Error::bad(format!("input {name}[{i}]: not valid base64: {e}")))
 }
 
 fn flatten(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
@@ -308,12 +379,11 @@ fn outputs(
     let n = logits.len();
     let (mut labels, mut scores, mut ids) = (vec![], vec![], vec![]);
     for row in logits {
-        let p = softmax(row);
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-        for &i in &order[..k] {
-            labels.push(json!(model.labels[i]));
-            scores.push(json!(p[i]));
+        let mut ranked: Vec<(usize, f32)> = softmax(row).into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for &(i, prob) in ranked.iter().take(k) {
+            labels.push(json!(model.labels.get(i)));
+            scores.push(json!(prob));
             ids.push(json!(i));
         }
     }

@@ -4,27 +4,35 @@
 //! Every generation request leases the live slot once (router.rs); every response names the slot and version
 //! that served it in `x-teal-slot` / `x-teal-model-version`.
 
+#![deny(clippy::indexing_slicing)]
+
 pub mod admin;
+pub mod body;
 mod embeddings;
 pub mod error;
 mod generate;
 mod health;
 mod kserve;
+pub mod limits;
 mod openai;
 pub mod openai_types;
+mod prompt;
 pub mod sessions;
 
+use crate::lifecycle::ControllerHealth;
+use crate::net::shutdown::ShutdownSignal;
 use crate::router::{LiveRouter, SlotLease};
 use crate::telemetry::Metrics;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use body::BodyRules;
+pub use body::JsonBody;
 use error::ApiError;
-use serde::de::DeserializeOwned;
+use limits::{CpuPool, RequestLimits};
 use std::sync::Arc;
 
 /// Shared by every handler.
@@ -39,9 +47,14 @@ pub struct AppState {
     pub session_fail_open: bool,
     /// Largest stored history plus new messages, in bytes (413 past it).
     pub max_session_bytes: usize,
-    pub max_body_bytes: usize,
-    /// Largest image (width x height) the classification route decodes.
-    pub max_image_pixels: u64,
+    /// What one request may cost (bodies, prompts, stop lists, images).
+    pub limits: Arc<RequestLimits>,
+    /// Where tokenizing, chat templates and image decoding run (bounded; 429 when saturated).
+    pub cpu: Arc<CpuPool>,
+    /// Whether the lifecycle controller runs (/health/live answers 503 when it stopped).
+    pub control: Arc<ControllerHealth>,
+    /// Streams end with an error event at the shutdown deadline.
+    pub shutdown: ShutdownSignal,
     /// Log prompts and messages (off by default: prompts are user data).
     pub log_prompts: bool,
     pub started_at: u64,
@@ -73,34 +86,12 @@ impl ServedBy {
     }
 }
 
-/// A JSON body whose rejections are OpenAI-shaped: 413 past the size limit, 400 for malformed JSON.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_json(format!("could not read the request body: {e}"))
-            }
-        })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::bad_json(format!("invalid JSON body: {e}")))
-    }
-}
-
-/// The body limit in force, so the 413 message can state it.
-#[derive(Clone, Copy)]
-struct BodyLimit(usize);
-
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let endpoint =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let mut req = req;
-    req.extensions_mut().insert(BodyLimit(state.max_body_bytes));
+    req.extensions_mut()
+        .insert(BodyRules { max_bytes: state.limits.max_body_bytes, timeout: state.limits.body_timeout });
     let mut resp = next.run(req).await;
     // Routes that did not lease a slot (errors, health, model list) name the slot live now.
     let served = resp.extensions().get::<ServedBy>().cloned().or_else(|| {
@@ -125,6 +116,24 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
     resp
 }
 
+/// 404 and 405 in the protocol's own shape: `{"error": "..."}` under /v2, OpenAI's elsewhere.
+fn route_error(path: &str, status: axum::http::StatusCode, message: &str) -> Response {
+    if path == "/v2" || path.starts_with("/v2/") {
+        return (status, axum::Json(serde_json::json!({"error": message}))).into_response();
+    }
+    let code = if status == axum::http::StatusCode::METHOD_NOT_ALLOWED { "method_not_allowed" } else { "not_found" };
+    ApiError::new(status, "invalid_request_error", message).with_code(code).into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    route_error(uri.path(), axum::http::StatusCode::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let msg = format!("{method} is not allowed on {}", uri.path());
+    route_error(uri.path(), axum::http::StatusCode::METHOD_NOT_ALLOWED, &msg)
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
@@ -139,12 +148,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{name}/infer", post(kserve::infer))
         .route("/v2/models/{name}/versions/{version}", get(kserve::version_metadata))
         .route("/v2/models/{name}/versions/{version}/infer", post(kserve::version_infer))
+        .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .fallback(health::not_found)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn(body::request_id))
         .with_state(state)
 }

@@ -2,10 +2,16 @@
 //! Parsing and prompt building happen here (tokenization off the async runtime); generation is shared
 //! (generate.rs).
 
+#![deny(clippy::indexing_slicing)]
+
+use super::body::RequestId;
 use super::error::ApiError;
 use super::generate::{self, Collected, Shape, TokenOut};
 use super::openai_types::*;
-use super::{sessions, AppState, JsonBody};
+use super::{prompt, sessions, AppState, JsonBody};
+
+/// Most messages in one chat request.
+const MAX_MESSAGES: usize = 4096;
 use crate::engine::request::FinishReason;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
@@ -43,6 +49,7 @@ fn llm<'a>(lease: &'a SlotLease, route: &str) -> Result<&'a Engine, ApiError> {
 
 /// Finishes a generation response: stream or JSON, with the slot headers of the lease that served it.
 async fn respond(
+    state: &AppState,
     served: super::ServedBy,
     rx: tokio::sync::mpsc::UnboundedReceiver<crate::engine::request::Event>,
     shape: impl Shape + FullShape,
@@ -50,17 +57,40 @@ async fn respond(
     finisher: Option<generate::Finisher>,
 ) -> Result<Response, ApiError> {
     let mut resp = match stream {
-        Some(include_usage) => generate::stream(rx, shape, include_usage, finisher),
+        Some(include_usage) => generate::stream(rx, shape, include_usage, finisher, state.shutdown.clone()),
         None => {
             let done = generate::collect(rx).await?;
-            if let Some(f) = finisher {
-                f(done.text.clone()).await?;
+            let warning = match finisher {
+                Some(f) => f(done.text.clone()).await?,
+                None => None,
+            };
+            let mut resp = Json(shape.full(done)).into_response();
+            if let Some(w) = warning {
+                sessions::warn_header(&mut resp, &w);
             }
-            Json(shape.full(done)).into_response()
+            resp
         }
     };
     resp.extensions_mut().insert(served);
     Ok(resp)
+}
+
+/// What bounds this engine's sampling parameters.
+fn bounds(state: &AppState, engine: &Engine) -> generate::Bounds {
+    generate::Bounds {
+        max_total: engine.max_request_tokens(),
+        vocab: engine.model().llama.config().vocab_size,
+        max_stop_token_ids: state.limits.max_stop_token_ids,
+    }
+}
+
+/// A finished answer as the engine would have sent it (a replayed session turn).
+fn replayed(text: String) -> tokio::sync::mpsc::UnboundedReceiver<crate::engine::request::Event> {
+    use crate::engine::request::Event;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = tx.send(Event::Token { id: 0, text, logprob: None });
+    let _ = tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 0, completion_tokens: 0 });
+    rx
 }
 
 /// The whole (non-streamed) body of an endpoint.
@@ -97,12 +127,16 @@ fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
 pub async fn chat(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
+    request_id: Option<axum::Extension<RequestId>>,
     JsonBody(mut req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let requested = sessions::requested(&headers, req.session_id.take(), req.session)?;
     let lease = lease_in(&state, &req.model, requested.as_ref().map(|(id, _)| id.as_str()))?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    if req.messages.len() > MAX_MESSAGES {
+        return Err(ApiError::invalid("messages", format!("at most {MAX_MESSAGES} messages per request")));
     }
     let top = match (req.logprobs, req.top_logprobs) {
         (_, Some(n)) if !(0..=20).contains(&n) => {
@@ -115,10 +149,22 @@ pub async fn chat(
         (false, _) => None,
     };
     let new_messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
+    let engine = llm(&lease, "/v1/chat/completions")?;
+    let model = engine.model().clone();
+    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
+    let rid = request_id.map(|r| r.0 .0);
     let session = match requested {
-        Some((id, new)) => Some(sessions::open(&state, id, new).await?),
+        Some((id, new)) => Some(sessions::open(&state, id, new, rid).await?),
         None => None,
     };
+    if let Some(s) = session.as_ref().filter(|s| s.replay.is_some()) {
+        // A retry of a turn that is stored already: the same answer again, stored once.
+        let shape = ChatShape::new(state.served_name(&lease), lease.resident().lease(), model, false);
+        let rx = replayed(s.replay.clone().unwrap_or_default());
+        let mut resp = respond(&state, super::ServedBy::of(&lease), rx, shape, stream, None).await?;
+        s.stamp(&mut resp);
+        return Ok(resp);
+    }
     let mut messages = session.as_ref().map(|s| s.history_messages()).unwrap_or_default();
     if session.is_some() {
         sessions::check_size(&state, &messages, &new_messages)?;
@@ -128,10 +174,8 @@ pub async fn chat(
     if state.log_prompts {
         tracing::info!(messages = ?messages, "chat request");
     }
-    let engine = llm(&lease, "/v1/chat/completions")?;
-    let model = engine.model().clone();
-    let prompt = render_chat(model.clone(), messages).await?;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())
+    let prompt = prompt::chat_tokens(&state, engine, messages).await.map_err(|e| with_history_note(e, stored))?;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(&state, engine))
         .map_err(|e| with_history_note(e, stored))?;
     let rx = engine.submit(prompt, params)?;
     let served = super::ServedBy::of(&lease);
@@ -143,26 +187,11 @@ pub async fn chat(
         finish
     });
     let shape = ChatShape::new(state.served_name(&lease), lease, model, top.is_some());
-    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    let mut resp = respond(served, rx, shape, stream, finisher).await?;
+    let mut resp = respond(&state, served, rx, shape, stream, finisher).await?;
     if let Some(s) = &session {
         s.stamp(&mut resp);
     }
     Ok(resp)
-}
-
-/// Renders the conversation with the leased model's own chat template and tokenizes it (off the runtime).
-async fn render_chat(model: Arc<Model>, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
-    tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
-        let tmpl = model
-            .chat_template
-            .as_ref()
-            .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
-        let text = tmpl.render(&messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token)?;
-        Ok(model.tokenizer.encode(&text, false)?)
-    })
-    .await
-    .map_err(ApiError::internal)?
 }
 
 /// Says that a context overflow includes the session's stored history.
@@ -259,25 +288,6 @@ impl Shape for ChatShape {
     }
 }
 
-fn completion_prompt(model: &Model, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
-    let tok = &model.tokenizer;
-    let ids = match prompt {
-        Prompt::Text(t) => tok.encode(&t, true)?,
-        Prompt::Texts(v) if v.len() == 1 => tok.encode(&v[0], true)?,
-        Prompt::Ids(ids) => ids,
-        Prompt::IdLists(mut v) if v.len() == 1 => v.remove(0),
-        _ => return Err(ApiError::invalid("prompt", "only one prompt per request is supported")),
-    };
-    let vocab = model.llama.config().vocab_size as u32;
-    if ids.is_empty() {
-        return Err(ApiError::invalid("prompt", "prompt must not be empty"));
-    }
-    if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
-        return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary (size {vocab})")));
-    }
-    Ok(ids)
-}
-
 pub async fn completions(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CompletionRequest>,
@@ -303,12 +313,8 @@ pub async fn completions(
     }
     let engine = llm(&lease, "/v1/completions")?;
     let model = engine.model().clone();
-    let prompt_in = req.prompt;
-    let for_prompt = model.clone();
-    let prompt = tokio::task::spawn_blocking(move || completion_prompt(&for_prompt, prompt_in))
-        .await
-        .map_err(ApiError::internal)??;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), engine.max_request_tokens())?;
+    let prompt = prompt::completion_tokens(&state, engine, req.prompt).await?;
+    let params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(&state, engine))?;
     let rx = engine.submit(prompt, params)?;
     let served = super::ServedBy::of(&lease);
     let shape = CompletionShape {
@@ -321,7 +327,7 @@ pub async fn completions(
         offset: 0,
     };
     let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    respond(served, rx, shape, stream, None).await
+    respond(&state, served, rx, shape, stream, None).await
 }
 
 struct CompletionShape {

@@ -1,6 +1,8 @@
 //! OpenAI request and response bodies, field for field as the official SDKs send and expect them, plus the
 //! common extensions vLLM accepts (top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos).
 
+#![deny(clippy::indexing_slicing)]
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize)]

@@ -2,14 +2,23 @@
 //! `"session": true` and no id the server makes one), the stored history in front of the new messages, the turn
 //! stored before the reply is acknowledged, and GET / DELETE /v1/sessions/{id}.
 //!
+//! A session id the store does not hold is a 404 `session_not_found`: sessions are created by `POST
+//! /v1/sessions` or `"session": true`, so an expired or evicted conversation is never continued as if new. A
+//! request retried with the same `x-request-id` gets the stored reply again (`x-teal-session-replayed`) and is
+//! stored once.
+//!
 //! A store failure fails closed (503) by default; with `--session-fail-open` the request is served without
-//! history and carries `x-teal-session-warning`. Both are counted in teal_session_store_errors_total.
+//! history and says so: the `x-teal-session-warning` header and, when streaming, a chunk with empty `choices`
+//! and `teal.session_warning` before `[DONE]` (also when only storing the turn failed). Both are counted in
+//! teal_session_store_errors_total.
+
+#![deny(clippy::indexing_slicing)]
 
 use super::error::ApiError;
 use super::AppState;
 use crate::models::chat_template::ChatMessage;
 use crate::router::SlotLease;
-use crate::sessions::{self, Session, StoreError, StoredMessage};
+use crate::sessions::{self, Appended, Session, StoreError, StoredMessage, Turn};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,12 +31,22 @@ pub struct ActiveSession {
     pub history: Vec<StoredMessage>,
     /// Served without its history because the store failed (fail-open).
     pub degraded: Option<String>,
+    /// The request's id: the stored turn carries it, so a retry is recognised.
+    pub request_id: Option<String>,
+    /// This request id's turn is stored already: its reply, to send again instead of generating.
+    pub replay: Option<String>,
 }
 
 impl ActiveSession {
-    /// What storing the turn needs (the id and whether the store is degraded), without the history.
+    /// What storing the turn needs (the id, the request id and whether the store is degraded).
     pub fn clone_for_store(&self) -> ActiveSession {
-        ActiveSession { id: self.id.clone(), history: vec![], degraded: self.degraded.clone() }
+        ActiveSession {
+            id: self.id.clone(),
+            history: vec![],
+            degraded: self.degraded.clone(),
+            request_id: self.request_id.clone(),
+            replay: None,
+        }
     }
 
     pub fn history_messages(&self) -> Vec<ChatMessage> {
@@ -41,22 +60,42 @@ impl ActiveSession {
             h.insert("x-teal-session", v);
         }
         if let Some(w) = &self.degraded {
-            if let Ok(v) = HeaderValue::from_str(&format!("served without session history: {w}")) {
-                h.insert("x-teal-session-warning", v);
-            }
+            warn_header(resp, w);
+        }
+        if self.replay.is_some() {
+            resp.headers_mut().insert("x-teal-session-replayed", HeaderValue::from_static("true"));
         }
     }
 }
 
+/// Sets `x-teal-session-warning`.
+pub fn warn_header(resp: &mut Response, warning: &str) {
+    if let Ok(v) = HeaderValue::from_str(warning) {
+        resp.headers_mut().insert("x-teal-session-warning", v);
+    }
+}
+
+const DEGRADED: &str = "served without session history: the session store is unavailable";
+const NOT_STORED: &str = "this turn was not stored: the session store is unavailable";
+
+/// 503 (or 429 for a full in-memory store), counted; the store's own error goes to the log only.
 fn store_error(state: &AppState, op: &str, e: &StoreError) -> ApiError {
     state.metrics.session_errors.with_label_values(&[op]).inc();
     tracing::warn!(op, error = %e, "session store error");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-        format!("{e}; the session cannot be used now"),
-    )
-    .with_code("session_store_unavailable")
+    match e {
+        StoreError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string())
+            .with_code("session_store_full"),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "the session store is unavailable; the session cannot be used now",
+        )
+        .with_code("session_store_unavailable"),
+    }
+}
+
+fn fail_open(state: &AppState, e: &StoreError) -> bool {
+    state.session_fail_open && !matches!(e, StoreError::Full(_))
 }
 
 fn bad_id() -> ApiError {
@@ -84,26 +123,42 @@ pub fn requested(
     Ok(Some((id, false)))
 }
 
-/// Loads the history of the requested session.
-pub async fn open(state: &AppState, id: String, new: bool) -> Result<ActiveSession, ApiError> {
-    if new {
-        return Ok(ActiveSession { id, history: vec![], degraded: None });
-    }
-    match state.sessions.get(&id).await {
-        Ok(s) => {
-            let history = s.map(|s| s.messages).unwrap_or_default();
-            Ok(ActiveSession { id, history, degraded: None })
-        }
-        Err(e) if state.session_fail_open => {
-            let _ = store_error(state, "get", &e);
+/// Loads the history of the requested session (creating it first when the request asked for a new one).
+pub async fn open(
+    state: &AppState,
+    id: String,
+    new: bool,
+    request_id: Option<String>,
+) -> Result<ActiveSession, ApiError> {
+    let mut active = ActiveSession { id, history: vec![], degraded: None, request_id, replay: None };
+    let found = if new {
+        state.sessions.create(&active.id).await.map(|_| None)
+    } else {
+        state.sessions.get(&active.id).await.map(Some)
+    };
+    match found {
+        Ok(None) => {}
+        Ok(Some(None)) => return Err(not_found(&active.id)),
+        Ok(Some(Some(s))) => active.history = s.messages,
+        Err(e) if fail_open(state, &e) => {
+            let _ = store_error(state, if new { "create" } else { "get" }, &e);
             state.metrics.sessions_degraded.inc();
-            Ok(ActiveSession { id, history: vec![], degraded: Some(e.to_string()) })
+            active.degraded = Some(DEGRADED.into());
         }
-        Err(e) => Err(store_error(state, "get", &e)),
+        Err(e) => return Err(store_error(state, if new { "create" } else { "get" }, &e)),
     }
+    if let Some(rid) = &active.request_id {
+        active.replay = active
+            .history
+            .iter()
+            .find(|m| m.role == "assistant" && m.request_id.as_deref() == Some(rid))
+            .map(|m| m.content.clone());
+    }
+    Ok(active)
 }
 
-/// 413 when the stored history plus the new messages exceed the limit.
+/// 413 when the stored history plus the new messages exceed the limit (the store checks again, with the reply,
+/// when it appends).
 pub fn check_size(state: &AppState, history: &[ChatMessage], new: &[ChatMessage]) -> Result<(), ApiError> {
     let bytes: usize = history.iter().chain(new).map(|m| m.content.len() + m.role.len()).sum();
     if bytes > state.max_session_bytes {
@@ -117,45 +172,57 @@ pub fn check_size(state: &AppState, history: &[ChatMessage], new: &[ChatMessage]
     Ok(())
 }
 
-/// Stores the turn (the request's messages and the reply). Called before the reply is acknowledged.
+/// Stores the turn (the request's messages and the reply). Called before the reply is acknowledged. Returns the
+/// warning the client must see when the request was served in fail-open mode (history or storing lost).
 pub async fn store_turn(
     state: &AppState,
     session: &ActiveSession,
     new: &[ChatMessage],
     reply: &str,
     served: &SlotLease,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let at = sessions::now_ms();
-    let mut turn: Vec<StoredMessage> = new
-        .iter()
-        .map(|m| StoredMessage {
-            role: m.role.clone(),
-            content: m.content.clone(),
-            model: None,
-            version: None,
-            slot: None,
-            at,
-        })
-        .collect();
+    let message = |role: String, content: String| StoredMessage {
+        role,
+        content,
+        model: None,
+        version: None,
+        slot: None,
+        at,
+        request_id: None,
+    };
+    let mut turn: Vec<StoredMessage> = new.iter().map(|m| message(m.role.clone(), m.content.clone())).collect();
     turn.push(StoredMessage {
-        role: "assistant".into(),
-        content: reply.to_string(),
         model: Some(served.identity.name.clone()),
         version: Some(served.identity.version.clone()),
         slot: Some(served.slot.as_str().into()),
-        at,
+        request_id: session.request_id.clone(),
+        ..message("assistant".into(), reply.to_string())
     });
+    let turn = Turn { messages: turn, request_id: session.request_id.as_deref(), max_bytes: state.max_session_bytes };
     match state.sessions.append(&session.id, turn).await {
-        Ok(()) => {
+        Ok(Appended::Stored | Appended::Duplicate) => {
             state.router.touch_session(&session.id, served);
-            Ok(())
+            Ok(session.degraded.clone())
         }
-        Err(e) if state.session_fail_open => {
+        Ok(Appended::Missing) if session.degraded.is_some() => Ok(session.degraded.clone()),
+        Ok(Appended::Missing) => Err(not_found(&session.id)),
+        Ok(Appended::TooLarge) => Err(too_large(state.max_session_bytes)),
+        Err(e) if fail_open(state, &e) => {
             let _ = store_error(state, "append", &e);
-            Ok(())
+            Ok(Some(session.degraded.clone().unwrap_or_else(|| NOT_STORED.into())))
         }
         Err(e) => Err(store_error(state, "append", &e)),
     }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!("the session history would grow past the limit of {limit} bytes"),
+    )
+    .with_code("session_too_large")
 }
 
 fn checked(id: &str) -> Result<(), ApiError> {
@@ -167,8 +234,41 @@ fn checked(id: &str) -> Result<(), ApiError> {
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("no session {id}"))
-        .with_code("session_not_found")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "no session {id}: sessions are created by POST /v1/sessions or \"session\": true, and end when they \
+             expire, are evicted or are deleted"
+        ),
+    )
+    .with_code("session_not_found")
+}
+
+/// POST /v1/sessions: a new session, with the id the body names (`{"id": "..."}`) or a new random one.
+pub async fn create(State(state): State<AppState>, req: axum::extract::Request) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        id: Option<String>,
+    }
+    let bytes = super::body::read(req, true, true).await?;
+    let body: Body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Body::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_json(format!("invalid JSON body: {e}")))?
+    };
+    let id = body.id.unwrap_or_else(sessions::new_id);
+    checked(&id)?;
+    match state.sessions.create(&id).await {
+        Ok(true) => {
+            let v = serde_json::json!({"id": id, "object": "session", "created_at": sessions::now_ms() / 1000});
+            Ok((StatusCode::CREATED, Json(v)).into_response())
+        }
+        Ok(false) => Err(ApiError::new(StatusCode::CONFLICT, "invalid_request_error", format!("session {id} exists"))
+            .with_code("session_exists")),
+        Err(e) => Err(store_error(&state, "create", &e)),
+    }
 }
 
 /// GET /v1/sessions/{id}

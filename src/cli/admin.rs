@@ -85,6 +85,11 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Cancel a running operation (load, park, wake): its slot fails with "cancelled by the operator"
+    Cancel {
+        /// Operation id (op-N)
+        operation: String,
+    },
     /// Wait for an operation to finish, or for a slot to reach a state
     Wait {
         /// Operation id (op-N)
@@ -207,6 +212,10 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
         AdminCommand::Park { slot } => park_or_wake(c, &slot, "park", as_json).await?,
         AdminCommand::Wake { slot } => park_or_wake(c, &slot, "wake", as_json).await?,
         AdminCommand::Events { follow, after } => events(c, follow, after, as_json).await?,
+        AdminCommand::Cancel { operation } => {
+            let v = c.call(Method::POST, &format!("/admin/operations/{operation}/cancel"), None).await?;
+            print_or(as_json, &v, operation_line);
+        }
         AdminCommand::Wait { operation, slot, state, timeout_s } => {
             let limit = Duration::from_secs(timeout_s);
             match (operation, slot) {

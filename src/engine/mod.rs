@@ -14,7 +14,7 @@ use crate::error::{Result, TealError};
 use crate::models::Model;
 use crate::telemetry::EngineMetrics;
 use request::{Event, GenRequest, SamplingParams};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,12 +52,17 @@ pub enum SubmitError {
     QueueFull(usize),
     #[error("the engine has stopped")]
     Stopped,
+    /// The prompt plus max_tokens can never fit this engine (its context or KV pool): refused, never queued.
+    #[error("{tokens} tokens ({prompt} in the prompt, {new} to generate) exceed this model's limit of {limit} tokens")]
+    TooLong { tokens: usize, prompt: usize, new: usize, limit: usize },
 }
 
 pub struct Engine {
     model: Arc<Model>,
     tx: Mutex<Option<Sender<GenRequest>>>,
     pending: Arc<AtomicUsize>,
+    /// Set by `abort`: the worker fails everything it holds and stops.
+    aborted: Arc<AtomicBool>,
     config: EngineConfig,
     thread: Mutex<Option<JoinHandle<()>>>,
     kv_capacity: usize,
@@ -82,11 +87,13 @@ impl Engine {
         let (kv_capacity, kv_bytes) = (pool.capacity_tokens(), pool.bytes());
         let (tx, rx) = std::sync::mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
+        let aborted = Arc::new(AtomicBool::new(false));
         let worker = worker::Worker {
             model: model.clone(),
             pool,
             rx,
             pending: pending.clone(),
+            aborted: aborted.clone(),
             limits: scheduler::Limits {
                 block_size: config.block_size,
                 max_seqs: config.max_batch_size,
@@ -104,6 +111,7 @@ impl Engine {
             model,
             tx: Mutex::new(Some(tx)),
             pending,
+            aborted,
             config,
             thread: Mutex::new(Some(thread)),
             kv_capacity,
@@ -128,9 +136,10 @@ impl Engine {
         self.kv_bytes
     }
 
-    /// The longest prompt + completion one request may ask for.
+    /// The longest prompt + completion one request may ask for (what fits the context and the KV pool beside one
+    /// block of slack, so a lone request can always be admitted).
     pub fn max_request_tokens(&self) -> usize {
-        self.model.max_context.min(self.kv_capacity - self.config.block_size)
+        self.model.max_context.min(self.kv_capacity.saturating_sub(self.config.block_size))
     }
 
     /// Queues a tokenized request. The receiver yields its tokens; dropping it cancels the request.
@@ -146,6 +155,16 @@ impl Engine {
         limit: usize,
         internal: bool,
     ) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let (prompt_len, new) = (prompt.len(), params.max_tokens);
+        let max = self.max_request_tokens();
+        if prompt_len.saturating_add(new) > max {
+            return Err(SubmitError::TooLong {
+                tokens: prompt_len.saturating_add(new),
+                prompt: prompt_len,
+                new,
+                limit: max,
+            });
+        }
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(SubmitError::Stopped)?;
         let pending = self.pending.fetch_add(1, Ordering::AcqRel);
         if pending >= limit {
@@ -169,6 +188,13 @@ impl Engine {
         params: SamplingParams,
     ) -> Result<UnboundedReceiver<Event>, SubmitError> {
         self.enqueue(prompt, params, usize::MAX, true)
+    }
+
+    /// Stops at once without blocking: new requests are refused and every queued or running one ends with an
+    /// error (a cancelled standby; whoever waits on its requests returns).
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Stops accepting requests and waits for the engine to finish the ones it has. Blocking.

@@ -11,7 +11,7 @@ use crate::models::paged_attention::AttnMeta;
 use crate::models::Model;
 use crate::telemetry::EngineMetrics;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +22,8 @@ pub(super) struct Worker {
     pub rx: Receiver<GenRequest>,
     /// Requests submitted but not yet admitted (shared with the handle, which refuses past the limit).
     pub pending: Arc<AtomicUsize>,
+    /// Set by `Engine::abort`: fail everything held, then stop once the handle's sender is gone.
+    pub aborted: Arc<AtomicBool>,
     pub limits: Limits,
     pub metrics: EngineMetrics,
     pub waiting: VecDeque<Queued>,
@@ -46,6 +48,10 @@ impl Worker {
             while let Ok(r) = self.rx.try_recv() {
                 self.enqueue(r);
             }
+            if self.aborted.load(Ordering::Acquire) {
+                self.fail_all("the model version was stopped (its operation was cancelled or timed out)");
+                continue;
+            }
             self.drop_cancelled();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
             let err = match outcome {
@@ -62,6 +68,18 @@ impl Worker {
             self.publish_gauges();
         }
         tracing::info!("engine stopped");
+    }
+
+    /// Ends every waiting and running sequence with `why` (their KV blocks return to the pool on drop).
+    fn fail_all(&mut self, why: &str) {
+        let fresh = self.waiting.iter().filter(|q| q.fresh).count();
+        self.pending.fetch_sub(fresh, Ordering::AcqRel);
+        for q in self.waiting.drain(..) {
+            q.seq.send_error(why);
+        }
+        for s in self.running.drain(..) {
+            s.send_error(why);
+        }
     }
 
     fn enqueue(&mut self, req: GenRequest) {

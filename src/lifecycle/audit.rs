@@ -118,7 +118,8 @@ impl AuditLog {
             inner.events.pop_front();
         }
         let _ = self.tx.send(ev.clone());
-        tracing::info!(action = %ev.action, slot = ?ev.slot, outcome = %ev.outcome, reason = ?ev.reason, "audit");
+        let (slot, reason) = (ev.slot.as_deref().unwrap_or("-"), ev.reason.as_deref().unwrap_or(""));
+        tracing::info!(action = %ev.action, slot, outcome = %ev.outcome, reason, "audit");
         ev
     }
 

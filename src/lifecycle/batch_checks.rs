@@ -21,7 +21,7 @@ use crate::models::embedding::Embedder;
 use crate::models::image;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// An image file (inside the model directory) and the label its top-1 must be.
@@ -205,13 +205,11 @@ fn health(cfg: &GatesConfig, p: &Probe) -> GateResult {
     }
 }
 
-/// `name` inside `dir` (no absolute paths, no `..`).
-fn inside(dir: &Path, name: &str) -> std::result::Result<PathBuf, String> {
-    let p = Path::new(name);
-    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("{name}: must be a path inside the model directory"));
-    }
-    Ok(dir.join(p))
+/// The bytes of a file the gates name, inside the model directory and under the golden-image size cap.
+fn golden_file(dir: &Path, name: &str) -> std::result::Result<Vec<u8>, String> {
+    use crate::models::files::{ModelDir, MAX_GOLDEN_IMAGE_BYTES};
+    let dir = ModelDir::of(dir).map_err(|e| e.to_string())?;
+    dir.read(name, MAX_GOLDEN_IMAGE_BYTES).map_err(|e| e.to_string())?.ok_or_else(|| format!("{name}: missing"))
 }
 
 fn golden(cfg: &GatesConfig, p: &Probe, dir: &Path) -> GateResult {
@@ -240,14 +238,14 @@ fn golden(cfg: &GatesConfig, p: &Probe, dir: &Path) -> GateResult {
 }
 
 fn golden_image(b: &Batcher<Classifier>, g: &GoldenImage, dir: &Path) -> std::result::Result<(), String> {
-    let path = inside(dir, &g.image)?;
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", g.image))?;
+    let bytes = golden_file(dir, &g.image)?;
     let m = b.model();
     let img = image::decode(&bytes, 100_000_000).map_err(|e| format!("{}: {e}", g.image))?;
     let x = image::preprocess(&img, &m.preprocess).map_err(|e| format!("{}: {e}", g.image))?;
     let logits = b.infer_blocking(vec![x]).map_err(|e| e.to_string())?;
-    let top = logits[0].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
-    let got = &m.labels[top];
+    let row = logits.first().ok_or("the classifier returned no output")?;
+    let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+    let got = m.labels.get(top).ok_or("the classifier returned more classes than it has labels")?;
     if *got == g.top1 {
         Ok(())
     } else {

@@ -162,6 +162,37 @@ impl Default for AgreementGate {
     }
 }
 
+impl GatesConfig {
+    /// Caps on every count and size a load request can set, so a gate cannot be asked for unbounded work (the
+    /// stage timeout is the backstop).
+    pub fn validate(&self) -> Result<(), String> {
+        use super::spec::cap;
+        const TOKENS: usize = 4096;
+        cap("golden.cases", self.golden.cases.len(), 1000)?;
+        cap("golden.max_tokens", self.golden.max_tokens, TOKENS)?;
+        for c in &self.golden.cases {
+            cap("golden.cases[].max_tokens", c.max_tokens.unwrap_or(0), TOKENS)?;
+            cap("golden.cases[].expect_tokens", c.expect_tokens.as_ref().map_or(0, Vec::len), TOKENS)?;
+            cap("golden.cases[].messages", c.messages.as_ref().map_or(0, Vec::len), 256)?;
+        }
+        cap("smoke.requests", self.smoke.requests, 10_000)?;
+        cap("smoke.concurrency", self.smoke.concurrency, 256)?;
+        cap("smoke.max_tokens", self.smoke.max_tokens, TOKENS)?;
+        cap("latency.requests", self.latency.requests, 10_000)?;
+        cap("latency.concurrency", self.latency.concurrency, 256)?;
+        cap("latency.max_tokens", self.latency.max_tokens, TOKENS)?;
+        cap("agreement.max_tokens", self.agreement.max_tokens, TOKENS)?;
+        cap("golden_images", self.golden_images.len(), 256)?;
+        cap("golden_pairs", self.golden_pairs.len(), 1000)?;
+        let unit = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        let temp = self.smoke.temperature;
+        if !unit(self.golden.threshold) || !self.agreement.threshold.is_none_or(unit) || !(0.0..=2.0).contains(&temp) {
+            return Err("gates: thresholds must be within 0..=1 and smoke.temperature within 0..=2".into());
+        }
+        Ok(())
+    }
+}
+
 /// One gate's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct GateResult {

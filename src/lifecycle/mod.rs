@@ -3,27 +3,32 @@
 //! over oneshots, so two operations can never both pass the same check. Long work (loading, warm-up, gates)
 //! runs on a blocking thread (pipeline.rs) that reports back to the controller as further commands.
 //!
-//! state.rs: the pure transition function. spec.rs: model paths and per-model settings. warmup.rs, gates.rs,
-//! probe.rs: what runs on a standby before it may go live. audit.rs: the persisted audit log.
+//! state.rs: the pure transition function. spec.rs: model paths and per-model settings. prepare.rs: what a load
+//! request resolves to, worked out off the controller (model files are untrusted). guard.rs: the threads that
+//! touch model files. warmup.rs, gates.rs, probe.rs: what runs on a standby before it may go live. audit.rs: the
+//! persisted audit log.
+//!
+//! The controller cannot die silently: `Lifecycle::start` watches its task, and `ControllerHealth` tells the
+//! server (which then exits non-zero, and /health/live answers 503) if it ever stops without being asked to.
 
 mod actor;
 pub mod audit;
 pub mod batch_checks;
 pub mod gates;
+pub mod guard;
 pub mod park;
 mod pipeline;
+pub mod prepare;
 pub mod probe;
 pub mod spec;
 pub mod state;
 pub mod warmup;
 
-use crate::engine::EngineConfig;
 use crate::router::{LiveRouter, Resident, SlotName};
 use crate::telemetry::Metrics;
 use audit::AuditLog;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,6 +83,8 @@ pub struct LoadRequest {
     pub warmup: Option<Value>,
     /// Overrides of the model's `[gates.*]` settings.
     pub gates: Option<Value>,
+    /// Overrides of the model's `[timeouts]` (load_s, warmup_s, gates_s).
+    pub timeouts: Option<Value>,
 }
 
 /// POST /admin/flip.
@@ -134,6 +141,8 @@ pub struct Operation {
     pub gates_passed: Option<bool>,
     /// Whether the load asked the slot to go live when its gates pass (startup loads).
     pub go_live: bool,
+    /// The stage limits in force (from the model's teal.toml and the request).
+    pub timeouts: Option<spec::Timeouts>,
 }
 
 impl Operation {
@@ -147,13 +156,10 @@ pub struct Context {
     pub router: Arc<LiveRouter>,
     pub audit: Arc<AuditLog>,
     pub metrics: Metrics,
-    pub engine: EngineConfig,
     /// Dynamic batching of the embedding and image kinds.
     pub batch: crate::batcher::BatchConfig,
-    pub models_dir: PathBuf,
-    /// Default device per slot (blue, green) and dtype.
-    pub devices: [String; 2],
-    pub dtype: String,
+    /// The model root, default devices and dtype, and the engine settings every load starts from.
+    pub defaults: Arc<prepare::LoadDefaults>,
     pub budgets: crate::memory::Budgets,
     /// Identical weights are held once per device.
     pub registry: crate::models::shared::TensorRegistry,
@@ -164,9 +170,14 @@ pub struct Context {
 pub(crate) enum Command {
     Load {
         slot: SlotName,
-        req: LoadRequest,
-        trusted: bool,
+        model: String,
+        prepared: Box<prepare::Prepared>,
         go_live: bool,
+        reply: oneshot::Sender<Result<Operation, AdminError>>,
+    },
+    /// Cancel a running operation (an operator's request, or a stage timeout inside the controller).
+    Cancel {
+        id: String,
         reply: oneshot::Sender<Result<Operation, AdminError>>,
     },
     Flip {
@@ -202,20 +213,78 @@ pub(crate) enum Command {
     },
 }
 
+/// Whether the controller task still runs. If it stops without a shutdown, the reason is kept and every waiter
+/// of `stopped` wakes: the server then exits non-zero (an orchestrator restarts it) instead of serving with a dead
+/// control plane.
+#[derive(Default)]
+pub struct ControllerHealth {
+    dead: std::sync::Mutex<Option<String>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ControllerHealth {
+    pub fn alive(&self) -> bool {
+        self.dead.lock().map(|d| d.is_none()).unwrap_or(false)
+    }
+
+    /// Records that the controller stopped, and why.
+    pub fn fail(&self, reason: String) {
+        tracing::error!(%reason, "the lifecycle controller stopped");
+        if let Ok(mut d) = self.dead.lock() {
+            d.get_or_insert(reason);
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves with the reason once the controller has stopped unexpectedly.
+    pub async fn stopped(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(r) = self.dead.lock().ok().and_then(|d| d.clone()) {
+                return r;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Watches the controller's task: a panic or a return that was not a requested shutdown marks it dead.
+fn supervise(task: tokio::task::JoinHandle<bool>, health: Arc<ControllerHealth>) {
+    tokio::spawn(async move {
+        match task.await {
+            Ok(true) => {}
+            Ok(false) => health.fail("the controller's command channel closed".into()),
+            Err(e) if e.is_panic() => {
+                health.fail(format!("the controller panicked: {}", guard::panic_text(e.into_panic().as_ref())))
+            }
+            Err(e) => health.fail(format!("the controller task ended: {e}")),
+        }
+    });
+}
+
 /// The handle the admin API and the server hold; cheap to clone.
 #[derive(Clone)]
 pub struct Lifecycle {
     tx: mpsc::UnboundedSender<Command>,
     pub router: Arc<LiveRouter>,
     pub audit: Arc<AuditLog>,
+    pub health: Arc<ControllerHealth>,
+    defaults: Arc<prepare::LoadDefaults>,
 }
 
 impl Lifecycle {
-    /// Starts the controller task.
+    /// Starts the controller task and its supervisor.
     pub fn start(ctx: Context) -> Lifecycle {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = Lifecycle { tx: tx.clone(), router: ctx.router.clone(), audit: ctx.audit.clone() };
-        tokio::spawn(actor::Controller::new(ctx, tx).run(rx));
+        let health = Arc::new(ControllerHealth::default());
+        let handle = Lifecycle {
+            tx: tx.clone(),
+            router: ctx.router.clone(),
+            audit: ctx.audit.clone(),
+            health: health.clone(),
+            defaults: ctx.defaults.clone(),
+        };
+        supervise(tokio::spawn(actor::Controller::new(ctx, tx).run(rx)), health);
         handle
     }
 
@@ -225,7 +294,8 @@ impl Lifecycle {
         rx.await.map_err(|_| AdminError::Unavailable("the server is shutting down".into()))
     }
 
-    /// Starts a load into `slot`; `trusted` skips the model-root check (paths from the command line).
+    /// Starts a load into `slot`; `trusted` skips the model-root check (paths from the command line). The
+    /// request is resolved and the model's headers read off the controller first (prepare.rs).
     pub async fn load(
         &self,
         slot: SlotName,
@@ -233,7 +303,15 @@ impl Lifecycle {
         trusted: bool,
         go_live: bool,
     ) -> Result<Operation, AdminError> {
-        self.ask(|reply| Command::Load { slot, req, trusted, go_live, reply }).await?
+        let model = req.model.clone();
+        let index = usize::from(slot == SlotName::Green);
+        let prepared = Box::new(prepare::prepare(self.defaults.clone(), index, req, trusted).await?);
+        self.ask(|reply| Command::Load { slot, model, prepared, go_live, reply }).await?
+    }
+
+    /// Cancels a running operation: its slot fails with "cancelled by the operator" and frees what it held.
+    pub async fn cancel(&self, id: String) -> Result<Operation, AdminError> {
+        self.ask(|reply| Command::Cancel { id, reply }).await?
     }
 
     pub async fn flip(&self, req: FlipRequest) -> Result<FlipOutcome, AdminError> {
@@ -293,5 +371,28 @@ impl Lifecycle {
     /// Stops routing and hands back every resident version so the caller can stop their engines.
     pub async fn shutdown(&self) -> Vec<Arc<Resident>> {
         self.ask(|reply| Command::Shutdown { reply }).await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_controller_that_panics_or_ends_unasked_is_reported_dead() {
+        let health = Arc::new(ControllerHealth::default());
+        assert!(health.alive());
+        supervise(tokio::spawn(async { panic!("a bug") }), health.clone());
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), health.stopped()).await.unwrap();
+        assert!(why.contains("panicked: a bug"), "{why}");
+        assert!(!health.alive());
+        let ended = Arc::new(ControllerHealth::default());
+        supervise(tokio::spawn(async { false }), ended.clone());
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), ended.stopped()).await.unwrap();
+        assert!(why.contains("channel closed"), "{why}");
+        let asked = Arc::new(ControllerHealth::default());
+        supervise(tokio::spawn(async { true }), asked.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(asked.alive(), "a requested shutdown is not a death");
     }
 }

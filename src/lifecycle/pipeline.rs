@@ -2,10 +2,12 @@
 //! gates. It writes no slot state; it reports each stage to the controller, which decides what the slot becomes.
 //! A panic anywhere in here fails the load with a reason instead of touching the live slot.
 
+use super::actor::CancelFlag;
 use super::batch_checks;
 use super::gates::{self, GateReport};
+use super::prepare::Prepared;
 use super::warmup::{self, WarmupConfig, WarmupReport};
-use super::{spec, Command};
+use super::Command;
 use crate::backend::{Backend, ModelKind};
 use crate::batcher::{BatchConfig, Batcher};
 use crate::engine::{Engine, EngineConfig};
@@ -14,8 +16,6 @@ use crate::models::embedding::Embedder;
 use crate::models::{self, LoadOptions};
 use crate::router::{LiveRouter, ModelIdentity, Resident, SlotName};
 use crate::telemetry::Metrics;
-use candle_core::{DType, Device};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -67,18 +67,15 @@ pub(crate) struct Job {
     pub op: String,
     pub slot: SlotName,
     pub load_id: u64,
-    pub path: PathBuf,
-    pub version: Option<String>,
-    pub device_label: String,
-    pub device: Device,
-    pub dtype: Option<DType>,
+    /// The request resolved and its settings merged (prepare.rs).
+    pub prepared: Prepared,
     pub engine: EngineConfig,
     pub batch: BatchConfig,
     pub metrics: Metrics,
-    pub warmup_over: Option<Value>,
-    pub gates_over: Option<Value>,
     pub router: Arc<LiveRouter>,
     pub registry: crate::models::shared::TensorRegistry,
+    /// Set when the operation is cancelled or timed out: stop at the next stage.
+    pub cancel: CancelFlag,
     pub tx: UnboundedSender<Command>,
 }
 
@@ -97,52 +94,61 @@ impl Job {
         let reason = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(reason)) => reason,
-            Err(_) => "internal error while loading (panic)".to_string(),
+            Err(p) => format!("internal error while loading (panic: {})", super::guard::panic_text(p.as_ref())),
         };
         self.send(Report::Failed { op: self.op.clone(), reason });
     }
 
+    /// Err when the operation was cancelled (the controller has already failed the slot).
+    fn check_cancel(&self) -> Result<(), String> {
+        if self.cancel.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("cancelled".into());
+        }
+        Ok(())
+    }
+
     fn stages(&self) -> Result<(), String> {
         let t0 = Instant::now();
-        let settings = spec::read_model_toml(&self.path)?;
-        let kind = models::detect_kind(&self.path, settings.kind.as_deref()).map_err(|e| e.to_string())?;
-        let (warm_cfg, gate_cfg) =
-            spec::effective_settings(&settings, self.warmup_over.clone(), self.gates_over.clone())?;
-        let files = models::weight_files(&self.path).map_err(|e| e.to_string())?;
-        let (digest, weights_bytes) = digest_files(&files, &|p| self.progress(p * 0.5))?;
-        let version = self.version.clone().or(settings.version.clone()).unwrap_or_else(|| digest[..12].to_string());
-        let name = model_name(&self.path);
+        let (p, s) = (&self.prepared, &self.prepared.settings);
+        let files = models::weight_files(&p.path).map_err(|e| e.to_string())?;
+        let (digest, weights_bytes) = digest_files(&files, &|f| self.progress(f * 0.5), &self.cancel)?;
+        let short = digest.get(..12).unwrap_or(&digest).to_string();
+        let version = s.version.clone().unwrap_or(short);
+        let name = model_name(&p.path);
         let metrics = self.metrics.for_slot(&name, self.slot.as_str(), &version);
-        let (backend, format) = self.start_backend(kind, &settings, metrics)?;
+        self.check_cancel()?;
+        let (backend, format) = self.start_backend(metrics)?;
+        self.check_cancel()?;
         let identity = ModelIdentity {
             name,
             version,
-            source: self.path.clone(),
+            source: p.path.clone(),
             digest: format!("sha256:{digest}"),
-            device: self.device_label.clone(),
+            device: p.device_label.clone(),
             format,
-            kind,
+            kind: s.kind,
         };
         let resident = Arc::new(Resident::new(self.load_id, self.slot, identity, backend));
         let seconds = t0.elapsed().as_secs_f64();
-        let warm = warm_cfg.clone();
+        let warm = s.warmup.clone();
         self.send(Report::Loaded { op: self.op.clone(), resident: resident.clone(), seconds, weights_bytes, warm });
 
         let report = match resident.engine() {
-            Some(engine) => warmup::run(engine, &warm_cfg, &|p| self.progress(p)),
-            None => batch_checks::warm(&resident.backend, &warm_cfg, &|p| self.progress(p)),
+            Some(engine) => warmup::run(engine, &s.warmup, &|f| self.progress(f)),
+            None => batch_checks::warm(&resident.backend, &s.warmup, &|f| self.progress(f)),
         }
         .map_err(|e| format!("warm-up failed: {e}"))?;
+        self.check_cancel()?;
         self.send(Report::Warmed { op: self.op.clone(), report });
 
         let live = self.router.peek().filter(|r| r.slot != self.slot).map(|r| r.lease());
-        let progress = |p| self.progress(p);
+        let progress = |f| self.progress(f);
         let report = match resident.engine() {
-            Some(engine) => gates::run_all(&gate_cfg, engine, live.as_ref().and_then(|l| l.engine()), &progress),
+            Some(engine) => gates::run_all(&s.gates, engine, live.as_ref().and_then(|l| l.engine()), &progress),
             None => {
-                let dir = model_dir(&self.path);
+                let dir = model_dir(&p.path);
                 batch_checks::gates(
-                    &gate_cfg,
+                    &s.gates,
                     &resident.backend,
                     live.as_ref().map(|l| &l.resident().backend),
                     &dir,
@@ -155,34 +161,29 @@ impl Job {
     }
 
     /// Loads the model as its kind says and starts what serves it; returns it with its format label.
-    fn start_backend(
-        &self,
-        kind: ModelKind,
-        settings: &spec::ModelToml,
-        metrics: crate::telemetry::EngineMetrics,
-    ) -> Result<(Backend, String), String> {
+    fn start_backend(&self, metrics: crate::telemetry::EngineMetrics) -> Result<(Backend, String), String> {
         let s = |e: crate::error::TealError| e.to_string();
-        match kind {
+        let p = &self.prepared;
+        match p.settings.kind {
             ModelKind::TextGeneration => {
-                let opts =
-                    LoadOptions { device: self.device.clone(), dtype: self.dtype, share: Some(self.registry.clone()) };
-                let model = models::load(&self.path, &opts).map_err(s)?;
+                let opts = LoadOptions { device: p.device.clone(), dtype: p.dtype, share: Some(self.registry.clone()) };
+                let model = models::load(&p.path, &opts).map_err(s)?;
                 let format = model.format.clone();
                 let engine = Engine::start(Arc::new(model), self.engine.clone(), metrics).map_err(s)?;
                 Ok((Backend::Llm(engine), format))
             }
             ModelKind::Embedding => {
-                let model = Embedder::load(&model_dir(&self.path), &self.device).map_err(s)?;
+                let model = Embedder::load(&model_dir(&p.path), &p.device).map_err(s)?;
                 let format = model.format.clone();
                 Ok((Backend::Embed(Batcher::start(Arc::new(model), self.batch, metrics).map_err(s)?), format))
             }
             ModelKind::ImageClassification => {
-                let raw = settings.classifier.clone().ok_or(
+                let raw = p.settings.classifier.clone().ok_or(
                     "an image-classification model needs a [classifier] section in its teal.toml \
                      (architecture, weights, labels, preprocess)",
                 )?;
                 let spec: ClassifierSpec = raw.try_into().map_err(|e| format!("teal.toml [classifier]: {e}"))?;
-                let model = Classifier::load(&model_dir(&self.path), &spec, &self.device).map_err(s)?;
+                let model = Classifier::load(&model_dir(&p.path), &spec, &p.device).map_err(s)?;
                 let format = model.format.clone();
                 Ok((Backend::Classify(Batcher::start(Arc::new(model), self.batch, metrics).map_err(s)?), format))
             }
@@ -205,7 +206,8 @@ fn model_dir(path: &Path) -> PathBuf {
 }
 
 /// sha256 of the weight files (of the file itself when there is one; else of "name digest" lines) and their size.
-fn digest_files(files: &[PathBuf], progress: &dyn Fn(f64)) -> Result<(String, u64), String> {
+/// Stops early when `cancel` is set.
+fn digest_files(files: &[PathBuf], progress: &dyn Fn(f64), cancel: &CancelFlag) -> Result<(String, u64), String> {
     let total: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
     let mut done = 0u64;
     let mut per_file = vec![];
@@ -215,6 +217,7 @@ fn digest_files(files: &[PathBuf], progress: &dyn Fn(f64)) -> Result<(String, u6
             sha256_file(f, &mut |n| {
                 done += n;
                 progress(done as f64 / total.max(1) as f64);
+                !cancel.load(std::sync::atomic::Ordering::Acquire)
             })?,
         ));
     }
@@ -232,7 +235,8 @@ fn name_of(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn sha256_file(path: &Path, read: &mut dyn FnMut(u64)) -> Result<String, String> {
+/// sha256 of a file; `read` hears of every chunk and returns false to stop.
+fn sha256_file(path: &Path, read: &mut dyn FnMut(u64) -> bool) -> Result<String, String> {
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -241,8 +245,10 @@ fn sha256_file(path: &Path, read: &mut dyn FnMut(u64)) -> Result<String, String>
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
-        read(n as u64);
+        h.update(buf.get(..n).unwrap_or_default());
+        if !read(n as u64) {
+            return Err("cancelled".into());
+        }
     }
     Ok(hex::encode(h.finalize()))
 }
@@ -256,12 +262,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.bin");
         std::fs::write(&a, b"abc").unwrap();
-        let (d, n) = digest_files(std::slice::from_ref(&a), &|_| {}).unwrap();
+        let none = CancelFlag::default();
+        let (d, n) = digest_files(std::slice::from_ref(&a), &|_| {}, &none).unwrap();
         assert_eq!(d, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(n, 3);
         let b = dir.path().join("b.bin");
         std::fs::write(&b, b"abc").unwrap();
-        let (two, n) = digest_files(&[a, b], &|_| {}).unwrap();
+        let (two, n) = digest_files(&[a.clone(), b], &|_| {}, &none).unwrap();
+        none.store(true, std::sync::atomic::Ordering::Release);
+        assert!(digest_files(&[a], &|_| {}, &none).is_err(), "a cancelled digest stops");
         assert_ne!(two, d);
         assert_eq!(n, 6);
     }

@@ -38,7 +38,7 @@ impl ProbePrompt {
                     .chat_template
                     .as_ref()
                     .ok_or_else(|| TealError::Template("the model has no chat template".into()))?;
-                let text = tmpl.render(messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token)?;
+                let text = tmpl.render(messages, &model.tokenizer.bos_token, &model.tokenizer.eos_token, 16 << 20)?;
                 model.tokenizer.encode(&text, false)
             }
         }
@@ -67,7 +67,10 @@ pub fn greedy(max_tokens: usize, stop_at_eos: bool) -> SamplingParams {
 /// Runs one request to its end.
 pub fn run(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Result<ProbeResult> {
     let t0 = Instant::now();
-    let mut rx = engine.submit_internal(prompt, params).map_err(|_| TealError::EngineStopped)?;
+    let mut rx = engine.submit_internal(prompt, params).map_err(|e| match e {
+        crate::engine::SubmitError::TooLong { .. } => TealError::Request(e.to_string()),
+        _ => TealError::EngineStopped,
+    })?;
     let mut out = ProbeResult {
         text: String::new(),
         tokens: vec![],

@@ -1,9 +1,12 @@
 //! What a load asks for, resolved against the model repository: the path (which must stay inside the model
 //! root), the model's own teal.toml (version, warm-up, gates) merged with the request's overrides, the device.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::gates::GatesConfig;
 use super::warmup::WarmupConfig;
-use serde::Deserialize;
+use crate::models::files::{ModelDir, MAX_CONFIG_BYTES};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Component, Path, PathBuf};
 
@@ -64,6 +67,47 @@ pub struct ModelToml {
     pub classifier: Option<toml::Value>,
     pub warmup: Option<toml::Value>,
     pub gates: Option<toml::Value>,
+    /// `[timeouts]`: how long each stage of a load may take.
+    pub timeouts: Option<toml::Value>,
+}
+
+/// How long each stage of a load (or wake) may run before the controller fails it with that reason. Generous:
+/// they exist so a hung stage cannot hold a slot forever, not to police slow disks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// Hashing, reading and placing the weights, starting the engine (and a wake's move back to the device).
+    pub load_s: f64,
+    pub warmup_s: f64,
+    pub gates_s: f64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { load_s: 900.0, warmup_s: 600.0, gates_s: 600.0 }
+    }
+}
+
+impl Timeouts {
+    fn validate(&self) -> Result<(), String> {
+        let ok = |v: f64| v.is_finite() && (0.001..=86_400.0).contains(&v);
+        if ok(self.load_s) && ok(self.warmup_s) && ok(self.gates_s) {
+            Ok(())
+        } else {
+            Err("timeouts: each of load_s, warmup_s, gates_s must be between 0.001 and 86400 seconds".into())
+        }
+    }
+
+    /// The limit of a phase (`loading`, `warming`, `gating`, `parking`, `waking`) and its setting's name.
+    pub fn of_phase(&self, phase: &str) -> Option<(f64, &'static str)> {
+        match phase {
+            "loading" | "parking" => Some((self.load_s, "load_s")),
+            "waking" => Some((self.load_s + self.warmup_s, "load_s + warmup_s")),
+            "warming" => Some((self.warmup_s, "warmup_s")),
+            "gating" => Some((self.gates_s, "gates_s")),
+            _ => None,
+        }
+    }
 }
 
 pub fn model_toml_path(model: &Path) -> PathBuf {
@@ -74,13 +118,21 @@ pub fn model_toml_path(model: &Path) -> PathBuf {
     }
 }
 
+/// The model's teal.toml (inside its directory, at most `MAX_CONFIG_BYTES`), or the defaults when it has none.
 pub fn read_model_toml(model: &Path) -> Result<ModelToml, String> {
-    let path = model_toml_path(model);
-    if !path.is_file() {
+    let dir = ModelDir::of(model).map_err(|e| e.to_string())?;
+    let Some(text) = dir.read_text("teal.toml", MAX_CONFIG_BYTES).map_err(|e| e.to_string())? else {
         return Ok(ModelToml::default());
+    };
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", model_toml_path(model).display()))
+}
+
+/// `name` must be at most `max`.
+pub fn cap(name: &str, value: usize, max: usize) -> Result<(), String> {
+    if value > max {
+        return Err(format!("{name} is {value}; at most {max} is allowed"));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    Ok(())
 }
 
 /// Deep merge: objects merge key by key, anything else in `over` replaces `base`.
@@ -100,12 +152,13 @@ pub fn merge_json(base: Value, over: Value) -> Value {
     }
 }
 
-/// The model's settings under the request's overrides, parsed.
+/// The model's settings under the request's overrides, parsed and checked against their caps.
 pub fn effective_settings(
     file: &ModelToml,
     warmup_over: Option<Value>,
     gates_over: Option<Value>,
-) -> Result<(WarmupConfig, GatesConfig), String> {
+    timeouts_over: Option<Value>,
+) -> Result<(WarmupConfig, GatesConfig, Timeouts), String> {
     let to_json = |v: &Option<toml::Value>| -> Result<Value, String> {
         v.as_ref().map(serde_json::to_value).transpose().map(|v| v.unwrap_or(Value::Null)).map_err(|e| e.to_string())
     };
@@ -115,9 +168,14 @@ pub fn effective_settings(
     };
     let warmup = merge(to_json(&file.warmup)?, warmup_over);
     let gates = merge(to_json(&file.gates)?, gates_over);
+    let timeouts = merge(to_json(&file.timeouts)?, timeouts_over);
     let warmup: WarmupConfig = serde_json::from_value(warmup).map_err(|e| format!("warmup: {e}"))?;
     let gates: GatesConfig = serde_json::from_value(gates).map_err(|e| format!("gates: {e}"))?;
-    Ok((warmup, gates))
+    let timeouts: Timeouts = serde_json::from_value(timeouts).map_err(|e| format!("timeouts: {e}"))?;
+    warmup.validate()?;
+    gates.validate()?;
+    timeouts.validate()?;
+    Ok((warmup, gates, timeouts))
 }
 
 #[cfg(test)]
@@ -154,11 +212,19 @@ mod tests {
             "version = \"v7\"\n[gates.smoke]\nrequests = 3\n[gates.golden]\nthreshold = 0.5\n[warmup]\nmax_tokens = 4\n",
         )
         .unwrap();
-        let (w, g) =
-            effective_settings(&file, Some(json!({"enabled": false})), Some(json!({"smoke": {"concurrency": 1}})))
-                .unwrap();
+        let (w, g, t) = effective_settings(
+            &file,
+            Some(json!({"enabled": false})),
+            Some(json!({"smoke": {"concurrency": 1}})),
+            Some(json!({"gates_s": 5})),
+        )
+        .unwrap();
+        assert_eq!((t.gates_s, t.load_s), (5.0, 900.0));
         assert_eq!((w.enabled, w.max_tokens), (false, 4));
         assert_eq!((g.smoke.requests, g.smoke.concurrency, g.golden.threshold), (3, 1, 0.5));
-        assert!(effective_settings(&file, None, Some(json!({"smok": {}}))).unwrap_err().contains("gates"));
+        assert!(effective_settings(&file, None, Some(json!({"smok": {}})), None).unwrap_err().contains("gates"));
+        let huge = Some(json!({"smoke": {"requests": 100_000_000}}));
+        assert!(effective_settings(&file, None, huge, None).unwrap_err().contains("smoke.requests"));
+        assert!(effective_settings(&file, None, None, Some(json!({"load_s": -1}))).unwrap_err().contains("timeouts"));
     }
 }

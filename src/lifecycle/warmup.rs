@@ -32,6 +32,17 @@ impl Default for WarmupConfig {
     }
 }
 
+impl WarmupConfig {
+    /// Caps, so a load request cannot make warm-up run unbounded work (the stage timeout is the backstop).
+    pub fn validate(&self) -> Result<(), String> {
+        super::spec::cap("warmup.prompts", self.prompts.len(), 64)?;
+        super::spec::cap("warmup.batch_sizes", self.batch_sizes.len(), 32)?;
+        super::spec::cap("warmup.batch_sizes[]", self.batch_sizes.iter().copied().max().unwrap_or(0), 4096)?;
+        super::spec::cap("warmup.max_tokens", self.max_tokens, 4096)?;
+        super::spec::cap("warmup.prefill_tokens", self.prefill_tokens.unwrap_or(0), 1 << 20)
+    }
+}
+
 /// Latency of one request as a client sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timing {
@@ -99,6 +110,14 @@ pub fn run(engine: &Engine, cfg: &WarmupConfig, progress: &dyn Fn(f64)) -> Resul
     let mut report = WarmupReport::empty(cfg.enabled);
     if !cfg.enabled {
         return Ok(report);
+    }
+    if engine.model().chat_template.is_some() {
+        // A template that cannot render one user message (it loops past its budget, raises, explodes) makes the
+        // model useless for chat: fail the load with the template's reason rather than every later request.
+        let hello = vec![crate::models::chat_template::ChatMessage { role: "user".into(), content: "Hello".into() }];
+        ProbePrompt::Chat { messages: hello }
+            .tokens(engine)
+            .map_err(|e| crate::error::TealError::Template(format!("cannot render a user message: {e}")))?;
     }
     let prompts = if cfg.prompts.is_empty() { default_prompts() } else { cfg.prompts.clone() };
     // Prompts the model cannot render (a chat prompt on a model without a template) are skipped, not fatal.

@@ -107,13 +107,12 @@ fn gpu_values(g: &GpuTelemetry) -> [Option<f64>; 6] {
 impl MemoryMetrics {
     pub fn new(registry: &Registry) -> Self {
         let vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("metric registered once");
-            g
+            crate::telemetry::reg(registry, GaugeVec::new(Opts::new(name, help), labels))
         };
-        let rss = Gauge::new("teal_process_resident_memory_bytes", "Resident memory of the teal process (VmRSS)")
-            .expect("static metric definition");
-        registry.register(Box::new(rss.clone())).expect("metric registered once");
+        let rss = crate::telemetry::reg(
+            registry,
+            Gauge::new("teal_process_resident_memory_bytes", "Resident memory of the teal process (VmRSS)"),
+        );
         MemoryMetrics {
             device: vec(
                 "teal_memory_device_bytes",

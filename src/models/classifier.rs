@@ -2,6 +2,8 @@
 //! one directory whose teal.toml names them (`kind = "image-classification"`, `[classifier]`). Batches of
 //! preprocessed images in, logits out.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::efficientnet_lite::EfficientNetLite;
 use super::image::Preprocess;
 use crate::error::{Result, TealError};
@@ -22,17 +24,9 @@ pub struct ClassifierSpec {
 }
 
 impl ClassifierSpec {
-    /// A file named by the spec, which must be a plain name or path inside the model directory.
+    /// A file named by the spec: a relative path that resolves inside the model directory (symlinks included).
     pub fn file(&self, dir: &Path, name: &str) -> Result<PathBuf> {
-        let p = Path::new(name);
-        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(TealError::InvalidModel(format!("{name}: must be a path inside the model directory")));
-        }
-        let full = dir.join(p);
-        if !full.is_file() {
-            return Err(TealError::InvalidModel(format!("{}: missing", full.display())));
-        }
-        Ok(full)
+        super::files::ModelDir::of(dir)?.require(name)
     }
 }
 
@@ -59,7 +53,8 @@ impl Classifier {
         let tensors = super::pth::read(&weights)?;
         let net = EfficientNetLite::lite0(&tensors, device)?;
         let labels_path = spec.file(dir, &spec.labels)?;
-        let text = std::fs::read_to_string(&labels_path).map_err(|e| TealError::io(&labels_path, e))?;
+        let text = String::from_utf8(super::files::read_capped(&labels_path, super::files::MAX_LABELS_BYTES)?)
+            .map_err(|_| TealError::InvalidModel(format!("{}: not UTF-8 text", labels_path.display())))?;
         let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         if labels.len() != net.num_classes {
             return Err(TealError::InvalidModel(format!(

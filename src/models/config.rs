@@ -1,6 +1,8 @@
 //! Architecture hyper-parameters of a Llama-family model, read from a Hugging Face `config.json` or from GGUF
 //! metadata. One struct serves Llama, Mistral, Qwen2 and SmolLM configs: they differ only in the fields here.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::error::{Result, TealError};
 use serde::Deserialize;
 
@@ -139,6 +141,23 @@ impl LlamaConfig {
         }
         if self.vocab_size == 0 || self.max_position_embeddings == 0 {
             return bad("vocab_size and max_position_embeddings must be positive".into());
+        }
+        // Caps far above any real model, so a hostile file cannot make the loader or the estimates loop or
+        // allocate without bound (every size below multiplies into tensor shapes and the KV pool).
+        let caps = [
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_layers, 1 << 10),
+            ("num_attention_heads", self.num_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 10),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+        ];
+        if let Some((name, v, cap)) = caps.iter().find(|(_, v, cap)| v > cap) {
+            return bad(format!("{name} {v} is over the limit of {cap}"));
+        }
+        if !self.rms_norm_eps.is_finite() || !self.rope_theta.is_finite() || self.rope_theta <= 0.0 {
+            return bad("rms_norm_eps and rope_theta must be finite (rope_theta positive)".into());
         }
         Ok(())
     }

@@ -4,6 +4,9 @@
 //! 1_Pooling/config.json says (mean, CLS or max over the real tokens) and L2 normalization when a Normalize
 //! module is listed.
 
+#![deny(clippy::indexing_slicing)]
+
+use super::files::{ModelDir, MAX_CONFIG_BYTES};
 use crate::error::{Result, TealError};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -35,67 +38,61 @@ pub struct Embedder {
     bytes: u64,
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| TealError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))
+/// A JSON file of the model directory (under the config size cap), or None when it is absent.
+fn read_json(dir: &ModelDir, name: &str) -> Result<Option<Value>> {
+    dir.read_json(name, MAX_CONFIG_BYTES)
 }
 
 /// Whether a directory looks like a sentence-transformers / BERT embedding model.
 pub fn is_embedding_dir(dir: &Path) -> bool {
-    if dir.join("modules.json").is_file() {
+    let Ok(md) = ModelDir::of(dir) else { return false };
+    if md.find("modules.json").is_ok_and(|f| f.is_some()) {
         return true;
     }
-    let Ok(cfg) = read_json(&dir.join("config.json")) else { return false };
+    let Ok(Some(cfg)) = read_json(&md, "config.json") else { return false };
     matches!(cfg.get("model_type").and_then(Value::as_str), Some("bert"))
 }
 
 /// The pooling module's folder and whether a Normalize module follows, from modules.json (absent: mean pooling
 /// from the directory itself, no normalization, as sentence-transformers does for a plain BERT checkpoint).
-fn pipeline(dir: &Path) -> Result<(Option<PathBuf>, bool)> {
-    let path = dir.join("modules.json");
-    if !path.is_file() {
-        return Ok((None, false));
-    }
-    let modules = read_json(&path)?;
-    let list = modules.as_array().ok_or_else(|| TealError::InvalidModel(format!("{}: not a list", path.display())))?;
+fn pipeline(dir: &ModelDir) -> Result<(Option<String>, bool)> {
+    let Some(modules) = read_json(dir, "modules.json")? else { return Ok((None, false)) };
+    let list = modules.as_array().ok_or_else(|| TealError::InvalidModel("modules.json: not a list".into()))?;
     let of_type =
         |suffix: &str| list.iter().find(|m| m.get("type").and_then(Value::as_str).is_some_and(|t| t.ends_with(suffix)));
-    let pooling = of_type(".Pooling").and_then(|m| m.get("path")).and_then(Value::as_str).map(|p| dir.join(p));
+    let pooling = of_type(".Pooling").and_then(|m| m.get("path")).and_then(Value::as_str).map(String::from);
     Ok((pooling, of_type(".Normalize").is_some()))
 }
 
-fn pooling_mode(folder: Option<PathBuf>) -> Result<Pooling> {
+fn pooling_mode(dir: &ModelDir, folder: Option<String>) -> Result<Pooling> {
     let Some(folder) = folder else { return Ok(Pooling::Mean) };
-    let cfg = read_json(&folder.join("config.json"))?;
+    let name = format!("{}/config.json", folder.trim_end_matches('/'));
+    let cfg = read_json(dir, &name)?.ok_or_else(|| TealError::InvalidModel(format!("{name}: missing")))?;
     let on = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
     match (on("pooling_mode_mean_tokens"), on("pooling_mode_cls_token"), on("pooling_mode_max_tokens")) {
         (true, false, false) => Ok(Pooling::Mean),
         (false, true, false) => Ok(Pooling::Cls),
         (false, false, true) => Ok(Pooling::Max),
-        _ => Err(TealError::UnsupportedModel(format!(
-            "{}: pooling must be exactly one of mean, cls, max",
-            folder.display()
-        ))),
+        _ => Err(TealError::UnsupportedModel(format!("{name}: pooling must be exactly one of mean, cls, max"))),
     }
 }
 
 impl Embedder {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg_json = read_json(&dir.join("config.json"))?;
+        let md = ModelDir::of(dir)?;
+        let cfg_json = read_json(&md, "config.json")?
+            .ok_or_else(|| TealError::InvalidModel(format!("{}: config.json missing", dir.display())))?;
         let config: Config = serde_json::from_value(cfg_json.clone())
             .map_err(|e| TealError::InvalidModel(format!("config.json: {e}")))?;
-        let (pool_dir, normalize) = pipeline(dir)?;
-        let pooling = pooling_mode(pool_dir)?;
-        let tokenizer = super::tokenizer::TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let st_cfg = dir.join("sentence_bert_config.json");
+        let (pool_dir, normalize) = pipeline(&md)?;
+        let pooling = pooling_mode(&md, pool_dir)?;
+        let tokenizer = super::tokenizer::TextTokenizer::from_file(&md.require("tokenizer.json")?)?;
         let max_seq =
-            if st_cfg.is_file() { read_json(&st_cfg)?.get("max_seq_length").and_then(Value::as_u64) } else { None };
+            read_json(&md, "sentence_bert_config.json")?.and_then(|c| c.get("max_seq_length").and_then(Value::as_u64));
         let max_tokens =
             max_seq.map(|m| m as usize).unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(TealError::InvalidModel(format!("{}: model.safetensors missing", dir.display())));
-        }
+        let weights = md.require("model.safetensors")?;
+        super::safetensors_check::header(&weights)?;
         let tensors = candle_core::safetensors::load(&weights, device)
             .map_err(|e| TealError::InvalidModel(format!("{}: {e}", weights.display())))?;
         let bytes = tensors.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();

@@ -1,6 +1,8 @@
 //! Reads what a GGUF file says about the model besides its tensors: the llama hyper-parameters and the
 //! tokenizer (rebuilt as a Hugging Face BPE tokenizer from `tokenizer.ggml.*`) and the chat template.
 
+#![deny(clippy::indexing_slicing)]
+
 use super::config::{LlamaConfig, RopeScaling, RopeStyle};
 use super::tokenizer::TextTokenizer;
 use crate::error::{Result, TealError};

@@ -9,11 +9,15 @@ pub mod cpu_quant;
 pub mod efficientnet_lite;
 pub mod embedding;
 pub mod estimate;
+pub mod files;
+pub mod gguf;
 mod gguf_meta;
 pub mod image;
 pub mod llama;
 pub mod paged_attention;
+pub mod pickle;
 pub mod pth;
+pub mod safetensors_check;
 pub mod shared;
 pub mod tokenizer;
 pub mod weights;
@@ -22,6 +26,7 @@ use crate::error::{Result, TealError};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 use chat_template::ChatTemplate;
+use files::ModelDir;
 use llama::Llama;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -111,14 +116,6 @@ fn resolve(path: &Path) -> Result<Layout> {
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| TealError::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))
-}
-
 /// The files holding a model's weights (what its digest covers): the .gguf file, or the safetensors files.
 pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     match resolve(path)? {
@@ -145,33 +142,33 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
     Ok(model)
 }
 
-/// The safetensors files of a HF directory: one file, or every shard named by the index.
+/// Most shards one index may name.
+const MAX_SHARDS: usize = 4096;
+
+/// The safetensors files of a HF directory: one file, or every shard named by the index, each inside the
+/// directory.
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
+    let md = ModelDir::of(dir)?;
+    if let Some(single) = md.find("model.safetensors")? {
         return Ok(vec![single]);
     }
-    let index = dir.join("model.safetensors.index.json");
-    let Some(idx) = read_json(&index)? else {
+    let index = "model.safetensors.index.json";
+    let Some(idx) = md.read_json(index, files::MAX_TOKENIZER_BYTES)? else {
         return Err(TealError::InvalidModel(format!("{}: no model.safetensors or index", dir.display())));
     };
     let map = idx
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| TealError::InvalidModel(format!("{}: weight_map missing", index.display())))?;
-    let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
-    files.sort();
-    files.dedup();
-    files
+        .ok_or_else(|| TealError::InvalidModel(format!("{}/{index}: weight_map missing", dir.display())))?;
+    let mut names: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() || names.len() > MAX_SHARDS {
+        return Err(TealError::InvalidModel(format!("{index}: {} shards (1 to {MAX_SHARDS})", names.len())));
+    }
+    names
         .into_iter()
-        .map(|f| {
-            let p = dir.join(&f);
-            if f.contains("..") || f.contains('/') || !p.is_file() {
-                Err(TealError::InvalidModel(format!("shard '{f}' missing or outside the model directory")))
-            } else {
-                Ok(p)
-            }
-        })
+        .map(|f| md.find(f)?.ok_or_else(|| TealError::InvalidModel(format!("shard '{f}' is missing"))))
         .collect()
 }
 
@@ -193,7 +190,7 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 }
 
 /// The chat template of tokenizer_config.json (a string, or a list of named templates) or chat_template.jinja.
-fn hf_chat_template(dir: &Path, tcfg: &Value) -> Result<Option<String>> {
+fn hf_chat_template(dir: &ModelDir, tcfg: &Value) -> Result<Option<String>> {
     let from_cfg = match tcfg.get("chat_template") {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Array(list)) => list
@@ -202,26 +199,30 @@ fn hf_chat_template(dir: &Path, tcfg: &Value) -> Result<Option<String>> {
             .and_then(|t| t.get("template").and_then(Value::as_str).map(String::from)),
         _ => None,
     };
-    let file = dir.join("chat_template.jinja");
     match from_cfg {
         Some(t) => Ok(Some(t)),
-        None if file.is_file() => std::fs::read_to_string(&file).map(Some).map_err(|e| TealError::io(&file, e)),
-        None => Ok(None),
+        None => dir.read_text("chat_template.jinja", files::MAX_TOKENIZER_CONFIG_BYTES),
     }
 }
 
-fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| TealError::io(&cfg_path, e))?;
+/// A HF directory's config.json: its text (for the typed config) and its JSON.
+fn hf_config(md: &ModelDir) -> Result<(config::LlamaConfig, Value)> {
+    let text = md
+        .read_text("config.json", files::MAX_CONFIG_BYTES)?
+        .ok_or_else(|| TealError::InvalidModel(format!("{}: config.json missing", md.root().display())))?;
     let cfg = config::LlamaConfig::from_hf_json(&text)?;
-    let tok_path = dir.join("tokenizer.json");
-    if !tok_path.is_file() {
-        return Err(TealError::InvalidModel(format!("{}: tokenizer.json missing", dir.display())));
-    }
+    Ok((cfg, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+    let md = ModelDir::of(dir)?;
+    let (cfg, cfg_json) = hf_config(&md)?;
+    let tok_path = md
+        .find("tokenizer.json")?
+        .ok_or_else(|| TealError::InvalidModel(format!("{}: tokenizer.json missing", dir.display())))?;
     let inner = TextTokenizer::from_file(&tok_path)?;
-    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
-    let gcfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
-    let cfg_json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let tcfg = md.read_json("tokenizer_config.json", files::MAX_TOKENIZER_CONFIG_BYTES)?.unwrap_or(Value::Null);
+    let gcfg = md.read_json("generation_config.json", files::MAX_CONFIG_BYTES)?.unwrap_or(Value::Null);
     let id_of = |key: &str| token_str(tcfg.get(key)).and_then(|t| inner.token_to_id(&t));
     let bos = id_of("bos_token").or_else(|| json_ids(cfg_json.get("bos_token_id")).first().copied());
     let mut eos = json_ids(gcfg.get("eos_token_id"));
@@ -230,7 +231,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     eos.dedup();
     let add_bos = tcfg.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
     let tokenizer = TextTokenizer::new(inner, bos, dedup(eos), add_bos);
-    let chat_template = hf_chat_template(dir, &tcfg)?.map(ChatTemplate::new).transpose()?;
+    let chat_template = hf_chat_template(&md, &tcfg)?.map(ChatTemplate::new).transpose()?;
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let mut src = WeightSource::safetensors(&safetensors_files(dir)?, dtype)?;
     let max_context = cfg.max_position_embeddings;
@@ -262,12 +263,10 @@ fn dedup(mut v: Vec<u32>) -> Vec<u32> {
 }
 
 fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Model> {
-    let mut f = std::fs::File::open(file).map_err(|e| TealError::io(file, e))?;
-    let content = gguf_file::Content::read(&mut f)
-        .map_err(|e| TealError::InvalidModel(format!("{}: not a valid GGUF file: {e}", file.display())))?;
+    let content = gguf::read(file)?;
     let cfg = gguf_meta::llama_config(&content)?;
-    let side_tokenizer = file.with_file_name("tokenizer.json");
-    let tokenizer = if side_tokenizer.is_file() {
+    let side_tokenizer = ModelDir::of(file)?.find("tokenizer.json")?;
+    let tokenizer = if let Some(side_tokenizer) = side_tokenizer {
         let inner = TextTokenizer::from_file(&side_tokenizer)?;
         let base = gguf_meta::tokenizer(&content).ok();
         let (bos, eos, add) = base.map(|b| (b.bos_id, b.eos_ids, b.add_bos)).unwrap_or((None, vec![], false));

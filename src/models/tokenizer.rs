@@ -2,6 +2,8 @@
 //! metadata), its special ids (BOS, every EOS), and streaming detokenization that never splits a UTF-8
 //! character or drops a SentencePiece leading space.
 
+#![deny(clippy::indexing_slicing)]
+
 use crate::error::{Result, TealError};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -15,6 +17,9 @@ pub struct TextTokenizer {
     pub add_bos: bool,
     pub bos_token: String,
     pub eos_token: String,
+    /// The longest token's text in bytes: a text longer than `tokens * max_token_bytes` needs more than
+    /// `tokens` tokens, so prompts can be refused by length before they are tokenized.
+    pub max_token_bytes: usize,
 }
 
 impl TextTokenizer {
@@ -22,12 +27,17 @@ impl TextTokenizer {
         let text = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i)).unwrap_or_default();
         let bos_token = text(bos_id);
         let eos_token = text(eos_ids.first().copied());
-        TextTokenizer { inner, bos_id, eos_ids, add_bos, bos_token, eos_token }
+        // The vocabulary's strings are at least as long as the text they stand for (byte-level BPE maps each
+        // byte to a character of one or two bytes; SentencePiece pieces are the text itself).
+        let max_token_bytes = inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        TextTokenizer { inner, bos_id, eos_ids, add_bos, bos_token, eos_token, max_token_bytes }
     }
 
+    /// A tokenizer.json, read under the size cap for tokenizer files.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
+        let bytes = super::files::read_capped(path, super::files::MAX_TOKENIZER_BYTES)?;
         let mut tok =
-            Tokenizer::from_file(path).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))?;
+            Tokenizer::from_bytes(bytes).map_err(|e| TealError::InvalidModel(format!("{}: {e}", path.display())))?;
         // Some exported tokenizers pad every input to a fixed length; generation needs the raw ids.
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| TealError::Tokenizer(e.to_string()))?;
@@ -75,8 +85,8 @@ impl IncrementalDecoder {
     /// Adds one id and returns the text it completes (possibly empty while a character is incomplete).
     pub fn step(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let full = tok.decode(&self.ids[self.prefix_offset..])?;
+        let prefix = tok.decode(self.ids.get(self.prefix_offset..self.read_offset).unwrap_or_default())?;
+        let full = tok.decode(self.ids.get(self.prefix_offset..).unwrap_or_default())?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
             let delta = match full.get(prefix.len()..) {
                 Some(d) if full.starts_with(&prefix) => d.to_string(),
@@ -92,7 +102,7 @@ impl IncrementalDecoder {
     }
 
     fn resync(&mut self, tok: &TextTokenizer) -> Result<String> {
-        let before = tok.decode(&self.ids[..self.read_offset])?;
+        let before = tok.decode(self.ids.get(..self.read_offset).unwrap_or_default())?;
         let all = tok.decode(&self.ids)?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();

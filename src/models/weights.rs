@@ -208,6 +208,9 @@ pub enum WeightSource {
 
 impl WeightSource {
     pub fn safetensors(files: &[PathBuf], dtype: DType) -> Result<Self> {
+        for f in files {
+            super::safetensors_check::header(f)?;
+        }
         // SAFETY: the files are opened read-only; a concurrent writer would corrupt the mapping, which is the
         // same contract every safetensors loader has. Headers are validated by the safetensors crate.
         let st = unsafe { MmapedSafetensors::multi(files) }

@@ -7,45 +7,27 @@ use crate::lifecycle::AdminError;
 use crate::memory::budget::{self, Need};
 use crate::memory::report::{device_totals, DeviceMemory, MemoryReport, SlotMemory};
 use crate::router::SlotName;
-use candle_core::DType;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::Instant;
 
 /// How often the memory gauges are refreshed.
 const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn signature(path: &Path, dtype: Option<DType>) -> FileSignature {
-    let files = crate::models::weight_files(path).unwrap_or_default();
-    let sig = files
-        .into_iter()
-        .map(|f| {
-            let meta = f.metadata().ok();
-            let (len, mtime) = (meta.as_ref().map(|m| m.len()).unwrap_or(0), meta.and_then(|m| m.modified().ok()));
-            (f, len, mtime)
-        })
-        .collect();
-    (sig, dtype)
-}
-
 impl Controller {
-    /// Admission of a load into `slot`: the estimate from the files must fit the device's budget beside what
-    /// the other slot holds there. Weights the other slot already holds from the same files are credited (they
-    /// will be shared). A model whose files cannot be read is let through: the load fails on the same files
-    /// before it allocates anything, with the loader's precise reason.
+    /// Admission of a load into `slot`: the estimate from the files (made off the controller, prepare.rs) must
+    /// fit the device's budget beside what the other slot holds there. Weights the other slot already holds from
+    /// the same files are credited (they will be shared). A model whose files could not be read is let through:
+    /// the load fails on the same files before it allocates anything, with the loader's precise reason.
     pub(super) fn admit_load(
         &self,
         slot: SlotName,
-        path: &Path,
-        dtype: Option<DType>,
+        estimate: Option<Need>,
+        files: &FileSignature,
         device: &str,
-    ) -> Result<(Option<Need>, FileSignature), AdminError> {
-        let files = signature(path, dtype);
-        let Ok(mut need) = crate::memory::estimate_load(path, dtype, &self.ctx.engine) else {
-            return Ok((None, files));
-        };
+    ) -> Result<Option<Need>, AdminError> {
+        let Some(mut need) = estimate else { return Ok(None) };
         let other = &self.slots[idx(slot.other())];
-        if other.device == device && other.files.as_ref() == Some(&files) {
+        if other.device == device && other.files.as_ref() == Some(files) {
             let held = other.resident.as_ref().and_then(|r| r.engine().map(|e| e.model().clone()));
             let held = held.or_else(|| other.parked.clone());
             let shared = held.map(|m| m.llama.holdings().bytes()).unwrap_or(0);
@@ -59,7 +41,7 @@ impl Controller {
             .budgets
             .admit(device, &need, held, reclaimable, self.live_bytes_on(device))
             .map_err(|e| AdminError::InsufficientMemory(format!("{slot}: load refused: {e}")))?;
-        Ok((Some(need), files))
+        Ok(Some(need))
     }
 
     /// Admission of a wake: the KV pool and workspace (and the weights, when they come back from host memory)
@@ -147,7 +129,7 @@ impl Controller {
 
     pub(super) fn memory_report(&self) -> MemoryReport {
         let slots: Vec<SlotMemory> = SlotName::ALL.into_iter().map(|s| self.slot_memory(s)).collect();
-        let mut names: Vec<String> = self.ctx.devices.iter().map(|d| canonical(d)).collect();
+        let mut names: Vec<String> = self.ctx.defaults.devices.iter().map(|d| canonical(d)).collect();
         names.extend(slots.iter().map(|s| s.device.clone()).filter(|d| !d.is_empty()));
         names.sort();
         names.dedup();

@@ -1,7 +1,7 @@
 //! Park and wake on the controller's side: the checks, the state changes and the audit records; the work runs on
 //! a blocking thread (lifecycle/park.rs) and reports back.
 
-use super::{idx, now_rfc3339, op_key, Controller};
+use super::{idx, now_rfc3339, Controller};
 use crate::lifecycle::audit::Entry;
 use crate::lifecycle::park::{ParkJob, WakeJob, WakeTimings};
 use crate::lifecycle::state::{SlotEvent, SlotState};
@@ -52,12 +52,14 @@ impl Controller {
         self.slots[idx(slot)].resident = None;
         let id = &resident.identity;
         self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
-        let op = self.new_op_of("park", "parking", slot, &id.name, false);
-        self.slots[idx(slot)].op = Some(op.clone());
+        let timeouts = self.slots[idx(slot)].timeouts;
+        let (op, _) = self.new_op("park", "parking", slot, &id.name, false, timeouts);
         self.audit_park("park_started", slot, &op);
         let job = ParkJob { op: op.clone(), resident, tx: self.tx.clone() };
-        tokio::task::spawn_blocking(move || job.run());
-        Ok(self.op_view(&self.ops[&op_key(&op).unwrap_or_default()]))
+        if let Err(e) = crate::lifecycle::guard::spawn("teal-park", move || job.run()) {
+            self.on_failed(&op, format!("cannot start the park thread: {e}"));
+        }
+        self.view_of(&op).ok_or_else(|| AdminError::NotFound(format!("no operation {op}")))
     }
 
     pub(super) fn on_parked(&mut self, op: &str, model: Arc<Model>, seconds: f64, moved: u64) {
@@ -70,7 +72,7 @@ impl Controller {
         e.park.parked_at = Some(now_rfc3339());
         e.park.park_seconds = Some(seconds);
         e.park.moved_bytes = moved;
-        self.finish_op(op);
+        self.finish_op(op, None);
         self.audit_park("parked", slot, op);
     }
 
@@ -87,8 +89,8 @@ impl Controller {
         let warm = e.warm.clone().unwrap_or_default();
         self.set_state(slot, SlotEvent::Wake)?;
         self.slots[idx(slot)].parked = None;
-        let op = self.new_op_of("wake", "waking", slot, &identity.name, false);
-        self.slots[idx(slot)].op = Some(op.clone());
+        let timeouts = self.slots[idx(slot)].timeouts;
+        let (op, _) = self.new_op("wake", "waking", slot, &identity.name, false, timeouts);
         self.audit_park("wake_started", slot, &op);
         let job = WakeJob {
             op: op.clone(),
@@ -97,13 +99,15 @@ impl Controller {
             identity,
             model,
             device,
-            engine: self.ctx.engine.clone(),
+            engine: self.ctx.defaults.engine.clone(),
             metrics: self.ctx.metrics.clone(),
             warm,
             tx: self.tx.clone(),
         };
-        tokio::task::spawn_blocking(move || job.run());
-        Ok(self.op_view(&self.ops[&op_key(&op).unwrap_or_default()]))
+        if let Err(e) = crate::lifecycle::guard::spawn("teal-wake", move || job.run()) {
+            self.on_failed(&op, format!("cannot start the wake thread: {e}"));
+        }
+        self.view_of(&op).ok_or_else(|| AdminError::NotFound(format!("no operation {op}")))
     }
 
     pub(super) fn on_woken(&mut self, op: &str, resident: Arc<Resident>, warmup: WarmupReport, t: WakeTimings) {
@@ -118,15 +122,8 @@ impl Controller {
         e.park.wake_seconds = Some(t.move_s + t.allocate_s + t.warm_s);
         e.park.wake = Some(t);
         e.park.moved_bytes = t.moved_bytes;
-        self.finish_op(op);
+        self.finish_op(op, None);
         self.audit_park("woken", slot, op);
-    }
-
-    fn finish_op(&mut self, op: &str) {
-        self.advance(op, "done");
-        if let Some(r) = op_key(op).and_then(|k| self.ops.get_mut(&k)) {
-            r.op.status = "succeeded";
-        }
     }
 
     fn audit_park(&self, action: &'static str, slot: SlotName, op: &str) {

@@ -1,19 +1,25 @@
 //! Process wiring for `teal serve`: serve the API and the admin API at once (503 until a slot is live), load the
 //! startup models through the lifecycle (blue goes live once warmed and gated; green becomes the standby), and
-//! on shutdown stop accepting, let in-flight requests finish (up to a timeout), then stop every engine.
+//! on shutdown stop accepting, let in-flight requests finish (up to a timeout), then end what is left and stop
+//! every engine. If the lifecycle controller ever stops, the server shuts down with an error (so the process
+//! exits non-zero and an orchestrator restarts it). token.rs: the admin token.
+
+#![deny(clippy::indexing_slicing)]
+
+pub mod token;
 
 use crate::api::admin::AdminState;
+use crate::api::limits::CpuPool;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::lifecycle::audit::AuditLog;
 use crate::lifecycle::{Context, Lifecycle, LoadRequest, Operation};
+use crate::net::{self, shutdown::Phase, shutdown::Shutdown, shutdown::ShutdownSignal};
 use crate::router::{LiveRouter, SlotName};
 use crate::sessions::{memory::MemoryStore, redis::RedisStore, SessionStore};
 use crate::telemetry::Metrics;
 use anyhow::{bail, Context as _};
-use axum::serve::ListenerExt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,50 +45,6 @@ impl Listeners {
     }
 }
 
-/// The admin token: TEAL_ADMIN_TOKEN / --admin-token, else the token file, else (loopback only) a new random
-/// token written to <state-dir>/admin.token with owner-only permissions.
-pub fn admin_token(config: &Config, admin_addr: SocketAddr) -> anyhow::Result<String> {
-    if let Some(t) = &config.admin_token {
-        return Ok(t.clone());
-    }
-    if let Some(f) = &config.admin_token_file {
-        let t = std::fs::read_to_string(f).with_context(|| format!("reading the admin token file {}", f.display()))?;
-        let t = t.trim().to_string();
-        if t.is_empty() {
-            bail!("the admin token file {} is empty", f.display());
-        }
-        return Ok(t);
-    }
-    if !admin_addr.ip().is_loopback() {
-        bail!(
-            "refusing to serve the admin API on {admin_addr} without a token: set TEAL_ADMIN_TOKEN or \
-             --admin-token-file, or keep the admin API on a loopback address"
-        );
-    }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let path = config.state_dir.join("admin.token");
-    write_private(&path, &token).with_context(|| format!("writing the admin token to {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated an admin token");
-    Ok(token)
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")
-}
-
 /// Starts the startup loads and waits for them; blue must end live (a failure stops the server), a failed green
 /// is reported and left failed.
 async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::Result<()> {
@@ -101,7 +63,7 @@ async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::
             (Some(e), _) => Some(format!("loading {} into {slot}: {e}", path.display())),
             (None, Some(false)) => {
                 let status = lifecycle.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let gates = &status["slots"][slot.as_str()]["gates"];
+                let gates = status.pointer(&format!("/slots/{slot}/gates")).cloned().unwrap_or_default();
                 Some(format!("{} in {slot} failed its gates: {gates}", path.display()))
             }
             _ => None,
@@ -120,17 +82,14 @@ async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::
     Ok(())
 }
 
-/// Serves until `shutdown` resolves. Returns an error if a startup model cannot be loaded.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    if let Some(n) = config.threads {
-        // Only the first call in a process takes effect; tests that start several servers share one pool.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
-    let token = admin_token(&config, listeners.admin.local_addr()?)?;
+/// Everything the server runs, built from the configuration.
+struct Parts {
+    lifecycle: Lifecycle,
+    app: AppState,
+    admin: AdminState,
+}
+
+fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyhow::Result<Parts> {
     let audit_path = config.state_dir.join("audit.jsonl");
     let audit =
         Arc::new(AuditLog::open(Some(&audit_path)).with_context(|| format!("opening {}", audit_path.display()))?);
@@ -140,11 +99,13 @@ pub async fn run(
         router: router.clone(),
         audit,
         metrics: metrics.clone(),
-        engine: config.engine.clone(),
         batch: config.batch,
-        models_dir: config.models_dir.clone(),
-        devices: config.slot_devices.clone(),
-        dtype: config.dtype.clone(),
+        defaults: Arc::new(crate::lifecycle::prepare::LoadDefaults {
+            models_dir: config.models_dir.clone(),
+            devices: config.slot_devices.clone(),
+            dtype: config.dtype.clone(),
+            engine: config.engine.clone(),
+        }),
         budgets: crate::memory::Budgets::new(
             config.memory_budget.clone(),
             Arc::new(crate::memory::probe::SystemProbe::default()),
@@ -158,59 +119,116 @@ pub async fn run(
         None => Arc::new(MemoryStore::new(ttl, config.max_sessions)),
     };
     tracing::info!(store = sessions.kind(), "sessions");
-    let state = AppState {
+    let app = AppState {
         router,
         metrics,
         sessions,
         session_fail_open: config.session_fail_open,
         max_session_bytes: config.max_session_bytes,
-        max_body_bytes: config.max_body_bytes,
-        max_image_pixels: config.max_image_pixels,
+        limits: Arc::new(config.limits.clone()),
+        cpu: CpuPool::new(config.preprocess_threads, config.preprocess_queue),
+        control: lifecycle.health.clone(),
+        shutdown: shutdown.clone(),
         log_prompts: config.log_prompts,
         started_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    tracing::info!(api = %listeners.api.local_addr()?, admin = %listeners.admin.local_addr()?, "listening");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = |listener: TcpListener, app: axum::Router| {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            // No Nagle delay on small writes: every streamed token leaves at once.
-            axum::serve(listener.tap_io(|tcp| drop(tcp.set_nodelay(true))), app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    let api_server = serve(listeners.api, api::router(state));
+    let admin = AdminState { lifecycle: lifecycle.clone(), token: Arc::new(token), shutdown: shutdown.clone() };
+    Ok(Parts { lifecycle, app, admin })
+}
+
+/// Serves until `shutdown` resolves (or the lifecycle controller stops, an error). Returns an error if a startup
+/// model cannot be loaded. Shutdown is bounded: in-flight requests get `shutdown_timeout`, then streams end with
+/// an error event and connections close; this returns within about two seconds after that, whatever a load or
+/// gate thread is doing.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if let Some(n) = config.threads {
+        // Only the first call in a process takes effect; tests that start several servers share one pool.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    let admin_addr = listeners.admin.local_addr()?;
+    let token = token::admin_token(
+        config.admin_token.as_deref(),
+        config.admin_token_file.as_deref(),
+        &config.state_dir,
+        admin_addr,
+    )?;
+    let (phases, signal) = Shutdown::new();
+    let Parts { lifecycle, app, admin } = build(&config, token, &signal)?;
+    tracing::info!(api = %listeners.api.local_addr()?, admin = %admin_addr, "listening");
+    let api_server = tokio::spawn(net::serve(listeners.api, api::router(app), config.api_conns, signal.clone()));
     let admin_server =
-        serve(listeners.admin, api::admin::router(AdminState { lifecycle: lifecycle.clone(), token: Arc::new(token) }));
-    let signal_tx = stop_tx.clone();
+        tokio::spawn(net::serve(listeners.admin, api::admin::router(admin), config.admin_conns, signal.clone()));
+    let (stop_tx, mut stopped) = tokio::sync::watch::channel(None::<String>);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutdown requested: finishing in-flight requests");
-        let _ = signal_tx.send(true);
+        request_stop(&on_signal, String::new());
     });
-    let mut stopped = stop_rx.clone();
+    let health = lifecycle.health.clone();
+    let on_death = stop_tx.clone();
+    tokio::spawn(async move {
+        let why = health.stopped().await;
+        request_stop(&on_death, why);
+    });
     let load_result = tokio::select! {
         r = load_startup_models(&config, &lifecycle) => r,
-        _ = stopped.wait_for(|s| *s) => Ok(()),
+        _ = stopped.wait_for(Option::is_some) => Ok(()),
     };
     if let Err(e) = &load_result {
         tracing::error!(error = %format!("{e:#}"), "startup model failed to load; stopping");
-        let _ = stop_tx.send(true);
+        request_stop(&stop_tx, String::new());
     }
-    let _ = stopped.wait_for(|s| *s).await;
-    let timeout = Duration::from_secs(config.shutdown_timeout_s);
-    if tokio::time::timeout(timeout, async { futures::join!(api_server, admin_server) }).await.is_err() {
-        tracing::warn!(secs = config.shutdown_timeout_s, "in-flight requests did not finish in time");
+    let reason = stopped.wait_for(Option::is_some).await.ok().and_then(|r| r.clone()).unwrap_or_default();
+    drain(&config, &phases, api_server, admin_server).await;
+    let residents = tokio::time::timeout(Duration::from_millis(500), lifecycle.shutdown()).await.unwrap_or_default();
+    // Engines finish their current step and stop; a hung one is not waited for.
+    let stop_engines = tokio::task::spawn_blocking(move || residents.iter().for_each(|r| r.backend.shutdown()));
+    let _ = tokio::time::timeout(Duration::from_secs(1), stop_engines).await;
+    if !reason.is_empty() {
+        anyhow::bail!("the lifecycle controller stopped: {reason}");
     }
-    let residents = lifecycle.shutdown().await;
-    tokio::task::spawn_blocking(move || residents.iter().for_each(|r| r.backend.shutdown())).await.ok();
     load_result
+}
+
+/// Asks the server to stop, once: `why` is empty for a requested shutdown, else the reason it must.
+fn request_stop(tx: &tokio::sync::watch::Sender<Option<String>>, why: String) {
+    tx.send_if_modified(|s| {
+        if s.is_some() {
+            return false;
+        }
+        *s = Some(why);
+        true
+    });
+}
+
+/// Stops accepting, lets in-flight requests finish up to the shutdown timeout, then ends what is left.
+async fn drain(
+    config: &Config,
+    phases: &Shutdown,
+    api: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+) {
+    phases.enter(Phase::Draining);
+    let both = async {
+        let _ = api.await;
+        let _ = admin.await;
+    };
+    tokio::pin!(both);
+    let timeout = Duration::from_secs(config.shutdown_timeout_s);
+    if tokio::time::timeout(timeout, &mut both).await.is_err() {
+        tracing::warn!(secs = config.shutdown_timeout_s, "in-flight requests did not finish in time; ending them");
+        phases.enter(Phase::Deadline);
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut both).await;
+    }
+    phases.enter(Phase::Deadline);
 }
 
 /// Resolves on ctrl-c or SIGTERM.
