@@ -177,9 +177,10 @@ impl Drop for Reservation {
     }
 }
 
+/// Dropping never blocks (the controller task drops versions): the worker finishes what is queued, then ends.
 impl<M: BatchModel> Drop for Batcher<M> {
     fn drop(&mut self) {
-        self.shutdown();
+        self.close();
     }
 }
 

@@ -4,13 +4,16 @@
 //! ```text
 //! main.rs      CLI only: parse flags, call server::run or cli::admin::run
 //! config.rs    flags + TEAL_* env + teal.toml -> Config
-//! server.rs    bind both listeners, serve, load the startup models through the lifecycle, graceful shutdown
+//! server/      bind both listeners, serve, load the startup models through the lifecycle, bounded shutdown;
+//!              token.rs (the admin token)
 //! api/         axum routes: OpenAI /v1 (openai.rs, generate.rs), health + metrics; admin.rs (own listener,
-//!              bearer token); error.rs turns errors into HTTP
+//!              bearer token); error.rs turns errors into HTTP; body.rs, limits.rs, prompt.rs bound each
+//!              request's cost before the work
 //! router.rs    the live pointer (one ArcSwap), slot leases held by each request to its last token
 //! backend.rs   what a slot serves with, by model kind: the LLM engine or a dynamic batcher (batcher.rs)
-//! lifecycle/   the controller (actor.rs, the only writer of slot state): load -> warm -> gate -> flip /
-//!              rollback / unload / park / wake; state.rs (pure transitions), warmup.rs, gates.rs, audit.rs (JSONL log)
+//! lifecycle/   the controller (actor/, the only writer of slot state): load -> warm -> gate -> flip /
+//!              rollback / unload / park / wake / cancel; state.rs (pure transitions), prepare.rs + guard.rs
+//!              (model files read off the controller), warmup.rs, gates.rs, audit.rs (JSONL log)
 //! memory/      budgets: estimates from the files, device probes (/proc, cgroup, NVML), admission, report
 //! cli/         `teal admin`: the admin API from the command line
 //! bench/       `teal bench serve|flip|cold-warm`: load generator, stats, JSON with the machine, SVG charts
@@ -20,7 +23,8 @@
 //!              paged_attention.rs (custom ops over the KV pool), shared.rs (identical tensors held once per
 //!              device), estimate.rs (weight bytes from file headers), tokenizer + chat template;
 //!              embedding.rs (BERT sentence embeddings), classifier.rs + efficientnet_lite.rs + image.rs
-//!              (image classification with its versioned preprocessing), pth.rs (PyTorch checkpoints)
+//!              (image classification with its versioned preprocessing), pth.rs + pickle.rs (PyTorch
+//!              checkpoints), gguf.rs + safetensors_check.rs + files.rs (file formats as untrusted input)
 //! kernels.rs   teal's own CUDA kernels (kernels/*.cu -> PTX by build.rs): module load at warm-up, launches
 //! device.rs    cpu / cuda:N and dtype parsing; with kernels.rs the only code that knows the `cuda` feature
 //! net/         the HTTP/1.1 listener loop: connection caps, header and write deadlines, shutdown phases

@@ -232,6 +232,7 @@ pub fn router(state: AdminState) -> Router {
         .layer(middleware::from_fn(body_rules))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(middleware::from_fn(super::body::json_errors))
         .layer(middleware::from_fn(super::body::request_id))
         .with_state(state)
 }

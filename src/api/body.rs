@@ -120,6 +120,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Middleware: an error answered in plain text (axum's own rejections: a path or query that does not parse, a
+/// missing header) is rewritten into the protocol's JSON error shape, `{"error": "..."}` under /v2 and OpenAI's
+/// elsewhere, keeping its status.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let v2 = req.uri().path() == "/v2" || req.uri().path().starts_with("/v2/");
+    let resp = next.run(req).await;
+    let plain = resp.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(resp.status().is_client_error() && plain) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let message =
+        if message.is_empty() { parts.status.canonical_reason().unwrap_or("error").to_string() } else { message };
+    let mut out = if v2 {
+        axum::response::IntoResponse::into_response((parts.status, axum::Json(serde_json::json!({"error": message}))))
+    } else {
+        axum::response::IntoResponse::into_response(ApiError::new(parts.status, "invalid_request_error", message))
+    };
+    for (k, v) in parts.headers.iter().filter(|(k, _)| *k != header::CONTENT_TYPE && *k != header::CONTENT_LENGTH) {
+        out.headers_mut().insert(k.clone(), v.clone());
+    }
+    out
+}
+
 /// The request's id (`x-request-id`), in its extensions.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);

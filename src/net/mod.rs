@@ -95,3 +95,79 @@ async fn connection(tcp: tokio::net::TcpStream, app: Router, limits: ConnLimits,
     }
     let _ = conn.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    /// Set when the response stream is dropped (the connection was cut and the body with it).
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_and_its_stream_dropped() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let app = Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let guard = Dropped(flag.clone());
+                let chunks = async_stream::stream! {
+                    let _guard = guard;
+                    loop {
+                        yield Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b'x'; 64 << 10]));
+                    }
+                };
+                async move { axum::body::Body::from_stream(chunks) }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_millis(300),
+        };
+        tokio::spawn(serve(listener, app, limits, ShutdownSignal::never()));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut conn = socket.connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        // Never read: the kernel's buffers fill, the server's writes stall, the deadline cuts the connection.
+        let t0 = std::time::Instant::now();
+        while !dropped.load(Ordering::Acquire) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "the stalled response was never cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(conn);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once() {
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(serve(listener, app, limits, ShutdownSignal::never()));
+        let _held: Vec<_> = futures::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(addr))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read(&mut third, &mut buf))
+            .await
+            .expect("the server closes the connection past the cap")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+}

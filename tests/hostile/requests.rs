@@ -63,6 +63,11 @@ async fn hostile_public_requests_get_their_status_and_change_nothing() {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].is_string(), "KServe's shape on /v2: {v}");
     b.check("DELETE on a KServe route").await;
+    let r = reqwest::Client::new().get(format!("{}/v1/sessions/%FF%FE", b.s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].is_string(), "an extractor's rejection in OpenAI's shape: {v}");
+    b.check("a path that is not UTF-8").await;
     let big_messages: Vec<Value> = (0..5000).map(|_| json!({"role": "user", "content": "x"})).collect();
     let body = json!({"model": "stories", "messages": big_messages}).to_string();
     let (s, v) = b.send(CHAT, json_ct, body).await;
