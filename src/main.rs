@@ -64,6 +64,7 @@ fn serve(args: ServeArgs, token_on_command_line: bool) -> anyhow::Result<()> {
         );
     }
     let config = args.resolve()?;
+    teal::server::raise_open_files_limit(&config);
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         let listeners = teal::server::Listeners::bind(&config).await?;

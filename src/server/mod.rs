@@ -231,6 +231,34 @@ async fn drain(
     phases.enter(Phase::Deadline);
 }
 
+/// Raises the soft limit on open files to the hard limit (as nginx and Go do), so the connection caps, not the
+/// default of 1024 descriptors, decide when connections are refused: a flood on the API port must not leave the
+/// admin listener unable to accept. Warns when the limit is still below what the caps allow.
+pub fn raise_open_files_limit(config: &Config) {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct; no other state is touched.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+        if ok && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max.min(1 << 20), rlim_max: lim.rlim_max };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+        let wanted = (config.api_conns.max_connections + config.admin_conns.max_connections + 256) as libc::rlim_t;
+        if ok && lim.rlim_cur < wanted {
+            tracing::warn!(
+                open_files = lim.rlim_cur,
+                wanted,
+                "the open-file limit is below the connection caps plus model files; lower --max-connections or \
+                 raise the limit (ulimit -n)"
+            );
+        }
+    }
+}
+
 /// Resolves on ctrl-c or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
