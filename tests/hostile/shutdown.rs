@@ -92,6 +92,20 @@ async fn sigterm_with_a_stream_that_would_outlive_the_timeout_exits_in_time() {
     let stream = reqwest::Client::new().post(format!("{}/v1/completions", p.url)).json(&body).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // And a second stream whose client never reads (a stalled stream): it must not hold the exit either.
+    let addr: std::net::SocketAddr = p.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let body = json!({"model": "m", "prompt": "Twice", "max_tokens": 4000, "ignore_eos": true, "stream": true,
+                      "logprobs": 5})
+    .to_string();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, format!("{head}{body}").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let follower = tokio::spawn(async move {
         let t0 = Instant::now();
         let _ = follow.text().await;
@@ -105,6 +119,7 @@ async fn sigterm_with_a_stream_that_would_outlive_the_timeout_exits_in_time() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "the cut stream still ends with [DONE]");
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(last["error"]["code"], "shutting_down", "{last}");
+    drop(stalled);
     let follower_took = follower.await.unwrap();
     assert!(follower_took < Duration::from_secs(2), "the event follower closed at once ({follower_took:?})");
 }
