@@ -166,7 +166,7 @@ impl GatesConfig {
     /// Caps on every count and size a load request can set, so a gate cannot be asked for unbounded work (the
     /// stage timeout is the backstop).
     pub fn validate(&self) -> Result<(), String> {
-        use super::spec::cap;
+        use super::caps::cap;
         const TOKENS: usize = 4096;
         cap("golden.cases", self.golden.cases.len(), 1000)?;
         cap("golden.max_tokens", self.golden.max_tokens, TOKENS)?;

@@ -4,6 +4,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// Set when an operation is cancelled (or timed out); the job on its thread checks it between stages.
+pub type CancelFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
 /// Stack of every loader and preparation thread.
 pub const STACK_BYTES: usize = 64 << 20;
 

@@ -14,6 +14,7 @@
 mod actor;
 pub mod audit;
 pub mod batch_checks;
+pub mod caps;
 pub mod gates;
 pub mod guard;
 pub mod park;

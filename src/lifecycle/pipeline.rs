@@ -2,9 +2,9 @@
 //! gates. It writes no slot state; it reports each stage to the controller, which decides what the slot becomes.
 //! A panic anywhere in here fails the load with a reason instead of touching the live slot.
 
-use super::actor::CancelFlag;
 use super::batch_checks;
 use super::gates::{self, GateReport};
+use super::guard::CancelFlag;
 use super::prepare::Prepared;
 use super::warmup::{self, WarmupConfig, WarmupReport};
 use super::Command;

@@ -127,14 +127,6 @@ pub fn read_model_toml(model: &Path) -> Result<ModelToml, String> {
     toml::from_str(&text).map_err(|e| format!("{}: {e}", model_toml_path(model).display()))
 }
 
-/// `name` must be at most `max`.
-pub fn cap(name: &str, value: usize, max: usize) -> Result<(), String> {
-    if value > max {
-        return Err(format!("{name} is {value}; at most {max} is allowed"));
-    }
-    Ok(())
-}
-
 /// Deep merge: objects merge key by key, anything else in `over` replaces `base`.
 pub fn merge_json(base: Value, over: Value) -> Value {
     match (base, over) {

@@ -35,11 +35,11 @@ impl Default for WarmupConfig {
 impl WarmupConfig {
     /// Caps, so a load request cannot make warm-up run unbounded work (the stage timeout is the backstop).
     pub fn validate(&self) -> Result<(), String> {
-        super::spec::cap("warmup.prompts", self.prompts.len(), 64)?;
-        super::spec::cap("warmup.batch_sizes", self.batch_sizes.len(), 32)?;
-        super::spec::cap("warmup.batch_sizes[]", self.batch_sizes.iter().copied().max().unwrap_or(0), 4096)?;
-        super::spec::cap("warmup.max_tokens", self.max_tokens, 4096)?;
-        super::spec::cap("warmup.prefill_tokens", self.prefill_tokens.unwrap_or(0), 1 << 20)
+        super::caps::cap("warmup.prompts", self.prompts.len(), 64)?;
+        super::caps::cap("warmup.batch_sizes", self.batch_sizes.len(), 32)?;
+        super::caps::cap("warmup.batch_sizes[]", self.batch_sizes.iter().copied().max().unwrap_or(0), 4096)?;
+        super::caps::cap("warmup.max_tokens", self.max_tokens, 4096)?;
+        super::caps::cap("warmup.prefill_tokens", self.prefill_tokens.unwrap_or(0), 1 << 20)
     }
 }
 

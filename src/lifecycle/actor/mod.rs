@@ -9,8 +9,6 @@ mod memory;
 mod ops;
 mod park;
 
-pub(crate) use ops::CancelFlag;
-
 use super::audit::Entry;
 use super::gates::GateReport;
 use super::prepare::FileSignature;

@@ -10,15 +10,13 @@ use crate::lifecycle::state::SlotEvent;
 use crate::lifecycle::{AdminError, Operation};
 use crate::router::SlotName;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Finished operations kept for GET /admin/operations/{id}.
 const KEEP_OPS: usize = 256;
 
-/// Set when an operation is cancelled; the blocking job checks it between stages.
-pub(crate) type CancelFlag = Arc<AtomicBool>;
+use crate::lifecycle::guard::CancelFlag;
 
 pub(super) struct OpRecord {
     pub op: Operation,
