@@ -79,7 +79,7 @@ fn model_step(c: &mut Criterion) {
                 t
             })
             .collect();
-        let meta = teal::models::paged_attention::AttnMeta {
+        let meta = teal::ops::paged_attention::AttnMeta {
             token_seq: (0..batch as u32).collect(),
             token_pos: vec![64; batch],
             slot_mapping: tables.iter().map(|t| t.slot(64)).collect(),

@@ -7,41 +7,7 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::models::classifier::Classifier;
 use crate::models::embedding::Embedder;
-use serde::Serialize;
-
-/// What a model does, and so which API serves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelKind {
-    TextGeneration,
-    Embedding,
-    ImageClassification,
-}
-
-impl ModelKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelKind::TextGeneration => "text-generation",
-            ModelKind::Embedding => "embedding",
-            ModelKind::ImageClassification => "image-classification",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ModelKind> {
-        match s {
-            "text-generation" | "llm" => Some(ModelKind::TextGeneration),
-            "embedding" => Some(ModelKind::Embedding),
-            "image-classification" => Some(ModelKind::ImageClassification),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::slot::ModelKind;
 
 pub enum Backend {
     Llm(Engine),

@@ -20,14 +20,16 @@
 //! engine/      per-model engine thread: queue -> scheduler (pure policy) -> batched forward -> sampling
 //!              kv_cache.rs (paged pool, blocks freed on drop), sequence.rs (stop strings, streaming text)
 //! models/      loading (HF safetensors dir or GGUF), llama.rs (stateless forward over a ragged batch),
-//!              paged_attention.rs (custom ops over the KV pool), shared.rs (identical tensors held once per
+//!              linear.rs (dense or quantized layers), shared.rs (identical tensors held once per
 //!              device), estimate.rs (weight bytes from file headers), tokenizer + chat template;
 //!              embedding.rs (BERT sentence embeddings), classifier.rs + efficientnet_lite.rs + image.rs
 //!              (image classification with its versioned preprocessing), pth.rs + pickle.rs (PyTorch
 //!              checkpoints), gguf.rs + safetensors_check.rs + files.rs (file formats as untrusted input)
-//! kernels.rs   teal's own CUDA kernels (kernels/*.cu -> PTX by build.rs): module load at warm-up, launches
-//! device.rs    cpu / cuda:N and dtype parsing; with kernels.rs the only code that knows the `cuda` feature
+//! ops/         teal's own tensor ops, each whole: metadata + checks, CPU reference, CUDA launch (kernels/*.cu ->
+//!              PTX by build.rs); kernel module load at warm-up
+//! device.rs    cpu / cuda:N and dtype parsing; with ops/ the only code that knows the `cuda` feature
 //! net/         the HTTP/1.1 listener loop: connection caps, header and write deadlines, shutdown phases
+//! slot.rs      the shared vocabulary (SlotName, ModelIdentity, ModelKind): a leaf
 //! telemetry.rs tracing setup and every Prometheus metric
 //! ```
 //! An engine owns its model, KV pool and device; a slot holds one engine (one model version). Requests reach
@@ -45,12 +47,13 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
-pub mod kernels;
 pub mod lifecycle;
 pub mod memory;
 pub mod models;
 pub mod net;
+pub mod ops;
 pub mod router;
 pub mod server;
 pub mod sessions;
+pub mod slot;
 pub mod telemetry;

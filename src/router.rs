@@ -4,66 +4,12 @@
 
 use crate::backend::Backend;
 use crate::engine::Engine;
+use crate::slot::{ModelIdentity, SlotName};
 use arc_swap::ArcSwapOption;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// The two slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SlotName {
-    Blue,
-    Green,
-}
-
-impl SlotName {
-    pub const ALL: [SlotName; 2] = [SlotName::Blue, SlotName::Green];
-
-    pub fn other(self) -> SlotName {
-        match self {
-            SlotName::Blue => SlotName::Green,
-            SlotName::Green => SlotName::Blue,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotName::Blue => "blue",
-            SlotName::Green => "green",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<SlotName> {
-        match s {
-            "blue" => Some(SlotName::Blue),
-            "green" => Some(SlotName::Green),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for SlotName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Who a loaded model version is: what the admin API reports and the audit log records.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelIdentity {
-    pub name: String,
-    pub version: String,
-    pub source: PathBuf,
-    /// sha256 of the weight files (of the one file, or of "name digest" lines for several).
-    pub digest: String,
-    pub device: String,
-    pub format: String,
-    pub kind: crate::backend::ModelKind,
-}
 
 /// One loaded model version in a slot: its identity and what serves it (the LLM engine or a batcher). Immutable;
 /// shared by the slot table, the live pointer and every request that leased it.

@@ -51,7 +51,21 @@ pub struct Metrics {
     pub session_errors: IntCounterVec,
     pub sessions_degraded: IntCounter,
     pub kernel_module_loads: IntCounter,
-    pub memory: crate::memory::report::MemoryMetrics,
+    pub memory: MemoryMetrics,
+}
+
+/// Kernel modules loaded onto a device in this process (a load is a driver JIT compile of teal's PTX); counted
+/// by kernels.rs, exported as `teal_kernel_module_loads_total`. Process-wide, like the loads themselves.
+static KERNEL_MODULE_LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one kernel module load (kernels.rs calls it).
+pub fn note_kernel_module_load() {
+    KERNEL_MODULE_LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Kernel module loads so far in this process.
+pub fn kernel_module_loads() -> u64 {
+    KERNEL_MODULE_LOADS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The labels of every engine metric.
@@ -175,7 +189,7 @@ impl Metrics {
                     "Loads of teal's CUDA kernel module onto a device (each JIT-compiles its PTX); warm-up does them",
                 ),
             ),
-            memory: crate::memory::report::MemoryMetrics::new(&registry),
+            memory: MemoryMetrics::new(&registry),
             registry,
         }
     }
@@ -186,7 +200,7 @@ impl Metrics {
         if last > 0.0 {
             self.since_last_flip.set((unix_seconds(std::time::SystemTime::now()) - last).max(0.0));
         }
-        let loads = crate::kernels::module_loads();
+        let loads = KERNEL_MODULE_LOADS.load(std::sync::atomic::Ordering::Relaxed);
         self.kernel_module_loads.inc_by(loads.saturating_sub(self.kernel_module_loads.get()));
         let mut buf = vec![];
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -262,4 +276,70 @@ pub struct EngineMetrics {
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+/// The memory gauges, set from each report.
+#[derive(Clone)]
+pub struct MemoryMetrics {
+    device: GaugeVec,
+    slot: GaugeVec,
+    /// One family per NVML quantity (GPU_GAUGES), labelled by device.
+    gpu: Vec<GaugeVec>,
+    rss: Gauge,
+}
+
+/// NVML telemetry families: name and help.
+pub const GPU_GAUGES: [(&str, &str); 6] = [
+    ("teal_gpu_memory_used_bytes", "GPU memory in use on the device, all processes (NVML)"),
+    ("teal_gpu_memory_free_bytes", "GPU memory free on the device (NVML)"),
+    ("teal_gpu_memory_total_bytes", "GPU memory on the device (NVML)"),
+    ("teal_gpu_utilization_ratio", "Share of the last sample period a kernel ran on the GPU (NVML)"),
+    ("teal_gpu_temperature_celsius", "GPU core temperature (NVML)"),
+    ("teal_gpu_power_watts", "GPU power draw (NVML)"),
+];
+
+impl MemoryMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let vec = |name: &str, help: &str, labels: &[&str]| reg(registry, GaugeVec::new(Opts::new(name, help), labels));
+        let rss = reg(
+            registry,
+            Gauge::new("teal_process_resident_memory_bytes", "Resident memory of the teal process (VmRSS)"),
+        );
+        MemoryMetrics {
+            device: vec(
+                "teal_memory_device_bytes",
+                "Device memory by kind: total, available, budget, held (teal's slots, shared weights once), \
+                 weights, shared, kv_cache, workspace, free_within_budget",
+                &["device", "kind"],
+            ),
+            slot: vec(
+                "teal_memory_slot_bytes",
+                "A slot's memory by kind: weights, shared, kv_cache, workspace, host, estimate",
+                &["slot", "kind"],
+            ),
+            gpu: GPU_GAUGES.iter().map(|(name, help)| vec(name, help, &["device"])).collect(),
+            rss,
+        }
+    }
+
+    /// One device figure (`kind`: total, available, budget, held, weights, shared, kv_cache, workspace,
+    /// free_within_budget).
+    pub fn set_device(&self, device: &str, kind: &str, bytes: u64) {
+        self.device.with_label_values(&[device, kind]).set(bytes as f64);
+    }
+
+    /// One slot figure (`kind`: weights, shared, kv_cache, workspace, host, estimate).
+    pub fn set_slot(&self, slot: &str, kind: &str, bytes: u64) {
+        self.slot.with_label_values(&[slot, kind]).set(bytes as f64);
+    }
+
+    /// One NVML reading: the values of `GPU_GAUGES`, in order (absent readings stay absent).
+    pub fn set_gpu(&self, device: &str, values: &[Option<f64>]) {
+        for (gauge, v) in self.gpu.iter().zip(values) {
+            v.inspect(|v| gauge.with_label_values(&[device]).set(*v));
+        }
+    }
+
+    pub fn set_process_rss(&self, bytes: u64) {
+        self.rss.set(bytes as f64);
+    }
 }

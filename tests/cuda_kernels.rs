@@ -12,8 +12,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use teal::engine::direct::greedy;
-use teal::models::paged_attention::{paged_attention, write_kv, AttnMeta};
 use teal::models::{load, LoadOptions};
+use teal::ops::paged_attention::{paged_attention, write_kv, AttnMeta};
 
 fn gpu() -> Device {
     teal::device::parse_device("cuda:0").expect("these tests need a CUDA GPU (cuda:0)")

@@ -168,12 +168,12 @@ async fn embeddings_match_sentence_transformers() {
         .collect();
     for (g, x) in got.iter().zip(&sentences) {
         let want: Vec<f32> = x["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let distance = 1.0 - teal::lifecycle::batch_checks::cosine(g, &want);
+        let distance = 1.0 - teal::lifecycle::checks::batched::cosine(g, &want);
         assert!(distance < 1e-4, "{}: cosine distance {distance}", x["text"]);
     }
     for p in reference["pairs"].as_array().unwrap() {
         let (a, b) = (p["a"].as_u64().unwrap() as usize, p["b"].as_u64().unwrap() as usize);
-        let c = teal::lifecycle::batch_checks::cosine(&got[a], &got[b]);
+        let c = teal::lifecycle::checks::batched::cosine(&got[a], &got[b]);
         assert!((c - p["cosine"].as_f64().unwrap()).abs() < 1e-4, "pair {a},{b}: {c}");
     }
     // base64 (what the official SDK asks for) carries the same floats; one string in, one embedding out.

@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::JsonBody;
 use crate::lifecycle::{AdminError, FlipRequest, Lifecycle, LoadRequest};
 use crate::net::shutdown::{Phase, ShutdownSignal};
-use crate::router::SlotName;
+use crate::slot::SlotName;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};

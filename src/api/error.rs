@@ -59,7 +59,7 @@ impl ApiError {
 
     /// 400: the served model is of a kind this route does not serve (an embedding model on chat, an LLM on
     /// /v1/embeddings).
-    pub fn wrong_kind(name: &str, kind: crate::backend::ModelKind, route: &str) -> Self {
+    pub fn wrong_kind(name: &str, kind: crate::slot::ModelKind, route: &str) -> Self {
         ApiError {
             param: Some("model"),
             code: Some("wrong_model_kind"),

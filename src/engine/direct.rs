@@ -6,8 +6,8 @@ use super::kv_cache::KvPool;
 use super::sampling::argmax;
 use crate::error::Result;
 use crate::models::llama::StepInput;
-use crate::models::paged_attention::AttnMeta;
 use crate::models::Model;
+use crate::ops::paged_attention::AttnMeta;
 use std::sync::Arc;
 
 /// Last-position logits of `prompt`, then `steps` greedy tokens (eos does not stop it).

@@ -5,27 +5,27 @@
 //!
 //! state.rs: the pure transition function. spec.rs: model paths and per-model settings. prepare.rs: what a load
 //! request resolves to, worked out off the controller (model files are untrusted). guard.rs: the threads that
-//! touch model files. warmup.rs, gates.rs, probe.rs: what runs on a standby before it may go live. audit.rs: the
-//! persisted audit log.
+//! touch model files. checks/: warm-up and gates, what runs on a standby before it may go live, for every model
+//! kind. audit.rs: the persisted audit log.
 //!
 //! The controller cannot die silently: `Lifecycle::start` watches its task, and `ControllerHealth` tells the
 //! server (which then exits non-zero, and /health/live answers 503) if it ever stops without being asked to.
 
 mod actor;
 pub mod audit;
-pub mod batch_checks;
 pub mod caps;
-pub mod gates;
+pub mod checks;
 pub mod guard;
+pub mod memory_report;
 pub mod park;
 mod pipeline;
 pub mod prepare;
-pub mod probe;
+mod report;
 pub mod spec;
 pub mod state;
-pub mod warmup;
 
-use crate::router::{LiveRouter, Resident, SlotName};
+use crate::router::{LiveRouter, Resident};
+use crate::slot::SlotName;
 use crate::telemetry::Metrics;
 use audit::AuditLog;
 use serde::{Deserialize, Serialize};
@@ -206,9 +206,9 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Operation, AdminError>>,
     },
     Memory {
-        reply: oneshot::Sender<crate::memory::report::MemoryReport>,
+        reply: oneshot::Sender<memory_report::MemoryReport>,
     },
-    Report(pipeline::Report),
+    Report(report::Report),
     Shutdown {
         reply: oneshot::Sender<Vec<Arc<Resident>>>,
     },
@@ -342,7 +342,7 @@ impl Lifecycle {
         self.ask(|reply| Command::Wake { slot, reply }).await?
     }
 
-    pub async fn memory(&self) -> Result<crate::memory::report::MemoryReport, AdminError> {
+    pub async fn memory(&self) -> Result<memory_report::MemoryReport, AdminError> {
         self.ask(|reply| Command::Memory { reply }).await
     }
 

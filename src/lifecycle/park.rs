@@ -4,13 +4,15 @@
 //! On CPU the weights are already in host memory: park frees the KV pool and workspace, wake re-allocates them.
 //! Like pipeline.rs, these write no slot state: they report to the controller.
 
-use super::pipeline::Report;
-use super::warmup::{self, WarmupConfig};
+use super::checks::config::{GatesConfig, WarmupConfig};
+use super::checks::{self, llm::LlmSubject};
+use super::report::{Report, WakeTimings};
 use super::Command;
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
 use crate::models::Model;
-use crate::router::{ModelIdentity, Resident, SlotName};
+use crate::router::Resident;
+use crate::slot::{ModelIdentity, SlotName};
 use crate::telemetry::Metrics;
 use candle_core::Device;
 use std::sync::Arc;
@@ -76,16 +78,6 @@ fn wait_unique(mut model: Arc<Model>) -> Result<Model, String> {
     }
 }
 
-/// Where a wake's time went: copying weights back to the device, allocating the KV pool (and starting the
-/// engine), and the warm-up.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct WakeTimings {
-    pub move_s: f64,
-    pub allocate_s: f64,
-    pub warm_s: f64,
-    pub moved_bytes: u64,
-}
-
 pub(crate) struct WakeJob {
     pub op: String,
     pub slot: SlotName,
@@ -117,7 +109,9 @@ impl WakeJob {
             let metrics = self.metrics.for_slot(&id.name, self.slot.as_str(), &id.version);
             let engine = Engine::start(model, self.engine, metrics).map_err(|e| e.to_string())?;
             let allocate_s = t0.elapsed().as_secs_f64() - move_s;
-            let warmup = warmup::run(&engine, &self.warm, &|_| {}).map_err(|e| format!("warm-up: {e}"))?;
+            let gates = GatesConfig::default();
+            let subject = LlmSubject::new(&engine, &self.warm, &gates);
+            let warmup = checks::warm(&subject, &self.warm, &|_| {}).map_err(|e| format!("warm-up: {e}"))?;
             let resident = Arc::new(Resident::new(self.load_id, self.slot, self.identity, Backend::Llm(engine)));
             let warm_s = t0.elapsed().as_secs_f64() - move_s - allocate_s;
             let timings = WakeTimings { move_s, allocate_s, warm_s, moved_bytes: moved };

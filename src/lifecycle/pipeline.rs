@@ -2,19 +2,20 @@
 //! gates. It writes no slot state; it reports each stage to the controller, which decides what the slot becomes.
 //! A panic anywhere in here fails the load with a reason instead of touching the live slot.
 
-use super::batch_checks;
-use super::gates::{self, GateReport};
+use super::checks;
 use super::guard::CancelFlag;
 use super::prepare::Prepared;
-use super::warmup::{self, WarmupConfig, WarmupReport};
+use super::report::Report;
 use super::Command;
-use crate::backend::{Backend, ModelKind};
+use crate::backend::Backend;
 use crate::batcher::{BatchConfig, Batcher};
 use crate::engine::{Engine, EngineConfig};
 use crate::models::classifier::{Classifier, ClassifierSpec};
 use crate::models::embedding::Embedder;
 use crate::models::{self, LoadOptions};
-use crate::router::{LiveRouter, ModelIdentity, Resident, SlotName};
+use crate::router::{LiveRouter, Resident};
+use crate::slot::ModelKind;
+use crate::slot::{ModelIdentity, SlotName};
 use crate::telemetry::Metrics;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -22,46 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
-
-pub(crate) enum Report {
-    Progress {
-        op: String,
-        progress: f64,
-    },
-    Loaded {
-        op: String,
-        resident: Arc<Resident>,
-        seconds: f64,
-        weights_bytes: u64,
-        warm: WarmupConfig,
-    },
-    Warmed {
-        op: String,
-        report: WarmupReport,
-    },
-    Gated {
-        op: String,
-        report: GateReport,
-    },
-    Failed {
-        op: String,
-        reason: String,
-    },
-    /// A standby's engine stopped and its weights are in host memory.
-    Parked {
-        op: String,
-        model: Arc<crate::models::Model>,
-        seconds: f64,
-        moved_bytes: u64,
-    },
-    /// A parked standby is back on its device, warmed.
-    Woken {
-        op: String,
-        resident: Arc<Resident>,
-        warmup: WarmupReport,
-        timings: super::park::WakeTimings,
-    },
-}
 
 pub(crate) struct Job {
     pub op: String,
@@ -133,29 +94,17 @@ impl Job {
         let warm = s.warmup.clone();
         self.send(Report::Loaded { op: self.op.clone(), resident: resident.clone(), seconds, weights_bytes, warm });
 
-        let report = match resident.engine() {
-            Some(engine) => warmup::run(engine, &s.warmup, &|f| self.progress(f)),
-            None => batch_checks::warm(&resident.backend, &s.warmup, &|f| self.progress(f)),
-        }
-        .map_err(|e| format!("warm-up failed: {e}"))?;
+        let dir = model_dir(&p.path);
+        let standby = checks::subject_of(&resident.backend, &s.warmup, &s.gates, &dir);
+        let report = checks::warm(standby.as_ref(), &s.warmup, &|f| self.progress(f))
+            .map_err(|e| format!("warm-up failed: {e}"))?;
         self.check_cancel()?;
         self.send(Report::Warmed { op: self.op.clone(), report });
 
-        let live = self.router.peek().filter(|r| r.slot != self.slot).map(|r| r.lease());
-        let progress = |f| self.progress(f);
-        let report = match resident.engine() {
-            Some(engine) => gates::run_all(&s.gates, engine, live.as_ref().and_then(|l| l.engine()), &progress),
-            None => {
-                let dir = model_dir(&p.path);
-                batch_checks::gates(
-                    &s.gates,
-                    &resident.backend,
-                    live.as_ref().map(|l| &l.resident().backend),
-                    &dir,
-                    &progress,
-                )
-            }
-        };
+        // The live slot is compared only when it serves the same kind (a flip between kinds is refused anyway).
+        let live = self.router.peek().filter(|r| r.slot != self.slot && r.identity.kind == s.kind).map(|r| r.lease());
+        let live = live.as_ref().map(|l| checks::subject_of(&l.resident().backend, &s.warmup, &s.gates, &dir));
+        let report = checks::gate(&s.gates, standby.as_ref(), live.as_deref(), &|f| self.progress(f));
         self.send(Report::Gated { op: self.op.clone(), report });
         Ok(())
     }

@@ -7,13 +7,13 @@
 
 #![deny(clippy::indexing_slicing)]
 
-use super::gates::GatesConfig;
+use super::checks::config::GatesConfig;
+use super::checks::config::WarmupConfig;
 use super::spec::{self, Timeouts};
-use super::warmup::WarmupConfig;
 use super::{guard, AdminError, LoadRequest};
-use crate::backend::ModelKind;
 use crate::engine::EngineConfig;
 use crate::memory::budget::Need;
+use crate::slot::ModelKind;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -3,8 +3,8 @@
 
 #![deny(clippy::indexing_slicing)]
 
-use super::gates::GatesConfig;
-use super::warmup::WarmupConfig;
+use super::checks::config::GatesConfig;
+use super::checks::config::WarmupConfig;
 use crate::models::files::{ModelDir, MAX_CONFIG_BYTES};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -5,7 +5,6 @@
 
 pub mod budget;
 pub mod probe;
-pub mod report;
 
 use crate::engine::EngineConfig;
 use crate::models::config::LlamaConfig;
@@ -33,7 +32,7 @@ pub fn workspace_bytes(cfg: &LlamaConfig, e: &EngineConfig) -> u64 {
 
 /// The estimate of a load from the model's files alone.
 pub fn estimate_load(path: &Path, dtype: Option<DType>, engine: &EngineConfig) -> crate::error::Result<Need> {
-    if crate::models::detect_kind(path, None)? != crate::backend::ModelKind::TextGeneration {
+    if crate::models::detect_kind(path, None)? != crate::slot::ModelKind::TextGeneration {
         // Embedding and image models load their f32 files as they are and keep no KV cache; their activations
         // (a batch at a time) are small beside the weights.
         let weights =

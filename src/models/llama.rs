@@ -3,10 +3,11 @@
 //! pool and returns logits only for the rows the engine will sample from.
 
 use super::config::{LlamaConfig, RopeStyle};
-use super::paged_attention::{paged_attention, write_kv, AttnMeta};
-use super::shared::{tensor_bytes, Holdings, TensorRegistry};
-use super::weights::{Linear, LinearGroup, Loader, Tn, WeightSource};
+use super::linear::{tensor_bytes, Linear, LinearGroup};
+use super::shared::{Holdings, TensorRegistry};
+use super::weights::{Loader, Tn, WeightSource};
 use crate::error::Result;
+use crate::ops::paged_attention::{paged_attention, write_kv, AttnMeta};
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 

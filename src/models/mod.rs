@@ -13,8 +13,8 @@ pub mod files;
 pub mod gguf;
 mod gguf_meta;
 pub mod image;
+pub mod linear;
 pub mod llama;
-pub mod paged_attention;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors_check;
@@ -71,8 +71,8 @@ fn is_pth(p: &Path) -> bool {
 /// The kind of the model at `path`: the one its teal.toml declares (`kind = ...`), else what its files say (a
 /// PyTorch checkpoint: an image classifier; a sentence-transformers or BERT directory: embeddings; a causal LM
 /// directory or GGUF file: text generation).
-pub fn detect_kind(path: &Path, declared: Option<&str>) -> Result<crate::backend::ModelKind> {
-    use crate::backend::ModelKind;
+pub fn detect_kind(path: &Path, declared: Option<&str>) -> Result<crate::slot::ModelKind> {
+    use crate::slot::ModelKind;
     if let Some(k) = declared {
         return ModelKind::parse(k).ok_or_else(|| {
             TealError::InvalidModel(format!(

@@ -8,7 +8,7 @@
 //! reference per object and counts the loaded models using it; a model's `Holdings` releases its objects when
 //! the model is dropped, and the registry forgets an object when its last user goes.
 
-use super::weights::{Linear, LinearGroup};
+use super::linear::{tensor_bytes, Linear, LinearGroup};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,10 +33,6 @@ impl Item {
             Item::Group(g) => g.bytes(),
         }
     }
-}
-
-pub fn tensor_bytes(t: &Tensor) -> u64 {
-    (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
 /// Names a device for the registry (objects are shared only within one device).

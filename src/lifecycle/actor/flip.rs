@@ -3,10 +3,11 @@
 
 use super::{idx, Controller};
 use crate::lifecycle::audit::Entry;
-use crate::lifecycle::gates::GateReport;
+use crate::lifecycle::checks::report::GateReport;
 use crate::lifecycle::state::{SlotEvent, SlotState};
 use crate::lifecycle::{AdminError, FlipOutcome, FlipRequest};
-use crate::router::{Resident, SlotName};
+use crate::router::Resident;
+use crate::slot::SlotName;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -4,12 +4,13 @@
 
 use super::{idx, now_rfc3339, Controller};
 use crate::lifecycle::audit::Entry;
-use crate::lifecycle::gates::GateReport;
-use crate::lifecycle::pipeline::{Job, Report};
+use crate::lifecycle::checks::report::GateReport;
+use crate::lifecycle::pipeline::Job;
 use crate::lifecycle::prepare::Prepared;
+use crate::lifecycle::report::Report;
 use crate::lifecycle::state::{SlotEvent, SlotState};
 use crate::lifecycle::{guard, AdminError, FlipRequest, Operation};
-use crate::router::SlotName;
+use crate::slot::SlotName;
 use serde_json::json;
 
 impl Controller {

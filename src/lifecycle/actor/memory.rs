@@ -2,11 +2,11 @@
 //! estimate, and the report behind GET /admin/memory and the memory metrics.
 
 use super::{idx, Controller, FileSignature};
+use crate::lifecycle::memory_report::{device_totals, publish, DeviceMemory, MemoryReport, SlotMemory};
 use crate::lifecycle::state::SlotState;
 use crate::lifecycle::AdminError;
 use crate::memory::budget::{self, Need};
-use crate::memory::report::{device_totals, DeviceMemory, MemoryReport, SlotMemory};
-use crate::router::SlotName;
+use crate::slot::SlotName;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -171,7 +171,7 @@ impl Controller {
             return;
         }
         self.memory_observed = Some(Instant::now());
-        self.ctx.metrics.memory.observe(&self.memory_report());
+        publish(&self.memory_report(), &self.ctx.metrics.memory);
     }
 }
 

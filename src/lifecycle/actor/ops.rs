@@ -8,7 +8,7 @@ use crate::lifecycle::audit::Entry;
 use crate::lifecycle::spec::Timeouts;
 use crate::lifecycle::state::SlotEvent;
 use crate::lifecycle::{AdminError, Operation};
-use crate::router::SlotName;
+use crate::slot::SlotName;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Instant;

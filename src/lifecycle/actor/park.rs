@@ -3,12 +3,14 @@
 
 use super::{idx, now_rfc3339, Controller};
 use crate::lifecycle::audit::Entry;
-use crate::lifecycle::park::{ParkJob, WakeJob, WakeTimings};
+use crate::lifecycle::checks::report::WarmupReport;
+use crate::lifecycle::park::{ParkJob, WakeJob};
+use crate::lifecycle::report::WakeTimings;
 use crate::lifecycle::state::{SlotEvent, SlotState};
-use crate::lifecycle::warmup::WarmupReport;
 use crate::lifecycle::{AdminError, Operation};
 use crate::models::Model;
-use crate::router::{Resident, SlotName};
+use crate::router::Resident;
+use crate::slot::SlotName;
 use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;

@@ -5,34 +5,19 @@
 //!   values straight from the pool through the sequence's block table (no gather copy, no padding).
 //!
 //! The CPU implementations here are also the reference for the CUDA kernels (kernels/paged_attention.cu, launched
-//! from the ops' `cuda_fwd` through src/kernels.rs; compared in tests/cuda_kernels.rs).
-//! The pool is always f32 and laid out `[slots, kv_heads, head_dim]`, slot = block * block_size + offset.
+//! from the ops' `cuda_fwd` through cuda.rs; compared in tests/cuda_kernels.rs). meta.rs holds the metadata and
+//! its checks. The pool is always f32 and laid out `[slots, kv_heads, head_dim]`, slot = block * block_size +
+//! offset.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod meta;
+
+pub use meta::{check_meta, AttnMeta, MetaCache};
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
-
-/// Where each token of a ragged batch lives: its sequence, its position and its pool slot.
-#[derive(Debug, Clone, Default)]
-pub struct AttnMeta {
-    /// Per new token: the index of its sequence in `block_tables`.
-    pub token_seq: Vec<u32>,
-    /// Per new token: its absolute position in its sequence.
-    pub token_pos: Vec<u32>,
-    /// Per new token: the pool slot its key/value is written to.
-    pub slot_mapping: Vec<u32>,
-    /// Per sequence: the pool blocks holding its positions, in order.
-    pub block_tables: Vec<Vec<u32>>,
-    pub block_size: usize,
-    /// The same metadata on a CUDA device, copied once per step by the first layer that needs it.
-    pub device_copy: crate::kernels::MetaCache,
-}
-
-impl AttnMeta {
-    pub fn num_tokens(&self) -> usize {
-        self.token_seq.len()
-    }
-}
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32, got {:?}", s.dtype()) };
@@ -80,7 +65,7 @@ impl InplaceOp2 for WriteKv {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<()> {
-        crate::kernels::cuda::write_kv(s1, l1, s2, l2, &self.meta)
+        cuda::write_kv(s1, l1, s2, l2, &self.meta)
     }
 }
 
@@ -213,7 +198,7 @@ impl CustomOp3 for PagedAttention {
         if kp.len() != vp.len() || kp.len() % (nkv * hd) != 0 {
             candle_core::bail!("key and value pools must both be [slots, {nkv}, {hd}]");
         }
-        crate::kernels::check_meta(&self.meta, kp.len() / (nkv * hd))?;
+        check_meta(&self.meta, kp.len() / (nkv * hd))?;
         let work: Vec<((usize, usize), usize)> =
             self.tiles().into_iter().flat_map(|t| (0..nkv).map(move |h| (t, h))).collect();
         let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.tile(q, kp, vp, t, h)).collect();
@@ -237,13 +222,13 @@ impl CustomOp3 for PagedAttention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let shape = crate::kernels::cuda::AttnShape {
+        let shape = cuda::AttnShape {
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
             head_dim: self.head_dim,
             scale: self.scale,
         };
-        let out = crate::kernels::cuda::paged_attention(s1, l1, s2, l2, s3, l3, &self.meta, &shape)?;
+        let out = cuda::paged_attention(s1, l1, s2, l2, s3, l3, &self.meta, &shape)?;
         Ok((out, Shape::from((self.meta.num_tokens(), self.num_heads * self.head_dim))))
     }
 }

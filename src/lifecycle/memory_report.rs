@@ -1,10 +1,12 @@
-//! The memory report of GET /admin/memory and the memory metrics: per device and per slot, what is held (weights,
-//! shared weights counted once, KV pool, workspace), what the budget leaves, and on CUDA the NVML figures.
+//! The memory report of GET /admin/memory, and the memory metrics set from it: per device and per slot, what is
+//! held (weights, shared weights counted once, KV pool, workspace), what the budget leaves, and on CUDA the NVML
+//! figures. The lifecycle owns it (only the controller knows what each slot holds); memory/ keeps the budget
+//! arithmetic and the probes it reads.
 
-use super::budget::Need;
-use super::probe::GpuTelemetry;
-use crate::router::SlotName;
-use prometheus::{Gauge, GaugeVec, Opts, Registry};
+use crate::memory::budget::Need;
+use crate::memory::probe::GpuTelemetry;
+use crate::slot::SlotName;
+use crate::telemetry::MemoryMetrics;
 use serde::Serialize;
 
 /// One slot's memory.
@@ -72,26 +74,6 @@ pub fn device_totals(device: &str, slots: &[SlotMemory]) -> (u64, u64, u64, u64)
     (weights - shared, shared, kv, ws)
 }
 
-/// The memory gauges, set from each report.
-#[derive(Clone)]
-pub struct MemoryMetrics {
-    device: GaugeVec,
-    slot: GaugeVec,
-    /// One family per NVML quantity (GPU_GAUGES), labelled by device.
-    gpu: Vec<GaugeVec>,
-    rss: Gauge,
-}
-
-/// NVML telemetry families: name and help.
-const GPU_GAUGES: [(&str, &str); 6] = [
-    ("teal_gpu_memory_used_bytes", "GPU memory in use on the device, all processes (NVML)"),
-    ("teal_gpu_memory_free_bytes", "GPU memory free on the device (NVML)"),
-    ("teal_gpu_memory_total_bytes", "GPU memory on the device (NVML)"),
-    ("teal_gpu_utilization_ratio", "Share of the last sample period a kernel ran on the GPU (NVML)"),
-    ("teal_gpu_temperature_celsius", "GPU core temperature (NVML)"),
-    ("teal_gpu_power_watts", "GPU power draw (NVML)"),
-];
-
 /// The values of GPU_GAUGES, in order, from one NVML reading.
 fn gpu_values(g: &GpuTelemetry) -> [Option<f64>; 6] {
     [
@@ -104,66 +86,39 @@ fn gpu_values(g: &GpuTelemetry) -> [Option<f64>; 6] {
     ]
 }
 
-impl MemoryMetrics {
-    pub fn new(registry: &Registry) -> Self {
-        let vec = |name: &str, help: &str, labels: &[&str]| {
-            crate::telemetry::reg(registry, GaugeVec::new(Opts::new(name, help), labels))
-        };
-        let rss = crate::telemetry::reg(
-            registry,
-            Gauge::new("teal_process_resident_memory_bytes", "Resident memory of the teal process (VmRSS)"),
-        );
-        MemoryMetrics {
-            device: vec(
-                "teal_memory_device_bytes",
-                "Device memory by kind: total, available, budget, held (teal's slots, shared weights once), \
-                 weights, shared, kv_cache, workspace, free_within_budget",
-                &["device", "kind"],
-            ),
-            slot: vec(
-                "teal_memory_slot_bytes",
-                "A slot's memory by kind: weights, shared, kv_cache, workspace, host, estimate",
-                &["slot", "kind"],
-            ),
-            gpu: GPU_GAUGES.iter().map(|(name, help)| vec(name, help, &["device"])).collect(),
-            rss,
+/// Sets the memory gauges from a report.
+pub fn publish(r: &MemoryReport, m: &MemoryMetrics) {
+    for d in &r.devices {
+        let dev = d.device.as_str();
+        let figures = [
+            ("total", d.total_bytes),
+            ("available", d.available_bytes),
+            ("budget", d.budget_bytes),
+            ("held", Some(d.held_bytes)),
+            ("weights", Some(d.weights_bytes)),
+            ("shared", Some(d.shared_bytes)),
+            ("kv_cache", Some(d.kv_cache_bytes)),
+            ("workspace", Some(d.workspace_bytes)),
+            ("free_within_budget", d.free_within_budget_bytes),
+        ];
+        for (kind, v) in figures {
+            v.inspect(|v| m.set_device(dev, kind, *v));
+        }
+        if let Some(g) = &d.nvml {
+            m.set_gpu(dev, &gpu_values(g));
         }
     }
-
-    pub fn observe(&self, r: &MemoryReport) {
-        for d in &r.devices {
-            let set = |kind: &str, v: Option<u64>| {
-                if let Some(v) = v {
-                    self.device.with_label_values(&[d.device.as_str(), kind]).set(v as f64);
-                }
-            };
-            set("total", d.total_bytes);
-            set("available", d.available_bytes);
-            set("budget", d.budget_bytes);
-            set("held", Some(d.held_bytes));
-            set("weights", Some(d.weights_bytes));
-            set("shared", Some(d.shared_bytes));
-            set("kv_cache", Some(d.kv_cache_bytes));
-            set("workspace", Some(d.workspace_bytes));
-            set("free_within_budget", d.free_within_budget_bytes);
-            if let Some(g) = &d.nvml {
-                for (gauge, v) in self.gpu.iter().zip(gpu_values(g)) {
-                    v.inspect(|v| gauge.with_label_values(&[d.device.as_str()]).set(*v));
-                }
-            }
-        }
-        for s in &r.slots {
-            let set = |kind: &str, v: u64| self.slot.with_label_values(&[s.slot.as_str(), kind]).set(v as f64);
-            set("weights", s.weights_bytes);
-            set("shared", s.shared_bytes);
-            set("kv_cache", s.kv_cache_bytes);
-            set("workspace", s.workspace_bytes);
-            set("host", s.host_bytes);
-            set("estimate", s.estimate.map(|e| e.total()).unwrap_or(0));
-        }
-        if let Some(rss) = r.process_resident_bytes {
-            self.rss.set(rss as f64);
-        }
+    for s in &r.slots {
+        let slot = s.slot.as_str();
+        m.set_slot(slot, "weights", s.weights_bytes);
+        m.set_slot(slot, "shared", s.shared_bytes);
+        m.set_slot(slot, "kv_cache", s.kv_cache_bytes);
+        m.set_slot(slot, "workspace", s.workspace_bytes);
+        m.set_slot(slot, "host", s.host_bytes);
+        m.set_slot(slot, "estimate", s.estimate.map(|e| e.total()).unwrap_or(0));
+    }
+    if let Some(rss) = r.process_resident_bytes {
+        m.set_process_rss(rss);
     }
 }
 
@@ -196,7 +151,7 @@ mod tests {
 
     #[test]
     fn nvml_figures_become_one_gauge_family_each() {
-        let registry = Registry::new();
+        let registry = prometheus::Registry::new();
         let metrics = MemoryMetrics::new(&registry);
         let gpu = GpuTelemetry {
             name: "H100".into(),
@@ -221,7 +176,7 @@ mod tests {
             slots: vec![],
             nvml: Some(gpu),
         };
-        metrics.observe(&MemoryReport { devices: vec![device], slots: vec![], process_resident_bytes: None });
+        publish(&MemoryReport { devices: vec![device], slots: vec![], process_resident_bytes: None }, &metrics);
         let mut text = vec![];
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();

@@ -1,0 +1,108 @@
+//! A step's attention metadata: where each new token of a ragged batch lives (its sequence, position and pool
+//! slot) and each sequence's block table; its validation against the pool before any kernel runs; and the cache of
+//! its copy on a CUDA device (made by the first layer, reused by the rest).
+
+use candle_core::Result;
+
+/// Where each token of a ragged batch lives: its sequence, its position and its pool slot.
+#[derive(Debug, Clone, Default)]
+pub struct AttnMeta {
+    /// Per new token: the index of its sequence in `block_tables`.
+    pub token_seq: Vec<u32>,
+    /// Per new token: its absolute position in its sequence.
+    pub token_pos: Vec<u32>,
+    /// Per new token: the pool slot its key/value is written to.
+    pub slot_mapping: Vec<u32>,
+    /// Per sequence: the pool blocks holding its positions, in order.
+    pub block_tables: Vec<Vec<u32>>,
+    pub block_size: usize,
+    /// The same metadata on a CUDA device, copied once per step by the first layer that needs it.
+    pub device_copy: MetaCache,
+}
+
+impl AttnMeta {
+    pub fn num_tokens(&self) -> usize {
+        self.token_seq.len()
+    }
+}
+
+/// A step's attention metadata as copied to one CUDA device, made at the first layer and reused by the rest.
+/// A clone starts empty: the copy belongs to the metadata it was made from.
+/// Held type-erased, so this file needs no CUDA types (cuda.rs stores and reads its own `DeviceMeta`).
+#[derive(Default)]
+pub struct MetaCache {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(super) cell: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Clone for MetaCache {
+    fn clone(&self) -> Self {
+        MetaCache::default()
+    }
+}
+
+impl std::fmt::Debug for MetaCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetaCache")
+    }
+}
+
+/// Checks that every token's sequence, block table entry and pool slot are in range, so a kernel can never read
+/// or write outside the pool (an out-of-range access on a GPU poisons the whole CUDA context, both slots with it).
+pub fn check_meta(meta: &AttnMeta, pool_slots: usize) -> Result<()> {
+    let n = meta.num_tokens();
+    if meta.token_pos.len() != n || meta.slot_mapping.len() != n || meta.block_size == 0 {
+        candle_core::bail!("attention metadata: inconsistent lengths");
+    }
+    for t in 0..n {
+        let Some(table) = meta.block_tables.get(meta.token_seq[t] as usize) else {
+            candle_core::bail!("token {t}: sequence {} has no block table", meta.token_seq[t]);
+        };
+        if meta.token_pos[t] as usize / meta.block_size >= table.len() {
+            candle_core::bail!("token {t}: position {} beyond its block table", meta.token_pos[t]);
+        }
+        if meta.slot_mapping[t] as usize >= pool_slots {
+            candle_core::bail!("token {t}: kv slot {} outside the pool", meta.slot_mapping[t]);
+        }
+    }
+    let blocks = pool_slots / meta.block_size;
+    if let Some(b) = meta.block_tables.iter().flatten().find(|&&b| b as usize >= blocks) {
+        candle_core::bail!("block {b} outside the pool ({blocks} blocks)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> AttnMeta {
+        AttnMeta {
+            token_seq: vec![0, 1],
+            token_pos: vec![5, 0],
+            slot_mapping: vec![5, 16],
+            block_tables: vec![vec![0], vec![1]],
+            block_size: 16,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metadata_in_range_passes_and_every_out_of_range_index_is_named() {
+        check_meta(&meta(), 32).unwrap();
+        type Spoil = fn(&mut AttnMeta);
+        let cases: [(Spoil, &str); 5] = [
+            (|m| m.token_seq[1] = 2, "has no block table"),
+            (|m| m.token_pos[0] = 16, "beyond its block table"),
+            (|m| m.slot_mapping[1] = 32, "outside the pool"),
+            (|m| m.block_tables[1][0] = 2, "block 2 outside the pool"),
+            (|m| m.token_pos.truncate(1), "inconsistent lengths"),
+        ];
+        for (spoil, want) in cases {
+            let mut m = meta();
+            spoil(&mut m);
+            let err = check_meta(&m, 32).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} (wanted {want})");
+        }
+    }
+}
