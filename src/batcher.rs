@@ -237,10 +237,9 @@ impl<M: BatchModel> Worker<M> {
         }
         let mut results: Vec<std::result::Result<M::Output, String>> = Vec::with_capacity(total);
         for chunk in inputs.chunks(self.config.max_batch) {
-            self.metrics.step_batch.observe(chunk.len() as f64);
-            self.metrics.batch_size.set(chunk.len() as i64);
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.run_batch(chunk)));
-            match out {
+            self.metrics.batch_size.observe(chunk.len() as f64);
+            self.metrics.running_requests.set(chunk.len() as i64);
+            match crate::error::catching("running the batch", || self.model.run_batch(chunk)) {
                 Ok(Ok(outs)) if outs.len() == chunk.len() => results.extend(outs.into_iter().map(Ok)),
                 Ok(Ok(outs)) => results.extend(
                     chunk
@@ -248,11 +247,10 @@ impl<M: BatchModel> Worker<M> {
                         .map(|_| Err(format!("model returned {} outputs for {} inputs", outs.len(), chunk.len()))),
                 ),
                 Ok(Err(e)) => results.extend(chunk.iter().map(|_| Err(e.to_string()))),
-                Err(_) => results
-                    .extend(chunk.iter().map(|_| Err("internal error (panic) while running the batch".to_string()))),
+                Err(panic) => results.extend(chunk.iter().map(|_| Err(panic.clone()))),
             }
         }
-        self.metrics.batch_size.set(0);
+        self.metrics.running_requests.set(0);
         self.queued.fetch_sub(total, Ordering::AcqRel);
         let mut results = results.into_iter();
         for ((reply, arrived), n) in replies.into_iter().zip(counts) {
@@ -312,10 +310,24 @@ mod tests {
     #[test]
     fn an_error_reaches_only_the_requests_of_its_batch_and_shutdown_refuses_new_ones() {
         let model = Arc::new(Doubler(Mutex::new(vec![])));
-        let cfg = BatchConfig { max_batch: 1, max_delay: Duration::ZERO, max_queue: 100 };
-        let b = Batcher::start(model, cfg, metrics()).unwrap();
-        assert!(matches!(b.infer_blocking(vec![-1]), Err(InferError::Failed(m)) if m.contains("negative one")));
-        assert_eq!(b.infer_blocking(vec![3]).unwrap(), vec![6]);
+        let cfg = BatchConfig { max_batch: 2, max_delay: Duration::from_millis(300), max_queue: 100 };
+        let b = Arc::new(Batcher::start(model.clone(), cfg, metrics()).unwrap());
+        let run = |x: Vec<i64>| {
+            let b = b.clone();
+            std::thread::spawn(move || b.infer_blocking(x))
+        };
+        // Two requests share a batch; one carries the poison: both get the model's reason.
+        let (bad, mate) = (run(vec![-1]), run(vec![7]));
+        for r in [bad.join().unwrap(), mate.join().unwrap()] {
+            assert!(matches!(r, Err(InferError::Failed(ref m)) if m.contains("negative one")), "{r:?}");
+        }
+        // The next batch of two is untouched, each request with its own outputs.
+        let (c, d) = (run(vec![3]), run(vec![4, 5]));
+        assert_eq!(c.join().unwrap().unwrap(), vec![6]);
+        assert_eq!(d.join().unwrap().unwrap(), vec![8, 10]);
+        let sizes = model.0.lock().unwrap().clone();
+        assert_eq!(sizes[0], 2, "the poisoned batch held both requests: {sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 5, "{sizes:?}");
         b.shutdown();
         assert!(matches!(b.infer_blocking(vec![3]), Err(InferError::Stopped)));
     }

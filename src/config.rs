@@ -4,11 +4,11 @@
 
 use crate::error::{Result, TealError};
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Flags of `teal serve`. All optional here so the file can fill what the command line leaves out.
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[derive(Debug, Clone, Default, Args, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServeArgs {
     /// Model for the blue slot, live at start (same as --blue): a Hugging Face directory, a .gguf file, or a
@@ -213,13 +213,12 @@ pub struct Config {
     pub threads: Option<usize>,
 }
 
-macro_rules! merge {
-    ($a:ident, $b:ident, $($f:ident),*) => { $( if $a.$f.is_none() { $a.$f = $b.$f.clone(); } )* };
-}
-
 impl ServeArgs {
-    /// Fills unset fields from teal.toml (the `--config` file, or ./teal.toml when present).
-    pub fn with_file(mut self) -> Result<Self> {
+    /// Fills unset fields from teal.toml (the `--config` file, or ./teal.toml when present). Every key of the
+    /// file is a field of `ServeArgs` (an unknown key is an error naming it), and every field the command line
+    /// leaves unset takes the file's value: the merge goes through the fields' serialised form, so a new flag
+    /// needs no line here.
+    pub fn with_file(self) -> Result<Self> {
         let path = match &self.config {
             Some(p) => Some(p.clone()),
             None => Some(PathBuf::from("teal.toml")).filter(|p| p.is_file()),
@@ -228,60 +227,28 @@ impl ServeArgs {
         let text = std::fs::read_to_string(&path).map_err(|e| TealError::io(&path, e))?;
         let file: ServeArgs =
             toml::from_str(&text).map_err(|e| TealError::Config(format!("{}: {e}", path.display())))?;
-        merge!(
-            self,
-            file,
-            model,
-            blue,
-            green,
-            blue_device,
-            green_device,
-            admin_host,
-            admin_port,
-            admin_token_file,
-            state_dir,
-            redis_url,
-            session_ttl,
-            session_fail_open,
-            max_session_bytes,
-            max_sessions,
-            models_dir,
-            host,
-            port,
-            device,
-            dtype,
-            served_model_name,
-            max_total_tokens,
-            max_batch_size,
-            max_step_tokens,
-            max_queue,
-            block_size,
-            max_body_bytes,
-            shutdown_timeout,
-            log_prompts,
-            memory_budget,
-            parked_rollback,
-            batch_delay_ms,
-            batch_max_size,
-            max_image_pixels,
-            threads,
-            max_prompt_bytes,
-            max_stop_token_ids,
-            max_images_per_request,
-            max_request_pixels,
-            body_timeout,
-            header_timeout,
-            write_timeout,
-            max_connections,
-            admin_max_connections,
-            preprocess_threads,
-            preprocess_queue,
-            log_format
-        );
-        Ok(self)
+        self.over(file)
     }
 
-    pub fn resolve(self) -> Result<Config> {
+    /// `self`, with each field it leaves unset taken from `file`.
+    fn over(self, file: ServeArgs) -> Result<Self> {
+        let bad = |e: serde_json::Error| TealError::Config(format!("merging teal.toml: {e}"));
+        let mut merged = serde_json::to_value(&self).map_err(bad)?;
+        let from_file = serde_json::to_value(&file).map_err(bad)?;
+        if let (Some(m), Some(f)) = (merged.as_object_mut(), from_file.as_object()) {
+            for (key, value) in f {
+                if m.get(key).is_none_or(|v| v.is_null()) {
+                    m.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        let mut out: ServeArgs = serde_json::from_value(merged).map_err(bad)?;
+        // Never read from the file (a token belongs in a token file, the config path is the file itself).
+        (out.admin_token, out.config) = (self.admin_token, self.config);
+        Ok(out)
+    }
+
+    fn engine_config(&self) -> Result<crate::engine::EngineConfig> {
         let d = crate::engine::EngineConfig::default();
         let engine = crate::engine::EngineConfig {
             max_total_tokens: self.max_total_tokens.unwrap_or(d.max_total_tokens),
@@ -296,28 +263,24 @@ impl ServeArgs {
         if engine.max_total_tokens < 2 * engine.block_size {
             return Err(TealError::Config("max-total-tokens must hold at least two blocks".into()));
         }
-        if self.model.is_some() && self.blue.is_some() {
-            return Err(TealError::Config("--model and --blue name the same slot; give one".into()));
-        }
+        Ok(engine)
+    }
+
+    fn batch_config(&self) -> Result<crate::batcher::BatchConfig> {
         let delay_ms = self.batch_delay_ms.unwrap_or(2.0);
         if !(0.0..=10_000.0).contains(&delay_ms) || self.batch_max_size == Some(0) {
             return Err(TealError::Config("batch-delay-ms must be 0..=10000 and batch-max-size positive".into()));
         }
-        let batch = crate::batcher::BatchConfig {
+        Ok(crate::batcher::BatchConfig {
             max_batch: self.batch_max_size.unwrap_or(32),
             max_delay: std::time::Duration::from_secs_f64(delay_ms / 1e3),
             ..Default::default()
-        };
-        let device = self.device.unwrap_or_else(|| "cpu".into());
-        let secs = |name: &str, v: Option<f64>, default: f64| -> Result<std::time::Duration> {
-            let v = v.unwrap_or(default);
-            if !(0.001..=86_400.0).contains(&v) {
-                return Err(TealError::Config(format!("{name} must be between 0.001 and 86400 seconds")));
-            }
-            Ok(std::time::Duration::from_secs_f64(v))
-        };
+        })
+    }
+
+    fn request_limits(&self) -> Result<crate::api::limits::RequestLimits> {
         let d = crate::api::limits::RequestLimits::default();
-        let limits = crate::api::limits::RequestLimits {
+        Ok(crate::api::limits::RequestLimits {
             max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
             body_timeout: secs("body-timeout", self.body_timeout, 30.0)?,
             max_prompt_bytes: self.max_prompt_bytes.unwrap_or(d.max_prompt_bytes),
@@ -325,14 +288,25 @@ impl ServeArgs {
             max_images_per_request: self.max_images_per_request.unwrap_or(d.max_images_per_request).max(1),
             max_request_pixels: self.max_request_pixels.unwrap_or(d.max_request_pixels),
             max_image_pixels: self.max_image_pixels.unwrap_or(d.max_image_pixels),
-        };
-        let conns = |max: usize| -> Result<crate::net::ConnLimits> {
-            Ok(crate::net::ConnLimits {
-                max_connections: max.max(1),
-                header_timeout: secs("header-timeout", self.header_timeout, 30.0)?,
-                write_timeout: secs("write-timeout", self.write_timeout, 30.0)?,
-            })
-        };
+        })
+    }
+
+    fn conn_limits(&self, max: usize) -> Result<crate::net::ConnLimits> {
+        Ok(crate::net::ConnLimits {
+            max_connections: max.max(1),
+            header_timeout: secs("header-timeout", self.header_timeout, 30.0)?,
+            write_timeout: secs("write-timeout", self.write_timeout, 30.0)?,
+        })
+    }
+
+    pub fn resolve(self) -> Result<Config> {
+        if self.model.is_some() && self.blue.is_some() {
+            return Err(TealError::Config("--model and --blue name the same slot; give one".into()));
+        }
+        let (engine, batch, limits) = (self.engine_config()?, self.batch_config()?, self.request_limits()?);
+        let api_conns = self.conn_limits(self.max_connections.unwrap_or(1024))?;
+        let admin_conns = self.conn_limits(self.admin_max_connections.unwrap_or(64))?;
+        let device = self.device.unwrap_or_else(|| "cpu".into());
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let memory_budget = crate::memory::budget::BudgetSpec::parse(&self.memory_budget.unwrap_or_default())
             .map_err(TealError::Config)?;
@@ -363,8 +337,8 @@ impl ServeArgs {
             served_model_name: self.served_model_name,
             engine,
             batch,
-            api_conns: conns(self.max_connections.unwrap_or(1024))?,
-            admin_conns: conns(self.admin_max_connections.unwrap_or(64))?,
+            api_conns,
+            admin_conns,
             limits,
             preprocess_threads: self.preprocess_threads.unwrap_or(cores).max(1),
             preprocess_queue: self.preprocess_queue.unwrap_or(256),
@@ -373,6 +347,15 @@ impl ServeArgs {
             threads: self.threads,
         })
     }
+}
+
+/// A duration flag in seconds, within 1 ms..=1 day.
+fn secs(name: &str, v: Option<f64>, default: f64) -> Result<std::time::Duration> {
+    let v = v.unwrap_or(default);
+    if !(0.001..=86_400.0).contains(&v) {
+        return Err(TealError::Config(format!("{name} must be between 0.001 and 86400 seconds")));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
 }
 
 impl Config {
@@ -435,12 +418,48 @@ mod tests {
         assert_eq!((c.port, c.host.as_str(), c.engine.max_batch_size), (7000, "0.0.0.0", 4));
     }
 
+    /// Every flag of `teal serve` is also a key of teal.toml: a file that sets all of them fills all of them.
+    #[test]
+    fn every_flag_can_come_from_the_file() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let sample = |id: &str| match id {
+            "memory_budget" => "[\"cpu=1GiB\"]".to_string(),
+            "session_fail_open" | "log_prompts" => "true".into(),
+            "batch_delay_ms" | "body_timeout" | "header_timeout" | "write_timeout" => "1.5".into(),
+            "model" | "blue" | "green" | "state_dir" | "models_dir" | "admin_token_file" => "\"/x\"".into(),
+            "host" | "admin_host" | "device" | "blue_device" | "green_device" | "dtype" | "served_model_name"
+            | "redis_url" | "parked_rollback" | "log_format" => "\"x\"".into(),
+            _ => "7".into(),
+        };
+        let ids: Vec<String> = Cli::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| !matches!(id.as_str(), "admin_token" | "config"))
+            .collect();
+        assert!(ids.len() > 40, "{ids:?}");
+        let text: String = ids.iter().map(|id| format!("{} = {}\n", id.replace('_', "-"), sample(id))).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("teal.toml");
+        std::fs::write(&f, text).unwrap();
+        let merged = ServeArgs { config: Some(f), ..Default::default() }.with_file().unwrap();
+        let v = serde_json::to_value(&merged).unwrap();
+        for id in &ids {
+            assert!(!v[id.replace('_', "-")].is_null(), "{id} was not taken from the file");
+        }
+    }
+
     #[test]
     fn unknown_keys_and_bad_limits_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("teal.toml");
         std::fs::write(&f, "prot = 1\n").unwrap();
-        assert!(ServeArgs { config: Some(f), ..Default::default() }.with_file().is_err());
+        let e = ServeArgs { config: Some(f), ..Default::default() }.with_file().unwrap_err().to_string();
+        assert!(e.contains("unknown field `prot`"), "{e}");
         assert!(ServeArgs { max_batch_size: Some(0), ..Default::default() }.resolve().is_err());
     }
 

@@ -1,8 +1,17 @@
-//! Device and dtype selection from user strings; with kernels.rs, the only code that knows whether CUDA was
-//! compiled in.
+//! Device and dtype selection from user strings, and the one way a device is named; with ops/, the only code
+//! that knows whether CUDA was compiled in.
 
 use crate::error::{Result, TealError};
 use candle_core::{DType, Device};
+
+/// The canonical name of a device the user wrote: `cuda` -> `cuda:0`, `CPU` -> `cpu` (names only: no device is
+/// opened). Budgets, reports and admission key devices by it, as `label` names an opened one.
+pub fn canonical_name(s: &str) -> String {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "cuda" => "cuda:0".into(),
+        d => d.to_string(),
+    }
+}
 
 /// `cpu`, `cuda` (device 0) or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {

@@ -1,5 +1,4 @@
-//! Error types. `TealError` is what the library returns; each variant has a stable `error_type()` label that the
-//! HTTP layer (api/error.rs, the only place errors become responses) and metrics use.
+//! Error types. `TealError` is what the library returns; api/error.rs is the one place it becomes an HTTP answer.
 
 use thiserror::Error;
 
@@ -25,6 +24,9 @@ pub enum TealError {
     Config(String),
     #[error("device error: {0}")]
     Device(String),
+    /// The KV pool cannot hold what a step or a sequence needs.
+    #[error("KV cache exhausted: {0}")]
+    KvCacheFull(String),
     #[error("engine stopped")]
     EngineStopped,
     /// A request (a warm-up or gate probe) the engine refused as it would refuse a client's.
@@ -33,24 +35,23 @@ pub enum TealError {
 }
 
 impl TealError {
-    /// A stable label for logs and metrics.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            TealError::InvalidModel(_) => "invalid_model",
-            TealError::UnsupportedModel(_) => "unsupported_model",
-            TealError::ModelNotFound(_) => "model_not_found",
-            TealError::Io { .. } => "io_error",
-            TealError::Tokenizer(_) => "tokenizer_error",
-            TealError::Template(_) => "template_error",
-            TealError::Tensor(_) => "tensor_error",
-            TealError::Config(_) => "config_error",
-            TealError::Device(_) => "device_error",
-            TealError::EngineStopped => "engine_stopped",
-            TealError::Request(_) => "request_refused",
-        }
-    }
-
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         TealError::Io { path: path.as_ref().display().to_string(), source }
     }
+}
+
+/// A panic payload as text.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, turning a panic into `Err("internal error while {doing} (panic: ...)")`: the one way a thread that
+/// runs model code (engine steps, batches, loads, park and wake) keeps a bug in one request or one file from
+/// taking the thread down.
+pub fn catching<T>(doing: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| format!("internal error while {doing} (panic: {})", panic_text(p.as_ref())))
 }

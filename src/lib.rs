@@ -9,11 +9,13 @@
 //! api/         axum routes: OpenAI /v1 (openai.rs, generate.rs), health + metrics; admin.rs (own listener,
 //!              bearer token); error.rs turns errors into HTTP; body.rs, limits.rs, prompt.rs bound each
 //!              request's cost before the work
-//! router.rs    the live pointer (one ArcSwap), slot leases held by each request to its last token
+//! router/      the live pointer (one ArcSwap), slot leases held by each request to its last token, session
+//!              pinning while a flip drains (pins.rs)
 //! backend.rs   what a slot serves with, by model kind: the LLM engine or a dynamic batcher (batcher.rs)
 //! lifecycle/   the controller (actor/, the only writer of slot state): load -> warm -> gate -> flip /
 //!              rollback / unload / park / wake / cancel; state.rs (pure transitions), prepare.rs + guard.rs
-//!              (model files read off the controller), warmup.rs, gates.rs, audit.rs (JSONL log)
+//!              (model files read off the controller), checks/ (warm-up and gates for every kind), views.rs
+//!              (the typed admin answers), audit.rs (JSONL log)
 //! memory/      budgets: estimates from the files, device probes (/proc, cgroup, NVML), admission, report
 //! cli/         `teal admin`: the admin API from the command line
 //! bench/       `teal bench serve|flip|cold-warm`: load generator, stats, JSON with the machine, SVG charts

@@ -46,7 +46,7 @@ impl std::fmt::Display for SlotName {
 }
 
 /// Who a loaded model version is: what the admin API reports and the audit log records.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelIdentity {
     pub name: String,
     pub version: String,

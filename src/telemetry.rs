@@ -31,8 +31,8 @@ pub struct Metrics {
     pub itl: HistogramVec,
     pub e2e: HistogramVec,
     pub queue_time: HistogramVec,
-    pub batch_size: IntGaugeVec,
-    pub step_batch: HistogramVec,
+    pub running_requests: IntGaugeVec,
+    pub batch_size: HistogramVec,
     pub waiting: IntGaugeVec,
     pub kv_usage: GaugeVec,
     pub prompt_tokens: IntCounterVec,
@@ -90,6 +90,8 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
+    /// Every metric, registered once. One entry per metric.
+    // size-check: table
     pub fn new() -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str| {
@@ -112,8 +114,8 @@ impl Metrics {
             itl: hist("teal_inter_token_latency_seconds", "Time between consecutive generated tokens of a request"),
             e2e: hist("teal_request_duration_seconds", "Time from request arrival to its last token"),
             queue_time: hist("teal_queue_time_seconds", "Time a request waited before its first step"),
-            batch_size: igauge("teal_running_requests", "Sequences in the running batch"),
-            step_batch: reg(
+            running_requests: igauge("teal_running_requests", "Sequences in the running batch"),
+            batch_size: reg(
                 &registry,
                 HistogramVec::new(
                     HistogramOpts::new("teal_batch_size", "Sequences run together in one engine step")
@@ -225,8 +227,8 @@ impl Metrics {
         let _ = self.itl.remove_label_values(&l);
         let _ = self.e2e.remove_label_values(&l);
         let _ = self.queue_time.remove_label_values(&l);
+        let _ = self.running_requests.remove_label_values(&l);
         let _ = self.batch_size.remove_label_values(&l);
-        let _ = self.step_batch.remove_label_values(&l);
         let _ = self.waiting.remove_label_values(&l);
         let _ = self.kv_usage.remove_label_values(&l);
     }
@@ -239,8 +241,8 @@ impl Metrics {
             itl: self.itl.with_label_values(&l),
             e2e: self.e2e.with_label_values(&l),
             queue_time: self.queue_time.with_label_values(&l),
+            running_requests: self.running_requests.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
-            step_batch: self.step_batch.with_label_values(&l),
             waiting: self.waiting.with_label_values(&l),
             kv_usage: self.kv_usage.with_label_values(&l),
             prompt_tokens: self.prompt_tokens.with_label_values(&l),
@@ -264,8 +266,8 @@ pub struct EngineMetrics {
     pub itl: Histogram,
     pub e2e: Histogram,
     pub queue_time: Histogram,
-    pub batch_size: IntGauge,
-    pub step_batch: Histogram,
+    pub running_requests: IntGauge,
+    pub batch_size: Histogram,
     pub waiting: IntGauge,
     pub kv_usage: Gauge,
     pub prompt_tokens: IntCounter,

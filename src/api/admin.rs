@@ -74,7 +74,7 @@ fn slot(name: &str) -> Result<SlotName, ApiError> {
     })
 }
 
-async fn slots(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+async fn slots(State(s): State<AdminState>) -> Result<Json<crate::lifecycle::Status>, ApiError> {
     Ok(Json(s.lifecycle.status().await?))
 }
 
@@ -108,13 +108,19 @@ async fn memory(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(s.lifecycle.memory().await?)))
 }
 
-async fn unload(State(s): State<AdminState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn unload(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::lifecycle::Unloaded>, ApiError> {
     Ok(Json(s.lifecycle.unload(slot(&name)?).await?))
 }
 
-async fn operation(State(s): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn operation(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::lifecycle::Operation>, ApiError> {
     match s.lifecycle.operation(id.clone()).await? {
-        Some(op) => Ok(Json(json!(op))),
+        Some(op) => Ok(Json(op)),
         None => Err(AdminError::NotFound(format!("no operation {id}")).into()),
     }
 }

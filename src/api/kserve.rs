@@ -38,31 +38,29 @@ impl IntoResponse for V2Error {
     }
 }
 
+/// The status and message of the OpenAI-shaped error, in KServe's shape: which failure gets which status is
+/// decided once, in api/error.rs and the `From` conversions into `ApiError`.
+impl From<super::error::ApiError> for V2Error {
+    fn from(e: super::error::ApiError) -> Self {
+        V2Error(e.status, e.message)
+    }
+}
+
 impl From<super::body::BodyError> for V2Error {
     fn from(e: super::body::BodyError) -> Self {
-        V2Error(e.status(), e.message())
+        super::error::ApiError::from(e).into()
     }
 }
 
 impl From<super::limits::PoolError> for V2Error {
     fn from(e: super::limits::PoolError) -> Self {
-        match e {
-            super::limits::PoolError::Saturated(_) => V2Error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
-            super::limits::PoolError::Failed => V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+        super::error::ApiError::from(e).into()
     }
 }
 
 impl From<InferError> for V2Error {
     fn from(e: InferError) -> Self {
-        match e {
-            InferError::Overloaded(_) => V2Error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
-            InferError::Stopped => V2Error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            InferError::Failed(cause) => {
-                tracing::error!(error = %cause, "inference failed");
-                V2Error(StatusCode::INTERNAL_SERVER_ERROR, "inference failed".into())
-            }
-        }
+        super::error::ApiError::from(e).into()
     }
 }
 

@@ -89,9 +89,9 @@ async fn flip_once(admin: &Client, run_start: Instant) -> FlipSample {
 
 /// Refuses to start unless both slots hold a model that can go live.
 async fn check_both_ready(admin: &Client) -> anyhow::Result<()> {
-    let v = admin.call(Method::GET, "/admin/slots", None).await?;
-    for slot in ["blue", "green"] {
-        let state = v["slots"][slot]["state"].as_str().unwrap_or("?");
+    let v = admin.status().await?;
+    for sl in [&v.slots.blue, &v.slots.green] {
+        let (slot, state) = (sl.slot, sl.state.as_str());
         if !matches!(state, "live" | "ready" | "draining") {
             bail!("{slot} is {state}: load a model into both slots before `teal bench flip`");
         }
@@ -195,18 +195,15 @@ fn flip_report(
 
 /// The slot that is not live.
 async fn standby(admin: &Client) -> anyhow::Result<String> {
-    let v = admin.call(Method::GET, "/admin/slots", None).await?;
-    Ok(match v["live"].as_str() {
-        Some("blue") => "green".into(),
-        _ => "blue".into(),
-    })
+    let live = admin.status().await?.live;
+    Ok(live.map(|s| s.other()).unwrap_or(crate::slot::SlotName::Blue).to_string())
 }
 
 /// Waits until `slot` reaches `state` (a slot that was just left drains first).
 async fn wait_state(admin: &Client, slot: &str, state: &str) -> anyhow::Result<()> {
     for _ in 0..3000 {
-        let v = admin.call(Method::GET, "/admin/slots", None).await?;
-        if v["slots"][slot]["state"] == state {
+        let v = admin.status().await?;
+        if [&v.slots.blue, &v.slots.green].iter().any(|s| s.slot.as_str() == slot && s.state == state) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -230,11 +227,10 @@ async fn one_mode(
         body["gates"] = json!({"health": {"enabled": false}, "smoke": {"enabled": false}, "agreement": {"enabled": false},
                                "golden": {"enabled": false}, "latency": {"enabled": false}});
     }
-    let started = admin.call(Method::POST, &format!("/admin/slots/{slot}/load"), Some(body)).await?;
-    let id = started["operation"]["id"].as_str().unwrap_or_default().to_string();
-    let op = follow_operation(admin, &id, true, Duration::from_secs(3600)).await?;
-    if op["status"] != "succeeded" {
-        bail!("loading {} failed: {}", b.standby_model, op["error"]);
+    let started = admin.start(&format!("/admin/slots/{slot}/load"), Some(body)).await?;
+    let op = follow_operation(admin, &started.id, true, Duration::from_secs(3600)).await?;
+    if op.status != crate::lifecycle::OpStatus::Succeeded {
+        bail!("loading {} failed: {}", b.standby_model, op.error.unwrap_or_default());
     }
     admin.call(Method::POST, "/admin/flip", Some(json!({"to": slot, "force": true}))).await?;
     let flip_at = run_start.elapsed().as_secs_f64();

@@ -1,11 +1,13 @@
 //! `teal admin`: the admin API from the command line. Readable tables by default, the server's JSON with
 //! `--json`; a progress bar while a load runs. Exit status 1 when the server refuses or an operation fails.
 
+use crate::lifecycle::{OpStatus, Operation, Phase, Status};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
+use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -146,33 +148,42 @@ impl Client {
         }
         Ok(v)
     }
-}
 
-fn token(args: &AdminArgs) -> anyhow::Result<String> {
-    if let Some(t) = &args.token {
-        return Ok(t.clone());
+    /// A call whose answer is one of the admin API's typed views.
+    pub async fn typed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let v = self.call(method, path, body).await?;
+        serde_json::from_value(v).with_context(|| format!("unexpected answer from {path}"))
     }
-    let path = args.token_file.clone().unwrap_or_else(|| args.state_dir.join("admin.token"));
-    let t = std::fs::read_to_string(&path).with_context(|| {
-        format!("no admin token: set TEAL_ADMIN_TOKEN or --token-file ({} unreadable)", path.display())
-    })?;
-    Ok(t.trim().to_string())
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        self.typed(Method::GET, "/admin/slots", None).await
+    }
+
+    /// Starts an operation (load, park, wake) and returns it as the 202 answer names it.
+    pub async fn start(&self, path: &str, body: Option<Value>) -> anyhow::Result<Operation> {
+        #[derive(serde::Deserialize)]
+        struct Started {
+            operation: Operation,
+        }
+        Ok(self.typed::<Started>(Method::POST, path, body).await?.operation)
+    }
 }
 
 /// Runs one `teal admin` command.
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let client =
-        Client { http: reqwest::Client::new(), url: args.url.trim_end_matches('/').to_string(), token: token(&args)? };
+    let client = Client::connect(&args.url, args.token.clone(), args.token_file.clone(), &args.state_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(dispatch(&client, args.command, args.json))
 }
 
 async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Result<()> {
     match cmd {
-        AdminCommand::Status => {
-            let v = c.call(Method::GET, "/admin/slots", None).await?;
-            print_or(as_json, &v, status_table);
-        }
+        AdminCommand::Status => print_or(as_json, &c.status().await?, status_table),
         AdminCommand::Load { slot, model, version, device, dtype, no_warmup, gates, no_wait } => {
             let gates = gates.map(|g| read_json_arg(&g)).transpose()?;
             let mut body =
@@ -180,13 +191,12 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
             if no_warmup {
                 body["warmup"] = json!({"enabled": false});
             }
-            let v = c.call(Method::POST, &format!("/admin/slots/{slot}/load"), Some(body)).await?;
-            let id = v["operation"]["id"].as_str().unwrap_or_default().to_string();
+            let started = c.start(&format!("/admin/slots/{slot}/load"), Some(body)).await?;
             if no_wait {
-                print_or(as_json, &v, |_| println!("started {id}"));
+                print_or(as_json, &json!({"operation": started}), |_| println!("started {}", started.id));
                 return Ok(());
             }
-            let op = follow_operation(c, &id, !as_json, Duration::from_secs(3600)).await?;
+            let op = follow_operation(c, &started.id, !as_json, Duration::from_secs(3600)).await?;
             print_or(as_json, &op, operation_line);
             check_operation(&op)?;
         }
@@ -200,9 +210,9 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
             print_or(as_json, &v, flip_line);
         }
         AdminCommand::Unload { slot } => {
-            let v = c.call(Method::DELETE, &format!("/admin/slots/{slot}"), None).await?;
+            let v: crate::lifecycle::Unloaded = c.typed(Method::DELETE, &format!("/admin/slots/{slot}"), None).await?;
             print_or(as_json, &v, |v| {
-                println!("{} unloaded ({})", v["slot"].as_str().unwrap_or("?"), v["unloaded_version"])
+                println!("{} unloaded ({})", v.slot, v.unloaded_version.as_deref().unwrap_or("-"))
             });
         }
         AdminCommand::Memory => {
@@ -213,8 +223,8 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
         AdminCommand::Wake { slot } => park_or_wake(c, &slot, "wake", as_json).await?,
         AdminCommand::Events { follow, after } => events(c, follow, after, as_json).await?,
         AdminCommand::Cancel { operation } => {
-            let v = c.call(Method::POST, &format!("/admin/operations/{operation}/cancel"), None).await?;
-            print_or(as_json, &v, operation_line);
+            let op = c.typed(Method::POST, &format!("/admin/operations/{operation}/cancel"), None).await?;
+            print_or(as_json, &op, operation_line);
         }
         AdminCommand::Wait { operation, slot, state, timeout_s } => {
             let limit = Duration::from_secs(timeout_s);
@@ -233,9 +243,8 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
 }
 
 async fn park_or_wake(c: &Client, slot: &str, action: &str, as_json: bool) -> anyhow::Result<()> {
-    let v = c.call(Method::POST, &format!("/admin/slots/{slot}/{action}"), None).await?;
-    let id = v["operation"]["id"].as_str().unwrap_or_default().to_string();
-    let op = follow_operation(c, &id, !as_json, Duration::from_secs(3600)).await?;
+    let started = c.start(&format!("/admin/slots/{slot}/{action}"), None).await?;
+    let op = follow_operation(c, &started.id, !as_json, Duration::from_secs(3600)).await?;
     print_or(as_json, &op, operation_line);
     check_operation(&op)
 }
@@ -248,7 +257,7 @@ fn read_json_arg(s: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).context("--gates is not valid JSON")
 }
 
-fn print_or(as_json: bool, v: &Value, table: impl Fn(&Value)) {
+fn print_or<T: Serialize>(as_json: bool, v: &T, table: impl Fn(&T)) {
     if as_json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
@@ -256,17 +265,17 @@ fn print_or(as_json: bool, v: &Value, table: impl Fn(&Value)) {
     }
 }
 
-fn check_operation(op: &Value) -> anyhow::Result<()> {
-    if op["status"] == "failed" {
-        bail!("{} failed: {}", s(&op["kind"]), op["error"].as_str().unwrap_or("unknown reason"));
+fn check_operation(op: &Operation) -> anyhow::Result<()> {
+    if op.status == OpStatus::Failed {
+        bail!("{} failed: {}", op.kind, op.error.as_deref().unwrap_or("unknown reason"));
     }
-    if op["gates_passed"] == false {
+    if op.gates_passed == Some(false) {
         bail!("loaded, but its gates failed (see `teal admin status`); a flip needs --force");
     }
     Ok(())
 }
 
-pub(crate) async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Duration) -> anyhow::Result<Value> {
+pub(crate) async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Duration) -> anyhow::Result<Operation> {
     let pb = if bar { ProgressBar::new(100) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{spinner} {prefix:>8} [{bar:30}] {pos:>3}% {elapsed}")
@@ -275,10 +284,10 @@ pub(crate) async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Dur
     );
     let t0 = Instant::now();
     loop {
-        let op = c.call(Method::GET, &format!("/admin/operations/{id}"), None).await?;
-        pb.set_prefix(op["phase"].as_str().unwrap_or("").to_string());
-        pb.set_position((op["progress"].as_f64().unwrap_or(0.0) * 100.0) as u64);
-        if op["status"] != "running" {
+        let op: Operation = c.typed(Method::GET, &format!("/admin/operations/{id}"), None).await?;
+        pb.set_prefix(op.phase.to_string());
+        pb.set_position((op.progress * 100.0) as u64);
+        if op.finished() {
             pb.finish_and_clear();
             return Ok(op);
         }
@@ -293,8 +302,8 @@ pub(crate) async fn follow_operation(c: &Client, id: &str, bar: bool, limit: Dur
 async fn wait_state(c: &Client, slot: &str, state: &str, limit: Duration) -> anyhow::Result<()> {
     let t0 = Instant::now();
     loop {
-        let v = c.call(Method::GET, "/admin/slots", None).await?;
-        let now = v["slots"][slot]["state"].as_str().ok_or_else(|| anyhow!("no slot {slot}"))?.to_string();
+        let name = crate::slot::SlotName::parse(slot).ok_or_else(|| anyhow!("no slot {slot}; use blue or green"))?;
+        let now = c.status().await?.slots.get(name).state.clone();
         if now == state {
             println!("{slot} is {state}");
             return Ok(());
@@ -339,38 +348,31 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn status_table(v: &Value) {
+fn status_table(v: &Status) {
     println!(
         "{:<6} {:<9} {:<4} {:<28} {:<14} {:<7} {:>9}  GATES",
         "SLOT", "STATE", "LIVE", "MODEL", "VERSION", "DEVICE", "IN-FLIGHT"
     );
-    for name in ["blue", "green"] {
-        let sl = &v["slots"][name];
-        let gates = match &sl["gates"] {
-            Value::Null => "-".to_string(),
-            g if g["passed"] == true => "passed".into(),
-            g if g["forced"] == true => "forced".into(),
-            g => {
-                let failed = g["results"].as_array().into_iter().flatten().find(|r| r["passed"] == false);
-                format!(
-                    "failed: {}",
-                    failed.map(|r| format!("{}: {}", s(&r["gate"]), s(&r["summary"]))).unwrap_or_default()
-                )
-            }
+    for sl in [&v.slots.blue, &v.slots.green] {
+        let gates = match &sl.gates {
+            None => "-".to_string(),
+            Some(g) if g.passed => "passed".into(),
+            Some(g) if g.forced => "forced".into(),
+            Some(g) => format!("failed: {}", g.first_failure().unwrap_or_default()),
         };
-        let state = match &sl["reason"] {
-            Value::String(r) => format!("{} ({r})", s(&sl["state"])),
-            _ => s(&sl["state"]),
+        let state = match &sl.reason {
+            Some(r) => format!("{} ({r})", sl.state),
+            None => sl.state.clone(),
+        };
+        let (name, version, device) = match &sl.model {
+            Some(m) => (m.name.as_str(), m.version.as_str(), m.device.as_str()),
+            None => ("-", "-", "-"),
         };
         println!(
-            "{:<6} {:<9} {:<4} {:<28} {:<14} {:<7} {:>9}  {gates}",
-            name,
-            state,
-            if sl["live"] == true { "*" } else { "" },
-            s(&sl["model"]["name"]),
-            s(&sl["model"]["version"]),
-            s(&sl["model"]["device"]),
-            s(&sl["in_flight"]),
+            "{:<6} {state:<9} {:<4} {name:<28} {version:<14} {device:<7} {:>9}  {gates}",
+            sl.slot,
+            if sl.live { "*" } else { "" },
+            sl.in_flight,
         );
     }
 }
@@ -421,18 +423,18 @@ fn memory_table(v: &Value) {
     }
 }
 
-fn operation_line(op: &Value) {
-    let t = &op["timings"];
+fn operation_line(op: &Operation) {
+    let t = |p| op.timing(p).unwrap_or(0.0);
     println!(
         "{} {} on {}: {} (load {:.2}s, warm-up {:.2}s, gates {:.2}s){}",
-        s(&op["id"]),
-        s(&op["model"]),
-        s(&op["slot"]),
-        s(&op["status"]),
-        t["loading"].as_f64().unwrap_or(0.0),
-        t["warming"].as_f64().unwrap_or(0.0),
-        t["gating"].as_f64().unwrap_or(0.0),
-        op["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+        op.id,
+        op.model,
+        op.slot,
+        op.status,
+        t(Phase::Loading),
+        t(Phase::Warming),
+        t(Phase::Gating),
+        op.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
     );
 }
 

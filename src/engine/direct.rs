@@ -22,7 +22,7 @@ pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, 
     while out.len() < steps || first.is_none() {
         let n = tokens.len() - cached;
         if !table.reserve(tokens.len()) {
-            return Err(crate::error::TealError::Device("KV pool too small for this sequence".into()));
+            return Err(crate::error::TealError::KvCacheFull("the pool is too small for this sequence".into()));
         }
         let meta = AttnMeta {
             token_seq: vec![0; n],

@@ -105,6 +105,17 @@ impl Drop for BlockTable {
     }
 }
 
+/// Slots of a pool for `max_tokens` tokens: whole blocks, rounded up.
+pub fn pool_slots(max_tokens: usize, block_size: usize) -> usize {
+    max_tokens.div_ceil(block_size.max(1)) * block_size.max(1)
+}
+
+/// Bytes of a pool: layers x 2 (keys, values) x slots x kv heads x head dim x 4 (f32). What `KvPool::new`
+/// allocates, and what admission (memory/) reserves for it.
+pub fn pool_bytes(layers: usize, kv_heads: usize, head_dim: usize, max_tokens: usize, block_size: usize) -> u64 {
+    (layers * 2 * pool_slots(max_tokens, block_size) * kv_heads * head_dim * 4) as u64
+}
+
 /// The device tensors behind the blocks: per layer `[slots, kv_heads, head_dim]` f32 keys and values.
 pub struct KvPool {
     k: Vec<Tensor>,
@@ -121,8 +132,8 @@ impl KvPool {
         block_size: usize,
         device: &Device,
     ) -> Result<Self> {
-        let num_blocks = max_tokens.div_ceil(block_size);
-        let slots = num_blocks * block_size;
+        let slots = pool_slots(max_tokens, block_size);
+        let num_blocks = slots / block_size.max(1);
         let shape = (slots, kv_heads, head_dim);
         let mk = || -> candle_core::Result<Tensor> {
             if device.is_cpu() {

@@ -17,7 +17,8 @@ pub struct Sequence {
     pub blocks: BlockTable,
     pub params: SamplingParams,
     sampler: Sampler,
-    decoder: IncrementalDecoder,
+    /// Made at the first new token, with the prompt's tail as context.
+    decoder: Option<IncrementalDecoder>,
     /// Generated text so far (stop string excluded once found).
     text: String,
     /// Bytes of `text` already sent.
@@ -53,7 +54,7 @@ impl Sequence {
             blocks,
             sampler: Sampler::new(req.params.seed),
             params: req.params,
-            decoder: IncrementalDecoder::default(),
+            decoder: None,
             text: String::new(),
             sent: 0,
             events: req.events,
@@ -95,7 +96,9 @@ impl Sequence {
             finished = Some(FinishReason::Stop);
         } else {
             // A decoding error on one token drops its text but must not fail the request.
-            let delta = self.decoder.step(tok, id).unwrap_or_default();
+            let prompt = self.tokens.get(..self.prompt_len).unwrap_or_default();
+            let decoder = self.decoder.get_or_insert_with(|| IncrementalDecoder::after(tok, prompt));
+            let delta = decoder.step(tok, id).unwrap_or_default();
             self.text.push_str(&delta);
             if let Some(at) = find_stop(&self.text, self.sent, &self.params.stop) {
                 self.text.truncate(at);

@@ -53,11 +53,10 @@ impl Worker {
                 continue;
             }
             self.drop_cancelled();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
-            let err = match outcome {
+            let err = match crate::error::catching("running an engine step", || self.step()) {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("internal engine panic".to_string()),
+                Err(panic) => Some(panic),
             };
             if let Some(e) = err {
                 tracing::error!(error = %e, "engine step failed; failing the running batch");
@@ -154,7 +153,7 @@ impl Worker {
                 continue;
             }
             if !seq.blocks.reserve(seq.cached + *n) {
-                return Err(crate::error::TealError::Device("KV pool exhausted mid-step".into()));
+                return Err(crate::error::TealError::KvCacheFull("the pool ran out mid-step".into()));
             }
             let b = meta.block_tables.len() as u32;
             for pos in seq.cached..seq.cached + *n {
@@ -173,7 +172,7 @@ impl Worker {
             self.running = batch.into_iter().map(|(s, _)| s).collect();
             return Ok(());
         }
-        self.metrics.step_batch.observe(input_seqs(&batch) as f64);
+        self.metrics.batch_size.observe(input_seqs(&batch) as f64);
         let input = StepInput { tokens, meta: Arc::new(meta), logits_rows: rows };
         let logits = match self.model.llama.forward(&input, &self.pool).and_then(|t| Ok(t.to_vec2::<f32>()?)) {
             Ok(l) => l,
@@ -224,7 +223,7 @@ impl Worker {
     }
 
     fn publish_gauges(&self) {
-        self.metrics.batch_size.set(self.running.len() as i64);
+        self.metrics.running_requests.set(self.running.len() as i64);
         self.metrics.waiting.set(self.waiting.len() as i64);
         self.metrics.kv_usage.set(self.pool.usage());
     }

@@ -1,9 +1,10 @@
-//! The slot lifecycle: load -> warm -> gate -> flip / rollback / unload. One controller task (actor.rs) owns
+//! The slot lifecycle: load -> warm -> gate -> flip / rollback / unload. One controller task (actor/) owns
 //! all slot state and is its only writer; admin operations are commands sent to it over a channel and answered
 //! over oneshots, so two operations can never both pass the same check. Long work (loading, warm-up, gates)
 //! runs on a blocking thread (pipeline.rs) that reports back to the controller as further commands.
 //!
-//! state.rs: the pure transition function. spec.rs: model paths and per-model settings. prepare.rs: what a load
+//! state.rs: the pure transition function. views.rs: what the admin API answers (operations, slot status),
+//! typed. spec.rs: model paths and per-model settings. prepare.rs: what a load
 //! request resolves to, worked out off the controller (model files are untrusted). guard.rs: the threads that
 //! touch model files. checks/: warm-up and gates, what runs on a standby before it may go live, for every model
 //! kind. audit.rs: the persisted audit log.
@@ -23,6 +24,7 @@ pub mod prepare;
 mod report;
 pub mod spec;
 pub mod state;
+pub mod views;
 
 use crate::router::{LiveRouter, Resident};
 use crate::slot::SlotName;
@@ -32,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+pub use views::{OpKind, OpStatus, Operation, Phase, Status, Unloaded};
 
 /// Why an admin operation was refused; api/admin.rs maps each to its HTTP status.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -121,37 +124,6 @@ pub struct FlipOutcome {
     pub pinned_sessions: usize,
 }
 
-/// A long-running admin operation (a load) as GET /admin/operations/{id} shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Operation {
-    pub id: String,
-    pub kind: &'static str,
-    pub slot: SlotName,
-    pub model: String,
-    /// running, succeeded or failed.
-    pub status: &'static str,
-    /// loading, warming, gating, done.
-    pub phase: &'static str,
-    /// Share of the current phase done (0..=1).
-    pub progress: f64,
-    pub started_at: String,
-    pub elapsed_s: f64,
-    /// Seconds each finished phase took.
-    pub timings: serde_json::Map<String, Value>,
-    pub error: Option<String>,
-    pub gates_passed: Option<bool>,
-    /// Whether the load asked the slot to go live when its gates pass (startup loads).
-    pub go_live: bool,
-    /// The stage limits in force (from the model's teal.toml and the request).
-    pub timeouts: Option<spec::Timeouts>,
-}
-
-impl Operation {
-    pub fn finished(&self) -> bool {
-        self.status != "running"
-    }
-}
-
 /// What the controller needs from the server.
 pub struct Context {
     pub router: Arc<LiveRouter>,
@@ -188,10 +160,10 @@ pub(crate) enum Command {
     },
     Unload {
         slot: SlotName,
-        reply: oneshot::Sender<Result<Value, AdminError>>,
+        reply: oneshot::Sender<Result<Unloaded, AdminError>>,
     },
     Status {
-        reply: oneshot::Sender<Value>,
+        reply: oneshot::Sender<Box<Status>>,
     },
     Operation {
         id: String,
@@ -346,12 +318,12 @@ impl Lifecycle {
         self.ask(|reply| Command::Memory { reply }).await
     }
 
-    pub async fn unload(&self, slot: SlotName) -> Result<Value, AdminError> {
+    pub async fn unload(&self, slot: SlotName) -> Result<Unloaded, AdminError> {
         self.ask(|reply| Command::Unload { slot, reply }).await?
     }
 
-    pub async fn status(&self) -> Result<Value, AdminError> {
-        self.ask(|reply| Command::Status { reply }).await
+    pub async fn status(&self) -> Result<Status, AdminError> {
+        self.ask(|reply| Command::Status { reply }).await.map(|s| *s)
     }
 
     pub async fn operation(&self, id: String) -> Result<Option<Operation>, AdminError> {

@@ -25,10 +25,10 @@ fn send(tx: &UnboundedSender<Command>, r: Report) {
 
 /// Runs `f`, turning an error or a panic into a `Failed` report.
 fn guarded(tx: &UnboundedSender<Command>, op: &str, what: &str, f: impl FnOnce() -> Result<Report, String>) {
-    let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    let report = match crate::error::catching(what, f) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Report::Failed { op: op.to_string(), reason: format!("{what} failed: {e}") },
-        Err(_) => Report::Failed { op: op.to_string(), reason: format!("internal error while {what} (panic)") },
+        Err(panic) => Report::Failed { op: op.to_string(), reason: panic },
     };
     send(tx, report);
 }

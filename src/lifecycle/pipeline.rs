@@ -51,11 +51,9 @@ impl Job {
 
     /// Runs every stage; whatever goes wrong ends as one `Failed` report.
     pub fn run(self) {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stages()));
-        let reason = match outcome {
+        let reason = match crate::error::catching("loading", || self.stages()) {
             Ok(Ok(())) => return,
-            Ok(Err(reason)) => reason,
-            Err(p) => format!("internal error while loading (panic: {})", super::guard::panic_text(p.as_ref())),
+            Ok(Err(reason)) | Err(reason) => reason,
         };
         self.send(Report::Failed { op: self.op.clone(), reason });
     }
@@ -75,7 +73,7 @@ impl Job {
         let (digest, weights_bytes) = digest_files(&files, &|f| self.progress(f * 0.5), &self.cancel)?;
         let short = digest.get(..12).unwrap_or(&digest).to_string();
         let version = s.version.clone().unwrap_or(short);
-        let name = model_name(&p.path);
+        let name = models::model_name(&p.path);
         let metrics = self.metrics.for_slot(&name, self.slot.as_str(), &version);
         self.check_cancel()?;
         let (backend, format) = self.start_backend(metrics)?;
@@ -138,11 +136,6 @@ impl Job {
             }
         }
     }
-}
-
-/// The name a model is known by: its directory or file name.
-fn model_name(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into())
 }
 
 /// The model's directory (the path itself, or the folder of a single model file).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// Where a wake's time went: copying weights back to the device, allocating the KV pool (and starting the
 /// engine), and the warm-up.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct WakeTimings {
     pub move_s: f64,
     pub allocate_s: f64,

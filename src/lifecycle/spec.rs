@@ -97,17 +97,6 @@ impl Timeouts {
             Err("timeouts: each of load_s, warmup_s, gates_s must be between 0.001 and 86400 seconds".into())
         }
     }
-
-    /// The limit of a phase (`loading`, `warming`, `gating`, `parking`, `waking`) and its setting's name.
-    pub fn of_phase(&self, phase: &str) -> Option<(f64, &'static str)> {
-        match phase {
-            "loading" | "parking" => Some((self.load_s, "load_s")),
-            "waking" => Some((self.load_s + self.warmup_s, "load_s + warmup_s")),
-            "warming" => Some((self.warmup_s, "warmup_s")),
-            "gating" => Some((self.gates_s, "gates_s")),
-            _ => None,
-        }
-    }
 }
 
 pub fn model_toml_path(model: &Path) -> PathBuf {

@@ -69,8 +69,7 @@ impl BudgetSpec {
         for item in items.iter().flat_map(|i| i.split(',')).map(str::trim).filter(|i| !i.is_empty()) {
             match item.split_once('=') {
                 Some((dev, lim)) => {
-                    let dev = dev.trim().to_ascii_lowercase();
-                    let dev = if dev == "cuda" { "cuda:0".to_string() } else { dev };
+                    let dev = crate::device::canonical_name(dev);
                     spec.per_device.retain(|(d, _)| *d != dev);
                     spec.per_device.push((dev, lim.parse()?));
                 }

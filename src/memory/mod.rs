@@ -14,10 +14,15 @@ use probe::{DeviceFigures, MemoryProbe};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Bytes of an engine's KV pool: layers x 2 (keys, values) x kv heads x head dim x slots x 4 (f32).
+/// Bytes of an engine's KV pool (the engine's own formula).
 pub fn kv_bytes(cfg: &LlamaConfig, e: &EngineConfig) -> u64 {
-    let slots = e.max_total_tokens.div_ceil(e.block_size.max(1)) * e.block_size;
-    (cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * slots * 4) as u64
+    crate::engine::kv_cache::pool_bytes(
+        cfg.num_layers,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        e.max_total_tokens,
+        e.block_size,
+    )
 }
 
 /// Scratch an engine step needs at most: the activations of the largest step (hidden states, q/k/v, the MLP's

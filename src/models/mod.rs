@@ -124,9 +124,15 @@ pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// The name a model is known by (what clients put in `model`): its directory's or file's name, without the
+/// extension.
+pub fn model_name(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into())
+}
+
 /// Loads a model from a directory (HF layout, or one .gguf inside) or a .gguf file.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
-    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    let name = model_name(path);
     let mut model = match resolve(path)? {
         Layout::HfDir(dir) => load_hf(&dir, opts)?,
         Layout::Gguf(file) => load_gguf(&file, opts)?,

@@ -260,7 +260,8 @@ impl<'a> Vm<'a> {
         }
     }
 
-    /// Runs one opcode; true at STOP.
+    /// Runs one opcode; true at STOP. One arm per opcode.
+    // size-check: table
     fn step(&mut self) -> R<bool> {
         let op = self.byte()?;
         match op {

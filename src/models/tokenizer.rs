@@ -81,7 +81,23 @@ pub struct IncrementalDecoder {
     read_offset: usize,
 }
 
+/// Prompt tokens a decoder starts from: enough context for the first new token's leading space.
+const CONTEXT_TOKENS: usize = 4;
+
 impl IncrementalDecoder {
+    /// A decoder whose text continues `prompt`: its last few tokens are the first window's context, so the first
+    /// new token is written as it reads after the prompt (" he" after "because", not "he"). Without context
+    /// (empty prompt, or a tail that ends inside a character) it starts from nothing.
+    pub fn after(tok: &TextTokenizer, prompt: &[u32]) -> Self {
+        let tail = prompt.get(prompt.len().saturating_sub(CONTEXT_TOKENS)..).unwrap_or_default();
+        match tok.decode(tail) {
+            Ok(t) if !t.ends_with('\u{FFFD}') => {
+                IncrementalDecoder { ids: tail.to_vec(), prefix_offset: 0, read_offset: tail.len() }
+            }
+            _ => IncrementalDecoder::default(),
+        }
+    }
+
     /// Adds one id and returns the text it completes (possibly empty while a character is incomplete).
     pub fn step(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);

@@ -64,7 +64,8 @@ async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::
             (Some(e), _) => Some(format!("loading {} into {slot}: {e}", path.display())),
             (None, Some(false)) => {
                 let status = lifecycle.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let gates = status.pointer(&format!("/slots/{slot}/gates")).cloned().unwrap_or_default();
+                let gates = status.slots.get(slot).gates.as_ref().and_then(|g| g.first_failure());
+                let gates = gates.unwrap_or_else(|| "no gate report".into());
                 Some(format!("{} in {slot} failed its gates: {gates}", path.display()))
             }
             _ => None,
@@ -83,14 +84,16 @@ async fn load_startup_models(config: &Config, lifecycle: &Lifecycle) -> anyhow::
     Ok(())
 }
 
-/// Everything the server runs, built from the configuration.
-struct Parts {
-    lifecycle: Lifecycle,
-    app: AppState,
-    admin: AdminState,
+/// Everything the server runs, built from the configuration: the lifecycle (its controller started, no slot
+/// loaded yet) and the state of both routers (`api::router(app)`, `api::admin::router(admin)`). `run` serves
+/// them on sockets; tests drive them in-process with tower's `oneshot`.
+pub struct Parts {
+    pub lifecycle: Lifecycle,
+    pub app: AppState,
+    pub admin: AdminState,
 }
 
-fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyhow::Result<Parts> {
+pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyhow::Result<Parts> {
     let audit_path = config.state_dir.join("audit.jsonl");
     let audit =
         Arc::new(AuditLog::open(Some(&audit_path)).with_context(|| format!("opening {}", audit_path.display()))?);

@@ -257,3 +257,32 @@ pub fn read_json(p: &std::path::Path) -> serde_json::Value {
 pub fn s(v: &str) -> String {
     v.to_string()
 }
+
+/// A child process that is killed and reaped when dropped, so a test that fails half-way leaves no server
+/// (or Redis) running behind it.
+pub struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    pub fn spawn(cmd: &mut std::process::Command) -> Reaped {
+        Reaped(Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits for the process to exit by itself (off the async runtime) and returns how it exited.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("a child");
+        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -2,7 +2,7 @@
 """Reference outputs from Hugging Face transformers (PyTorch, f32) for teal's correctness tests.
 
 Writes tests/fixtures/reference_<model>.json with, per prompt: the input ids transformers' tokenizer produces,
-the last-position logits, and the first 32 greedy token ids (argmax, eos not stopping). CI only reads the
+the last-position logits, the first 32 greedy token ids (argmax, eos not stopping) and their text. CI only reads the
 committed JSON; this script needs torch, transformers and gguf (see tests/reference/requirements.txt).
 
 Usage: python tests/reference/make_reference.py [--stories DIR] [--smollm GGUF_FILE]
@@ -45,11 +45,16 @@ def reference(model, tok, prompts, chat=None):
         ids = tok(prompt).input_ids
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        greedy_ids = greedy(model, ids, GREEDY_STEPS)
+        whole = tok.decode(ids + greedy_ids, skip_special_tokens=True)
+        prompt_text = tok.decode(ids, skip_special_tokens=True)
         cases.append({
             "prompt": prompt,
             "input_ids": ids,
             "last_logits": [float(f"{x:.6g}") for x in logits.tolist()],
-            "greedy_ids": greedy(model, ids, GREEDY_STEPS),
+            "greedy_ids": greedy_ids,
+            # The continuation as a server's incremental detokenizer writes it (its first space kept).
+            "greedy_text": whole[len(prompt_text):],
         })
     out = {
         "transformers": __import__("transformers").__version__,

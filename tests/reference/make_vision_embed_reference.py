@@ -4,8 +4,8 @@
 - all-MiniLM-L6-v2 through sentence-transformers (its own tokenizer, pooling and normalization): the token ids
   and the embedding of each sentence, and the cosine similarity of sentence pairs.
 - EfficientNet-Lite0 through the `efficientnet_lite_pytorch` package (the architecture these weights were
-  published with) and torchvision's preprocessing as the model's teal.toml states it (resize of the shorter
-  side, center crop, normalization): the logits and top-5 of each photo, and of a synthetic input tensor that
+  published with) and torchvision's standard ImageNet preprocessing, written in this script (resize of the
+  shorter side, center crop, normalization; teal's teal.toml must agree, the test checks it): the logits and top-5 of each photo, and of a synthetic input tensor that
   the Rust test can rebuild exactly (no decoding or resizing involved).
 
 Writes tests/fixtures/reference_minilm.json and tests/fixtures/reference_efficientnet_lite0.json. CI only reads
@@ -16,7 +16,6 @@ Usage: python tests/reference/make_vision_embed_reference.py
 """
 import json
 import pathlib
-import tomllib
 
 import torch
 
@@ -73,10 +72,13 @@ def efficientnet():
     from torchvision import transforms
 
     mdir = MODELS / "efficientnet-lite0"
-    spec = tomllib.loads((mdir / "teal.toml").read_text())["classifier"]
-    pre = spec["preprocess"]
-    labels = (mdir / spec["labels"]).read_text().splitlines()
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(mdir / spec["weights"]))
+    # The preprocessing these weights were trained and evaluated with (ImageNet at 224: shorter side to 256,
+    # center crop, ImageNet mean and std), written here and not read from teal's teal.toml, so a mistake there
+    # shows up as a mismatch instead of being copied into the reference.
+    pre = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    labels = (mdir / "labels.txt").read_text().splitlines()
+    weights = mdir / "efficientnet-lite0-57934424.pth"
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
     model.eval()
     tfm = transforms.Compose(
         [

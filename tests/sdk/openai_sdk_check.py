@@ -7,7 +7,7 @@ import time
 import openai
 
 BASE = sys.argv[1]
-client = openai.OpenAI(base_url=BASE, api_key="unused")
+client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0)  # a 5xx must fail the check, not be retried away
 MODEL = "stories260K"
 results = []
 

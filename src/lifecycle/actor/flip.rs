@@ -20,7 +20,7 @@ impl Controller {
                     "nothing to roll back to: no earlier live version is resident".into(),
                 ));
             };
-            let same = self.slots[idx(slot)].model.as_ref().is_some_and(|(_, l)| *l == load_id);
+            let same = self.slots[idx(slot)].load.model.as_ref().is_some_and(|(_, l)| *l == load_id);
             if !same {
                 return Err(AdminError::Conflict(format!(
                     "cannot roll back: {slot} no longer holds the previous version"
@@ -54,7 +54,7 @@ impl Controller {
         self.refuse_parked(target, rollback)?;
         let entry = &self.slots[idx(target)];
         let Some(resident) =
-            entry.resident.clone().filter(|_| matches!(entry.state, SlotState::Ready | SlotState::Draining))
+            entry.load.resident.clone().filter(|_| matches!(entry.state, SlotState::Ready | SlotState::Draining))
         else {
             return Err(AdminError::Conflict(format!("{target} is {}, not ready to go live", entry.state.name())));
         };
@@ -65,11 +65,15 @@ impl Controller {
                 resident.identity.kind, now.identity.kind
             )));
         }
-        let gates_ok = entry.gates.as_ref().is_some_and(|g| g.passed || g.forced);
+        let gates_ok = entry.load.gates.as_ref().is_some_and(|g| g.passed || g.forced);
         let forced = req.force && !gates_ok;
         if !gates_ok && !req.force && !rollback {
-            let why =
-                entry.gates.as_ref().and_then(GateReport::first_failure).unwrap_or_else(|| "no gate report".into());
+            let why = entry
+                .load
+                .gates
+                .as_ref()
+                .and_then(GateReport::first_failure)
+                .unwrap_or_else(|| "no gate report".into());
             self.record_refusal(target, &why);
             return Err(AdminError::GateFailed(format!("flip to {target} refused: {why}")));
         }
@@ -81,7 +85,7 @@ impl Controller {
             self.set_state(prev, SlotEvent::StepDown)?;
         }
         if forced {
-            if let Some(g) = self.slots[idx(target)].gates.as_mut() {
+            if let Some(g) = self.slots[idx(target)].load.gates.as_mut() {
                 g.forced = true;
             }
         }

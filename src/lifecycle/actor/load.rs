@@ -9,7 +9,7 @@ use crate::lifecycle::pipeline::Job;
 use crate::lifecycle::prepare::Prepared;
 use crate::lifecycle::report::Report;
 use crate::lifecycle::state::{SlotEvent, SlotState};
-use crate::lifecycle::{guard, AdminError, FlipRequest, Operation};
+use crate::lifecycle::{guard, AdminError, FlipRequest, OpKind, Operation, Phase};
 use crate::slot::SlotName;
 use serde_json::json;
 
@@ -29,13 +29,13 @@ impl Controller {
             )));
         }
         let estimate = self.admit_load(slot, p.estimate, &p.files, &p.device_label)?;
-        let replaced = self.slots[idx(slot)].model.as_ref().map(|(m, _)| m.version.clone());
+        let replaced = self.slots[idx(slot)].load.model.as_ref().map(|(m, _)| m.version.clone());
         self.set_state(slot, SlotEvent::Load)?;
         self.drop_resident(slot);
         let e = &mut self.slots[idx(slot)];
-        (e.device, e.estimate, e.files) = (p.device_label.clone(), estimate, Some(p.files.clone()));
-        e.timeouts = Some(p.settings.timeouts);
-        let (id, cancel) = self.new_op("load", "loading", slot, &model, go_live, Some(p.settings.timeouts));
+        (e.load.device, e.load.estimate, e.load.files) = (p.device_label.clone(), estimate, Some(p.files.clone()));
+        e.load.timeouts = Some(p.settings.timeouts);
+        let (id, cancel) = self.new_op(OpKind::Load, Phase::Loading, slot, &model, go_live, Some(p.settings.timeouts));
         self.ctx.audit.record(Entry {
             action: "load_started",
             slot: Some(slot.to_string()),
@@ -76,20 +76,20 @@ impl Controller {
                 let Some(slot) = self.slot_of(&op) else { return };
                 if self.set_state(slot, SlotEvent::Loaded).is_ok() {
                     let e = &mut self.slots[idx(slot)];
-                    e.model = Some((resident.identity.clone(), resident.load_id));
-                    e.warm = Some(warm);
-                    e.resident = Some(resident);
-                    e.loaded_at = Some(now_rfc3339());
-                    e.load_seconds = Some(seconds);
-                    e.weights_bytes = weights_bytes;
-                    self.advance(&op, "warming");
+                    e.load.model = Some((resident.identity.clone(), resident.load_id));
+                    e.load.warm = Some(warm);
+                    e.load.resident = Some(resident);
+                    e.load.loaded_at = Some(now_rfc3339());
+                    e.load.load_seconds = Some(seconds);
+                    e.load.weights_bytes = weights_bytes;
+                    self.advance(&op, Phase::Warming);
                 }
             }
             Report::Warmed { op, report } => {
                 let Some(slot) = self.slot_of(&op) else { return };
                 if self.set_state(slot, SlotEvent::Warmed).is_ok() {
-                    self.slots[idx(slot)].warmup = Some(report);
-                    self.advance(&op, "gating");
+                    self.slots[idx(slot)].load.warmup = Some(report);
+                    self.advance(&op, Phase::Gating);
                 }
             }
             Report::Gated { op, report } => self.on_gated(&op, report),
@@ -112,11 +112,11 @@ impl Controller {
             } else {
                 "failed"
             };
-            self.ctx.metrics.gate_results.with_label_values(&[g.gate, outcome]).inc();
+            self.ctx.metrics.gate_results.with_label_values(&[g.gate.as_str(), outcome]).inc();
         }
         let (passed, failure) = (report.passed, report.first_failure());
         self.ctx.metrics.slot_gates_passed.with_label_values(&[slot.as_str()]).set(i64::from(passed));
-        self.slots[idx(slot)].gates = Some(report.clone());
+        self.slots[idx(slot)].load.gates = Some(report.clone());
         self.finish_op(op, None);
         let go_live = match super::ops::op_key(op).and_then(|k| self.ops.get_mut(&k)) {
             Some(r) => {
@@ -125,7 +125,7 @@ impl Controller {
             }
             None => false,
         };
-        let version = self.slots[idx(slot)].resident.as_ref().map(|r| r.identity.version.clone());
+        let version = self.slots[idx(slot)].load.resident.as_ref().map(|r| r.identity.version.clone());
         self.ctx.audit.record(Entry {
             action: "load_succeeded",
             slot: Some(slot.to_string()),

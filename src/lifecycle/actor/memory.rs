@@ -4,10 +4,10 @@
 use super::{idx, Controller, FileSignature};
 use crate::lifecycle::memory_report::{device_totals, publish, DeviceMemory, MemoryReport, SlotMemory};
 use crate::lifecycle::state::SlotState;
+use crate::lifecycle::views::SlotMemoryView;
 use crate::lifecycle::AdminError;
 use crate::memory::budget::{self, Need};
 use crate::slot::SlotName;
-use serde_json::{json, Value};
 use std::time::Instant;
 
 /// How often the memory gauges are refreshed.
@@ -27,15 +27,15 @@ impl Controller {
     ) -> Result<Option<Need>, AdminError> {
         let Some(mut need) = estimate else { return Ok(None) };
         let other = &self.slots[idx(slot.other())];
-        if other.device == device && other.files.as_ref() == Some(files) {
-            let held = other.resident.as_ref().and_then(|r| r.engine().map(|e| e.model().clone()));
-            let held = held.or_else(|| other.parked.clone());
+        if other.load.device == device && other.load.files.as_ref() == Some(files) {
+            let held = other.load.resident.as_ref().and_then(|r| r.engine().map(|e| e.model().clone()));
+            let held = held.or_else(|| other.load.parked.clone());
             let shared = held.map(|m| m.llama.holdings().bytes()).unwrap_or(0);
             need.weights = need.weights.saturating_sub(shared);
         }
         let held = self.held_on(device, Some(slot));
         let this = self.slot_memory(slot);
-        let in_use = self.slots[idx(slot)].resident.as_ref().is_some_and(|r| r.in_flight() > 0);
+        let in_use = self.slots[idx(slot)].load.resident.as_ref().is_some_and(|r| r.in_flight() > 0);
         let reclaimable = if this.device == device && !in_use { this.device_bytes() } else { 0 };
         self.ctx
             .budgets
@@ -48,12 +48,13 @@ impl Controller {
     /// must fit beside everything teal holds on the device, this slot's parked weights included.
     pub(super) fn admit_wake(&self, slot: SlotName, moves_weights: bool) -> Result<(), AdminError> {
         let e = &self.slots[idx(slot)];
-        let est = e.estimate.unwrap_or_default();
-        let weights = if moves_weights { e.parked.as_ref().map(|m| m.llama.weight_bytes()).unwrap_or(0) } else { 0 };
+        let est = e.load.estimate.unwrap_or_default();
+        let weights =
+            if moves_weights { e.load.parked.as_ref().map(|m| m.llama.weight_bytes()).unwrap_or(0) } else { 0 };
         let need = Need { weights, kv: est.kv, workspace: est.workspace };
         self.ctx
             .budgets
-            .admit(&e.device, &need, self.held_on(&e.device, None), 0, self.live_bytes_on(&e.device))
+            .admit(&e.load.device, &need, self.held_on(&e.load.device, None), 0, self.live_bytes_on(&e.load.device))
             .map_err(|err| AdminError::InsufficientMemory(format!("{slot}: wake refused: {err}")))
     }
 
@@ -74,30 +75,30 @@ impl Controller {
     /// A slot's figures: actual once its model is loaded (or parked), the admission estimate while it loads.
     pub(super) fn slot_memory(&self, s: SlotName) -> SlotMemory {
         let e = &self.slots[idx(s)];
-        let est = e.estimate.unwrap_or_default();
+        let est = e.load.estimate.unwrap_or_default();
         let mut m = SlotMemory {
             slot: s,
             state: e.state.name(),
-            device: e.device.clone(),
-            version: e.model.as_ref().map(|(m, _)| m.version.clone()),
+            device: e.load.device.clone(),
+            version: e.load.model.as_ref().map(|(m, _)| m.version.clone()),
             weights_bytes: 0,
             shared_bytes: 0,
             kv_cache_bytes: 0,
             workspace_bytes: 0,
             host_bytes: 0,
-            estimate: e.estimate,
+            estimate: e.load.estimate,
         };
-        if let Some(r) = &e.resident {
+        if let Some(r) = &e.load.resident {
             m.weights_bytes = r.backend.weight_bytes();
             if let Some(engine) = r.engine() {
                 m.shared_bytes = engine.model().llama.holdings().shared_bytes();
                 m.kv_cache_bytes = engine.kv_bytes() as u64;
             }
             m.workspace_bytes = est.workspace;
-        } else if let Some(p) = &e.parked {
+        } else if let Some(p) = &e.load.parked {
             let llama = &p.llama;
             m.host_bytes = llama.weight_bytes();
-            if llama.device().is_cpu() && e.device == "cpu" {
+            if llama.device().is_cpu() && e.load.device == "cpu" {
                 // On CPU the parked weights stay where they were: still held on the device.
                 (m.weights_bytes, m.shared_bytes) = (m.host_bytes, llama.holdings().shared_bytes());
             }
@@ -111,25 +112,30 @@ impl Controller {
     }
 
     /// The slot's memory as GET /admin/slots shows it: actual and estimate side by side.
-    pub(super) fn slot_memory_view(&self, s: SlotName) -> Option<Value> {
+    pub(super) fn slot_memory_view(&self, s: SlotName) -> Option<SlotMemoryView> {
         let e = &self.slots[idx(s)];
-        if e.model.is_none() && !e.state.busy() {
+        if e.load.model.is_none() && !e.state.busy() {
             return None;
         }
         let m = self.slot_memory(s);
-        let kv_tokens = e.resident.as_ref().and_then(|r| r.engine().map(|e| e.kv_capacity()));
-        Some(json!({
-            "device": m.device, "weights_bytes": m.weights_bytes, "shared_bytes": m.shared_bytes,
-            "kv_cache_bytes": m.kv_cache_bytes, "kv_cache_tokens": kv_tokens, "workspace_bytes": m.workspace_bytes,
-            "host_bytes": m.host_bytes, "device_bytes": m.device_bytes(), "file_bytes": e.weights_bytes,
-            "estimate": m.estimate.map(|n| json!({"weights_bytes": n.weights, "kv_cache_bytes": n.kv,
-                "workspace_bytes": n.workspace, "total_bytes": n.total()})),
-        }))
+        Some(SlotMemoryView {
+            device_bytes: m.device_bytes(),
+            kv_cache_tokens: e.load.resident.as_ref().and_then(|r| r.engine().map(|e| e.kv_capacity())),
+            file_bytes: e.load.weights_bytes,
+            estimate: m.estimate.map(Into::into),
+            device: m.device,
+            weights_bytes: m.weights_bytes,
+            shared_bytes: m.shared_bytes,
+            kv_cache_bytes: m.kv_cache_bytes,
+            workspace_bytes: m.workspace_bytes,
+            host_bytes: m.host_bytes,
+        })
     }
 
     pub(super) fn memory_report(&self) -> MemoryReport {
         let slots: Vec<SlotMemory> = SlotName::ALL.into_iter().map(|s| self.slot_memory(s)).collect();
-        let mut names: Vec<String> = self.ctx.defaults.devices.iter().map(|d| canonical(d)).collect();
+        let mut names: Vec<String> =
+            self.ctx.defaults.devices.iter().map(|d| crate::device::canonical_name(d)).collect();
         names.extend(slots.iter().map(|s| s.device.clone()).filter(|d| !d.is_empty()));
         names.sort();
         names.dedup();
@@ -172,13 +178,5 @@ impl Controller {
         }
         self.memory_observed = Some(Instant::now());
         publish(&self.memory_report(), &self.ctx.metrics.memory);
-    }
-}
-
-/// `cuda` -> `cuda:0`, `CPU` -> `cpu` (names only: no device is opened).
-fn canonical(device: &str) -> String {
-    match device.trim().to_ascii_lowercase().as_str() {
-        "cuda" => "cuda:0".into(),
-        d => d.to_string(),
     }
 }

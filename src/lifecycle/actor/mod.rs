@@ -15,24 +15,32 @@ use super::checks::report::GateReport;
 use super::checks::report::WarmupReport;
 use super::prepare::FileSignature;
 use super::state::{transition, SlotEvent, SlotState};
+use super::views::{ParkTimes, SlotView, Slots, Status, Unloaded};
 use super::{AdminError, Command, Context};
 use crate::memory::budget::Need;
 use crate::models::Model;
 use crate::router::Resident;
 use crate::slot::{ModelIdentity, SlotName};
-use ops::OpRecord;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+/// One slot: its state, its current (or last) operation, and what its load holds.
 #[derive(Default)]
 struct SlotEntry {
     state: SlotState,
-    resident: Option<Arc<Resident>>,
     /// The running operation, or the last one.
     op: Option<String>,
+    /// Everything the slot's current load brought; replaced whole when the slot empties, fails or loads again,
+    /// so no field of it can outlive its load.
+    load: LoadState,
+}
+
+/// What one load put into a slot, from admission to unload.
+#[derive(Default)]
+struct LoadState {
+    resident: Option<Arc<Resident>>,
     loaded_at: Option<String>,
     load_seconds: Option<f64>,
     weights_bytes: u64,
@@ -51,7 +59,15 @@ struct SlotEntry {
     timeouts: Option<crate::lifecycle::spec::Timeouts>,
     /// A parked standby's model, its weights in host memory.
     parked: Option<Arc<Model>>,
-    park: park::ParkTimes,
+    park: ParkTimes,
+}
+
+/// One operation in the table, with the clocks of its run and its current phase.
+struct OpRecord {
+    op: super::Operation,
+    started: Instant,
+    phase_started: Instant,
+    cancel: super::guard::CancelFlag,
 }
 
 pub(super) struct Controller {
@@ -143,7 +159,7 @@ impl Controller {
                 let _ = reply.send(self.unload(slot));
             }
             Command::Status { reply } => {
-                let _ = reply.send(self.status());
+                let _ = reply.send(Box::new(self.status()));
             }
             Command::Operation { id, reply } => {
                 let _ = reply.send(self.view_of(&id));
@@ -181,8 +197,9 @@ impl Controller {
             return Ok(());
         }
         let op = e.op.clone().unwrap_or_default();
+        let kind = self.view_of(&op).map(|o| o.kind.to_string()).unwrap_or_else(|| "operation".into());
         Err(AdminError::Conflict(format!(
-            "{slot} is busy: operation {op} (load, phase {}) is in progress",
+            "{slot} is busy: operation {op} ({kind}, phase {}) is in progress",
             e.state.name()
         )))
     }
@@ -192,34 +209,22 @@ impl Controller {
         if self.ctx.router.pinned_sessions().is_some_and(|(s, _)| s == slot) {
             self.ctx.router.end_drain();
         }
-        let e = &mut self.slots[idx(slot)];
-        if let Some((id, load_id)) = e.model.take() {
+        let old = std::mem::take(&mut self.slots[idx(slot)].load);
+        if let Some((id, load_id)) = old.model {
             if self.prev_live.is_some_and(|(s, l)| s == slot && l == load_id) {
                 self.prev_live = None;
             }
             self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
         }
-        e.resident = None;
-        e.parked = None;
-        e.park = Default::default();
-        e.estimate = None;
-        e.files = None;
-        e.warm = None;
-        e.timeouts = None;
-        e.warmup = None;
-        e.gates = None;
-        e.loaded_at = None;
-        e.load_seconds = None;
-        e.weights_bytes = 0;
         self.ctx.metrics.slot_gates_passed.with_label_values(&[slot.as_str()]).set(0);
     }
 
-    fn unload(&mut self, slot: SlotName) -> Result<Value, AdminError> {
+    fn unload(&mut self, slot: SlotName) -> Result<Unloaded, AdminError> {
         self.busy(slot)?;
         if self.slots[idx(slot)].state == SlotState::Live {
             return Err(AdminError::Conflict(format!("{slot} is live; flip to the other slot before unloading it")));
         }
-        let version = self.slots[idx(slot)].model.as_ref().map(|(m, _)| m.version.clone());
+        let version = self.slots[idx(slot)].load.model.as_ref().map(|(m, _)| m.version.clone());
         self.set_state(slot, SlotEvent::Unload)?;
         self.drop_resident(slot);
         self.ctx.audit.record(Entry {
@@ -229,7 +234,7 @@ impl Controller {
             from_version: version.clone(),
             ..Default::default()
         });
-        Ok(json!({"slot": slot, "state": "empty", "unloaded_version": version}))
+        Ok(Unloaded { slot, state: "empty".into(), unloaded_version: version })
     }
 
     /// Draining slots whose last request finished and whose pinned sessions went idle become ready standbys.
@@ -237,7 +242,7 @@ impl Controller {
         let pinned = self.ctx.router.pinned_sessions().map(|(slot, _)| slot);
         for s in SlotName::ALL {
             let e = &self.slots[idx(s)];
-            let idle = e.resident.as_ref().is_some_and(|r| r.in_flight() == 0) && pinned != Some(s);
+            let idle = e.load.resident.as_ref().is_some_and(|r| r.in_flight() == 0) && pinned != Some(s);
             if e.state == SlotState::Draining && idle {
                 let _ = self.set_state(s, SlotEvent::Drained);
             }
@@ -246,38 +251,45 @@ impl Controller {
 
     fn take_all(&mut self) -> Vec<Arc<Resident>> {
         self.ctx.router.clear();
-        self.slots.iter_mut().filter_map(|e| e.resident.take()).collect()
+        self.slots.iter_mut().filter_map(|e| e.load.resident.take()).collect()
     }
 
-    fn slot_view(&self, s: SlotName) -> Value {
+    fn slot_view(&self, s: SlotName) -> SlotView {
         let e = &self.slots[idx(s)];
         let reason = match &e.state {
             SlotState::Failed { reason } => Some(reason.clone()),
             _ => None,
         };
-        let model = e.model.as_ref().map(|(m, _)| serde_json::to_value(m).unwrap_or_default());
-        let memory = self.slot_memory_view(s);
-        json!({
-            "slot": s, "state": e.state.name(), "reason": reason, "live": e.state == SlotState::Live,
-            "operation": e.op, "model": model, "loaded_at": e.loaded_at, "load_seconds": e.load_seconds,
-            "memory": memory, "in_flight": e.resident.as_ref().map(|r| r.in_flight()).unwrap_or(0),
-            "pinned_sessions": self.ctx.router.pinned_sessions().filter(|(p, _)| *p == s).map(|(_, n)| n).unwrap_or(0),
-            "warmup": e.warmup, "gates": e.gates, "park": e.park,
-            "rollback_eta_s": self.rollback_eta(s),
-        })
+        let pinned = self.ctx.router.pinned_sessions().filter(|(p, _)| *p == s).map(|(_, n)| n).unwrap_or(0);
+        SlotView {
+            slot: s,
+            state: e.state.name().into(),
+            reason,
+            live: e.state == SlotState::Live,
+            operation: e.op.clone(),
+            model: e.load.model.as_ref().map(|(m, _)| m.clone()),
+            loaded_at: e.load.loaded_at.clone(),
+            load_seconds: e.load.load_seconds,
+            memory: self.slot_memory_view(s),
+            in_flight: e.load.resident.as_ref().map(|r| r.in_flight()).unwrap_or(0),
+            pinned_sessions: pinned,
+            warmup: e.load.warmup.clone(),
+            gates: e.load.gates.clone(),
+            park: e.load.park.clone(),
+            rollback_eta_s: self.rollback_eta(s),
+        }
     }
 
-    fn status(&self) -> Value {
-        let since = self.last_flip.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64());
-        json!({
-            "live": self.live_slot(),
-            "previous_live": self.prev_live.map(|(s, _)| s),
-            "served_model_name": self.ctx.router.served_name(),
-            "flips": self.flips,
-            "rollbacks": self.rollbacks,
-            "last_flip_at": self.last_flip.map(|t| humantime::format_rfc3339_millis(t).to_string()),
-            "seconds_since_last_flip": since,
-            "slots": {"blue": self.slot_view(SlotName::Blue), "green": self.slot_view(SlotName::Green)},
-        })
+    fn status(&self) -> Status {
+        Status {
+            live: self.live_slot(),
+            previous_live: self.prev_live.map(|(s, _)| s),
+            served_model_name: self.ctx.router.served_name().map(str::to_string),
+            flips: self.flips,
+            rollbacks: self.rollbacks,
+            last_flip_at: self.last_flip.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            seconds_since_last_flip: self.last_flip.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
+            slots: Slots { blue: self.slot_view(SlotName::Blue), green: self.slot_view(SlotName::Green) },
+        }
     }
 }

@@ -3,11 +3,11 @@
 //! stage that overran its timeout. Either fails the operation's slot with the reason, stops the standby's
 //! engine (so a thread waiting on it returns at once) and tells the blocking job to stop at its next check.
 
-use super::{idx, now_rfc3339, Controller};
+use super::{idx, now_rfc3339, Controller, OpRecord};
 use crate::lifecycle::audit::Entry;
 use crate::lifecycle::spec::Timeouts;
 use crate::lifecycle::state::SlotEvent;
-use crate::lifecycle::{AdminError, Operation};
+use crate::lifecycle::{AdminError, OpKind, OpStatus, Operation, Phase};
 use crate::slot::SlotName;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -18,13 +18,6 @@ const KEEP_OPS: usize = 256;
 
 use crate::lifecycle::guard::CancelFlag;
 
-pub(super) struct OpRecord {
-    pub op: Operation,
-    pub started: Instant,
-    pub phase_started: Instant,
-    pub cancel: CancelFlag,
-}
-
 pub(super) fn op_key(id: &str) -> Option<u64> {
     id.strip_prefix("op-")?.parse().ok()
 }
@@ -33,8 +26,8 @@ impl Controller {
     /// Records a new running operation; returns its id and cancel flag.
     pub(super) fn new_op(
         &mut self,
-        kind: &'static str,
-        phase: &'static str,
+        kind: OpKind,
+        phase: Phase,
         slot: SlotName,
         model: &str,
         go_live: bool,
@@ -48,7 +41,7 @@ impl Controller {
             kind,
             slot,
             model: model.to_string(),
-            status: "running",
+            status: OpStatus::Running,
             phase,
             progress: 0.0,
             started_at: now_rfc3339(),
@@ -83,25 +76,25 @@ impl Controller {
     }
 
     /// Ends the current phase of an operation (recording its time) and starts `next`.
-    pub(super) fn advance(&mut self, id: &str, next: &'static str) {
+    pub(super) fn advance(&mut self, id: &str, next: Phase) {
         let Some(r) = op_key(id).and_then(|k| self.ops.get_mut(&k)) else { return };
         let secs = r.phase_started.elapsed().as_secs_f64();
-        r.op.timings.insert(r.op.phase.to_string(), json!(secs));
+        r.op.timings.insert(r.op.phase.to_string(), secs);
         r.op.phase = next;
         r.op.progress = 0.0;
         r.phase_started = Instant::now();
-        if next == "done" {
+        if next == Phase::Done {
             r.op.elapsed_s = r.started.elapsed().as_secs_f64();
-            r.op.timings.insert("total".into(), json!(r.op.elapsed_s));
+            r.op.timings.insert("total".into(), r.op.elapsed_s);
             r.op.progress = 1.0;
         }
     }
 
     /// Marks an operation finished.
     pub(super) fn finish_op(&mut self, id: &str, error: Option<String>) {
-        self.advance(id, "done");
+        self.advance(id, Phase::Done);
         if let Some(r) = op_key(id).and_then(|k| self.ops.get_mut(&k)) {
-            r.op.status = if error.is_some() { "failed" } else { "succeeded" };
+            r.op.status = if error.is_some() { OpStatus::Failed } else { OpStatus::Succeeded };
             r.op.error = error;
         }
     }
@@ -130,7 +123,7 @@ impl Controller {
             r.cancel.store(true, Ordering::Release);
         }
         let slot = self.slot_of(id);
-        if let Some(resident) = slot.and_then(|s| self.slots[idx(s)].resident.clone()) {
+        if let Some(resident) = slot.and_then(|s| self.slots[idx(s)].load.resident.clone()) {
             resident.backend.abort();
         }
         if let Some(slot) = slot {
@@ -155,7 +148,7 @@ impl Controller {
             .values()
             .filter(|r| !r.op.finished())
             .filter_map(|r| {
-                let (limit, key) = r.op.timeouts.unwrap_or_default().of_phase(r.op.phase)?;
+                let (limit, key) = r.op.phase.limit(&r.op.timeouts.unwrap_or_default())?;
                 (r.phase_started.elapsed().as_secs_f64() > limit)
                     .then(|| (r.op.id.clone(), format!("{} timed out after {limit} s (timeouts.{key})", r.op.phase)))
             })

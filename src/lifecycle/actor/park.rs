@@ -7,26 +7,12 @@ use crate::lifecycle::checks::report::WarmupReport;
 use crate::lifecycle::park::{ParkJob, WakeJob};
 use crate::lifecycle::report::WakeTimings;
 use crate::lifecycle::state::{SlotEvent, SlotState};
-use crate::lifecycle::{AdminError, Operation};
+use crate::lifecycle::{AdminError, OpKind, Operation, Phase};
 use crate::models::Model;
 use crate::router::Resident;
 use crate::slot::SlotName;
-use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
-
-/// When a slot was parked and how long parking and waking took.
-#[derive(Debug, Clone, Default, Serialize)]
-pub(super) struct ParkTimes {
-    pub parked_at: Option<String>,
-    pub park_seconds: Option<f64>,
-    pub woken_at: Option<String>,
-    pub wake_seconds: Option<f64>,
-    /// The last wake's phases.
-    pub wake: Option<WakeTimings>,
-    /// Weight bytes the last park or wake copied between the device and host memory (0 on CPU).
-    pub moved_bytes: u64,
-}
 
 impl Controller {
     pub(super) fn park(&mut self, slot: SlotName) -> Result<Operation, AdminError> {
@@ -38,7 +24,7 @@ impl Controller {
                 e.state.name()
             )));
         }
-        let Some(resident) = e.resident.clone() else {
+        let Some(resident) = e.load.resident.clone() else {
             return Err(AdminError::Conflict(format!("{slot} holds no model")));
         };
         if resident.engine().is_none() {
@@ -51,11 +37,11 @@ impl Controller {
             return Err(AdminError::Conflict(format!("{slot} still has {} requests running", resident.in_flight())));
         }
         self.set_state(slot, SlotEvent::Park)?;
-        self.slots[idx(slot)].resident = None;
+        self.slots[idx(slot)].load.resident = None;
         let id = &resident.identity;
         self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
-        let timeouts = self.slots[idx(slot)].timeouts;
-        let (op, _) = self.new_op("park", "parking", slot, &id.name, false, timeouts);
+        let timeouts = self.slots[idx(slot)].load.timeouts;
+        let (op, _) = self.new_op(OpKind::Park, Phase::Parking, slot, &id.name, false, timeouts);
         self.audit_park("park_started", slot, &op);
         let job = ParkJob { op: op.clone(), resident, tx: self.tx.clone() };
         if let Err(e) = crate::lifecycle::guard::spawn("teal-park", move || job.run()) {
@@ -70,10 +56,10 @@ impl Controller {
             return;
         }
         let e = &mut self.slots[idx(slot)];
-        e.parked = Some(model);
-        e.park.parked_at = Some(now_rfc3339());
-        e.park.park_seconds = Some(seconds);
-        e.park.moved_bytes = moved;
+        e.load.parked = Some(model);
+        e.load.park.parked_at = Some(now_rfc3339());
+        e.load.park.park_seconds = Some(seconds);
+        e.load.park.moved_bytes = moved;
         self.finish_op(op, None);
         self.audit_park("parked", slot, op);
     }
@@ -81,18 +67,20 @@ impl Controller {
     pub(super) fn wake(&mut self, slot: SlotName) -> Result<Operation, AdminError> {
         self.busy(slot)?;
         let e = &self.slots[idx(slot)];
-        let (Some(model), Some((identity, load_id)), SlotState::Parked) = (&e.parked, &e.model, &e.state) else {
+        let (Some(model), Some((identity, load_id)), SlotState::Parked) = (&e.load.parked, &e.load.model, &e.state)
+        else {
             return Err(AdminError::Conflict(format!("{slot} is {}; only a parked slot can wake", e.state.name())));
         };
-        let device = crate::device::parse_device(&e.device).map_err(|err| AdminError::Conflict(err.to_string()))?;
+        let device =
+            crate::device::parse_device(&e.load.device).map_err(|err| AdminError::Conflict(err.to_string()))?;
         let moves = !model.llama.device().same_device(&device);
         self.admit_wake(slot, moves)?;
         let (model, identity, load_id) = (model.clone(), identity.clone(), *load_id);
-        let warm = e.warm.clone().unwrap_or_default();
+        let warm = e.load.warm.clone().unwrap_or_default();
         self.set_state(slot, SlotEvent::Wake)?;
-        self.slots[idx(slot)].parked = None;
-        let timeouts = self.slots[idx(slot)].timeouts;
-        let (op, _) = self.new_op("wake", "waking", slot, &identity.name, false, timeouts);
+        self.slots[idx(slot)].load.parked = None;
+        let timeouts = self.slots[idx(slot)].load.timeouts;
+        let (op, _) = self.new_op(OpKind::Wake, Phase::Waking, slot, &identity.name, false, timeouts);
         self.audit_park("wake_started", slot, &op);
         let job = WakeJob {
             op: op.clone(),
@@ -118,12 +106,12 @@ impl Controller {
             return;
         }
         let e = &mut self.slots[idx(slot)];
-        e.resident = Some(resident);
-        e.warmup = Some(warmup);
-        e.park.woken_at = Some(now_rfc3339());
-        e.park.wake_seconds = Some(t.move_s + t.allocate_s + t.warm_s);
-        e.park.wake = Some(t);
-        e.park.moved_bytes = t.moved_bytes;
+        e.load.resident = Some(resident);
+        e.load.warmup = Some(warmup);
+        e.load.park.woken_at = Some(now_rfc3339());
+        e.load.park.wake_seconds = Some(t.move_s + t.allocate_s + t.warm_s);
+        e.load.park.wake = Some(t);
+        e.load.park.moved_bytes = t.moved_bytes;
         self.finish_op(op, None);
         self.audit_park("woken", slot, op);
     }
@@ -134,8 +122,8 @@ impl Controller {
             action,
             slot: Some(slot.to_string()),
             outcome: "ok",
-            to_version: e.model.as_ref().map(|(m, _)| m.version.clone()),
-            details: json!({"operation": op, "park": e.park}),
+            to_version: e.load.model.as_ref().map(|(m, _)| m.version.clone()),
+            details: json!({"operation": op, "park": e.load.park}),
             ..Default::default()
         });
     }
@@ -161,7 +149,7 @@ impl Controller {
         let e = &self.slots[idx(slot)];
         match e.state {
             SlotState::Ready | SlotState::Draining => Some(0.0),
-            SlotState::Parked => e.park.wake_seconds.or(e.load_seconds),
+            SlotState::Parked => e.load.park.wake_seconds.or(e.load.load_seconds),
             _ => None,
         }
     }

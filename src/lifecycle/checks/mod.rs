@@ -23,7 +23,7 @@ pub mod subject;
 
 use crate::backend::Backend;
 use config::{GatesConfig, LatencyGate, WarmupConfig};
-use report::{quantile, result, skipped, GateReport, GateResult, Timing, WarmupReport};
+use report::{quantile, result, skipped, Gate, GateReport, GateResult, Timing, WarmupReport};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Instant;
@@ -107,28 +107,28 @@ pub fn gate(
 
 fn health(cfg: &GatesConfig, s: &dyn Subject) -> GateResult {
     if !cfg.health.enabled {
-        return skipped("health", "disabled");
+        return skipped(Gate::Health, "disabled");
     }
     match s.request(Purpose::Health, 0) {
         Ok(r) => match r.problem {
             None => result(
-                "health",
+                Gate::Health,
                 true,
                 format!("answered in {:.1} ms", r.total_ms),
                 json!({"ttft_ms": r.first_ms, "total_ms": r.total_ms}),
             ),
-            Some(p) => result("health", false, p, Value::Null),
+            Some(p) => result(Gate::Health, false, p, Value::Null),
         },
-        Err(e) => result("health", false, format!("the request failed: {e}"), Value::Null),
+        Err(e) => result(Gate::Health, false, format!("the request failed: {e}"), Value::Null),
     }
 }
 
 fn golden(cfg: &GatesConfig, s: &dyn Subject) -> GateResult {
     if !cfg.golden.enabled {
-        return skipped("golden", "disabled");
+        return skipped(Gate::Golden, "disabled");
     }
     let Some(g) = s.golden(cfg).filter(|g| g.checked > 0) else {
-        return skipped("golden", "no golden cases configured for this model kind");
+        return skipped(Gate::Golden, "no golden cases configured for this model kind");
     };
     let passed = g.checked - g.failures.len();
     let rate = passed as f64 / g.checked as f64;
@@ -144,13 +144,13 @@ fn golden(cfg: &GatesConfig, s: &dyn Subject) -> GateResult {
     if let (Some(d), Value::Object(extra)) = (details.as_object_mut(), g.details) {
         d.extend(extra);
     }
-    result("golden", ok, summary, details)
+    result(Gate::Golden, ok, summary, details)
 }
 
 fn smoke(cfg: &GatesConfig, s: &dyn Subject) -> GateResult {
     let g = &cfg.smoke;
     if !g.enabled || g.requests == 0 {
-        return skipped("smoke", "disabled");
+        return skipped(Gate::Smoke, "disabled");
     }
     let problems: Vec<String> = run_concurrent(g.requests, g.concurrency, &|i| s.request(Purpose::Smoke, i))
         .into_iter()
@@ -164,7 +164,7 @@ fn smoke(cfg: &GatesConfig, s: &dyn Subject) -> GateResult {
         None => format!("{} requests answered, all well-formed", g.requests),
         Some(p) => format!("{} of {} requests bad; first: {p}", problems.len(), g.requests),
     };
-    result("smoke", problems.is_empty(), summary, json!({"requests": g.requests, "problems": problems}))
+    result(Gate::Smoke, problems.is_empty(), summary, json!({"requests": g.requests, "problems": problems}))
 }
 
 /// The latency figures under the gate's load: (name, p99 ms, SLO ms) for each figure the kind has.
@@ -182,11 +182,11 @@ fn load_p99(g: &LatencyGate, s: &dyn Subject) -> Result<Vec<(&'static str, f64, 
 
 fn latency(g: &LatencyGate, standby: &dyn Subject, live: Option<&dyn Subject>) -> GateResult {
     if !g.enabled {
-        return skipped("latency", "not configured");
+        return skipped(Gate::Latency, "not configured");
     }
     let figures = match load_p99(g, standby) {
         Ok(v) => v,
-        Err(e) => return result("latency", false, format!("load failed: {e}"), Value::Null),
+        Err(e) => return result(Gate::Latency, false, format!("load failed: {e}"), Value::Null),
     };
     let mut details = json!({"concurrency": g.concurrency, "requests": g.requests});
     let mut fails = vec![];
@@ -218,17 +218,17 @@ fn latency(g: &LatencyGate, standby: &dyn Subject, live: Option<&dyn Subject>) -
     } else {
         fails.join("; ")
     };
-    result("latency", fails.is_empty(), summary, details)
+    result(Gate::Latency, fails.is_empty(), summary, details)
 }
 
 fn agreement(cfg: &GatesConfig, standby: &dyn Subject, live: Option<&dyn Subject>) -> GateResult {
     let g = &cfg.agreement;
     let Some(live) = live.filter(|_| g.enabled) else {
-        return skipped("agreement", if g.enabled { "no live slot to compare with" } else { "disabled" });
+        return skipped(Gate::Agreement, if g.enabled { "no live slot to compare with" } else { "disabled" });
     };
     let n = standby.agreement_inputs();
     if n == 0 {
-        return skipped("agreement", "this model kind has no inputs to compare");
+        return skipped(Gate::Agreement, "this model kind has no inputs to compare");
     }
     let answer = |s: &dyn Subject, i| s.request(Purpose::Agree, i).ok().and_then(|r| r.answer);
     let same = (0..n).filter(|&i| answer(standby, i).is_some_and(|a| Some(a) == answer(live, i))).count();
@@ -238,7 +238,7 @@ fn agreement(cfg: &GatesConfig, standby: &dyn Subject, live: Option<&dyn Subject
         Some(t) => format!("{same}/{n} inputs agree with live (share {share:.2}, threshold {t:.2})"),
         None => format!("{same}/{n} inputs agree with live (share {share:.2}; reported only)"),
     };
-    result("agreement", ok, summary, json!({"share": share, "inputs": n, "threshold": g.threshold}))
+    result(Gate::Agreement, ok, summary, json!({"share": share, "inputs": n, "threshold": g.threshold}))
 }
 
 #[cfg(test)]

@@ -1,18 +1,18 @@
 //! What warm-up and the gates report, as GET /admin/slots shows it and the audit log records it: the warm-up's
 //! timings, and each gate's verdict with its numbers.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Latency of one request as a client sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timing {
     /// Time to the first output: the first token of a streaming kind, the whole answer of a one-shot kind.
     pub ttft_ms: f64,
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WarmupReport {
     pub enabled: bool,
     pub seconds: f64,
@@ -43,10 +43,39 @@ impl WarmupReport {
     }
 }
 
+/// The gates a standby runs before it may go live, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    Health,
+    Golden,
+    Smoke,
+    Latency,
+    Agreement,
+}
+
+impl Gate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::Health => "health",
+            Gate::Golden => "golden",
+            Gate::Smoke => "smoke",
+            Gate::Latency => "latency",
+            Gate::Agreement => "agreement",
+        }
+    }
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One gate's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateResult {
-    pub gate: &'static str,
+    pub gate: Gate,
     pub passed: bool,
     pub skipped: bool,
     /// One line: the numbers, or why it failed.
@@ -54,7 +83,7 @@ pub struct GateResult {
     pub details: Value,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateReport {
     pub passed: bool,
     /// Set by a forced flip: the slot went live without (passing) gates.
@@ -70,11 +99,11 @@ impl GateReport {
     }
 }
 
-pub fn result(gate: &'static str, passed: bool, summary: String, details: Value) -> GateResult {
+pub fn result(gate: Gate, passed: bool, summary: String, details: Value) -> GateResult {
     GateResult { gate, passed, skipped: false, summary, details }
 }
 
-pub fn skipped(gate: &'static str, why: &str) -> GateResult {
+pub fn skipped(gate: Gate, why: &str) -> GateResult {
     GateResult { gate, passed: true, skipped: true, summary: why.into(), details: Value::Null }
 }
 
@@ -110,8 +139,8 @@ mod tests {
             forced: false,
             seconds: 0.0,
             results: vec![
-                skipped("health", "disabled"),
-                result("golden", false, "0/1 cases passed".into(), Value::Null),
+                skipped(Gate::Health, "disabled"),
+                result(Gate::Golden, false, "0/1 cases passed".into(), Value::Null),
             ],
         };
         assert_eq!(r.first_failure().unwrap(), "golden gate failed: 0/1 cases passed");

@@ -1,7 +1,7 @@
 //! Sessions never lose or invent history silently: unknown ids are 404, a full store refuses new sessions
 //! instead of evicting active ones, a retried turn is stored once, oversized histories are refused.
 
-use crate::battery::{fast_args, Battery};
+use super::battery::{fast_args, Battery};
 use serde_json::{json, Value};
 use teal::config::ServeArgs;
 

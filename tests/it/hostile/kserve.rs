@@ -1,7 +1,7 @@
 //! KServe requests against a live image classifier: counts, pixels and queue space are bounded before any image
 //! is decoded, and a bad image fails its request (naming it) without touching the others.
 
-use crate::battery::{fast_args, Battery};
+use super::battery::{fast_args, Battery};
 use crate::common::TestServer;
 use base64::Engine as _;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! and never mix slots; a corrupt standby fails with its reason while the live slot serves on; failed gates
 //! block a flip, a forced flip is audited, rollback restores the previous version.
 
-mod common;
+use crate::common;
 
 use common::{stories_dir, TestServer};
 use reqwest::Method;

@@ -11,9 +11,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Proc {
-    child: Child,
-    url: String,
+pub(super) struct Proc {
+    pub child: Child,
+    pub url: String,
     admin_url: String,
     /// The server's model root.
     models: tempfile::TempDir,
@@ -28,7 +28,7 @@ impl Drop for Proc {
 }
 
 /// `teal serve` on `model` with a 2 s shutdown timeout, ready.
-async fn serve(model: std::path::PathBuf, extra: &[&str]) -> Proc {
+pub(super) async fn serve(model: std::path::PathBuf, extra: &[&str]) -> Proc {
     let state = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
     let models = tempfile::tempdir().unwrap();
@@ -129,7 +129,7 @@ async fn sigterm_while_a_gate_runs_long_exits_in_time() {
     let mut p = serve(common::stories_dir(), &[]).await;
     let copy = p.models.path().join("copy");
     std::fs::create_dir(&copy).unwrap();
-    crate::files::stories_copy(&copy);
+    super::files::stories_copy(&copy);
     let gates = json!({"smoke": {"requests": 10000, "concurrency": 4, "max_tokens": 400}});
     let admin = |path: &str| {
         reqwest::Client::new()

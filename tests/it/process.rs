@@ -1,7 +1,7 @@
 //! The `teal` binary as an operator runs it: configured through TEAL_* environment variables, 503 until the
 //! model is ready, and SIGTERM lets an in-flight streaming request finish before the process exits 0.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
@@ -15,17 +15,17 @@ fn free_port() -> u16 {
 async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
-        .arg("serve")
-        .env("TEAL_MODEL", common::stories_dir())
-        .env("TEAL_PORT", port.to_string())
-        .env("TEAL_ADMIN_PORT", free_port().to_string())
-        .env("TEAL_STATE_DIR", state.path())
-        .env("TEAL_SHUTDOWN_TIMEOUT", "20")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = common::Reaped::spawn(
+        Command::new(env!("CARGO_BIN_EXE_teal"))
+            .arg("serve")
+            .env("TEAL_MODEL", common::stories_dir())
+            .env("TEAL_PORT", port.to_string())
+            .env("TEAL_ADMIN_PORT", free_port().to_string())
+            .env("TEAL_STATE_DIR", state.path())
+            .env("TEAL_SHUTDOWN_TIMEOUT", "20")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let mut ready = false;
@@ -48,7 +48,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     assert_eq!(events.last().unwrap(), "[DONE]");
     let fin: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(fin["choices"][0]["finish_reason"], "length", "the request ran to its end after SIGTERM");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = child.wait().await;
     assert!(status.success(), "exit status {status}");
 }
 
@@ -115,19 +115,19 @@ fn teal_admin(admin_port: u16, state: &std::path::Path, args: &[&str]) -> std::p
 async fn teal_admin_drives_a_running_server_with_its_generated_token() {
     let state = tempfile::tempdir().unwrap();
     let (port, admin_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
-        .args(["serve", "--port", &port.to_string(), "--admin-port", &admin_port.to_string()])
-        .arg("--blue")
-        .arg(common::stories_dir())
-        .arg("--green")
-        .arg(common::stories_dir())
-        .arg("--state-dir")
-        .arg(state.path())
-        .env_remove("TEAL_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = common::Reaped::spawn(
+        Command::new(env!("CARGO_BIN_EXE_teal"))
+            .args(["serve", "--port", &port.to_string(), "--admin-port", &admin_port.to_string()])
+            .arg("--blue")
+            .arg(common::stories_dir())
+            .arg("--green")
+            .arg(common::stories_dir())
+            .arg("--state-dir")
+            .arg(state.path())
+            .env_remove("TEAL_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let client = reqwest::Client::new();
     for _ in 0..400 {
         if client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await.is_ok_and(|r| r.status() == 200) {
@@ -159,7 +159,7 @@ async fn teal_admin_drives_a_running_server_with_its_generated_token() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    assert!(child.wait().await.success(), "SIGTERM ends the server cleanly");
 }
 
 #[test]

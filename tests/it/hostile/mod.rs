@@ -3,9 +3,6 @@
 //! precise status or a failed standby with its reason; after every case the server is still running, the admin
 //! API answers within a second, and the live slot's greedy answer is unchanged (`Battery::check`).
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod battery;
 mod connections;
 mod files;

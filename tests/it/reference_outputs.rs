@@ -2,7 +2,7 @@
 //! last-position logits within 1e-3 relative error and the first 32 greedy tokens identical, for
 //! stories260K (safetensors) and SmolLM2 (GGUF dequantized to f32); quantized SmolLM2 keeps the first 8.
 
-mod common;
+use crate::common;
 
 use candle_core::DType;
 use serde_json::Value;

@@ -1,8 +1,8 @@
 //! Model files are untrusted input: each hostile file, loaded into the standby through the admin API, ends as a
 //! failed standby with a precise reason (or a 4xx at once), and the live slot keeps serving.
 
-use crate::battery::{fast_args, Battery};
-use crate::files::{self, gguf, gguf_str, gguf_u32};
+use super::battery::{fast_args, Battery};
+use super::files::{self, gguf, gguf_str, gguf_u32};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Loading from the layouts users have (sharded safetensors with an index, a directory holding one GGUF,
 //! f16 weights) and clear errors, never panics, for broken model files.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;

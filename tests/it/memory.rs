@@ -3,7 +3,7 @@
 //! stories260K with one tensor changed); park, wake, flip and rollback keep outputs identical; and the resident
 //! memory of a real `teal` process agrees with the report.
 
-mod common;
+use crate::common;
 
 use common::{smollm_path, stories_dir, TestServer};
 use reqwest::Method;
@@ -200,8 +200,10 @@ async fn park_wake_and_rollback_to_a_parked_slot_keep_outputs_identical() {
     s.wait_slot("blue", "ready").await;
     let op = post_op(s, "/admin/slots/blue/park").await;
     assert_eq!(op["status"], "succeeded");
-    let eta = s.admin_json("/admin/slots").await["slots"]["blue"]["rollback_eta_s"].clone();
-    assert!(eta.is_null() || eta.as_f64().is_some(), "{eta}");
+    let blue = s.admin_json("/admin/slots").await["slots"]["blue"].clone();
+    // Never woken: a rollback costs what its load cost.
+    let (eta, load) = (blue["rollback_eta_s"].as_f64(), blue["load_seconds"].as_f64());
+    assert!(eta.is_some() && eta == load, "{blue}");
     let r = s.admin(Method::POST, "/admin/rollback", None).await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["flip"]["live"], "blue", "{v}");
@@ -248,18 +250,18 @@ async fn resident_memory_agrees_with_the_report() {
     let state = tempfile::tempdir().unwrap();
     let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (api, admin) = (port(), port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-        .args(["serve", "--threads", "2", "--served-model-name", "m"])
-        .env("TEAL_MODEL", stories_dir())
-        .env("TEAL_MODELS_DIR", repo_models())
-        .env("TEAL_PORT", api.to_string())
-        .env("TEAL_ADMIN_PORT", admin.to_string())
-        .env("TEAL_ADMIN_TOKEN", common::ADMIN_TOKEN)
-        .env("TEAL_STATE_DIR", state.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = common::Reaped::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .args(["serve", "--threads", "2", "--served-model-name", "m"])
+            .env("TEAL_MODEL", stories_dir())
+            .env("TEAL_MODELS_DIR", repo_models())
+            .env("TEAL_PORT", api.to_string())
+            .env("TEAL_ADMIN_PORT", admin.to_string())
+            .env("TEAL_ADMIN_TOKEN", common::ADMIN_TOKEN)
+            .env("TEAL_STATE_DIR", state.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     let client = reqwest::Client::new();
     let admin_url = format!("http://127.0.0.1:{admin}");
     let get = |path: &str| {
@@ -296,8 +298,7 @@ async fn resident_memory_agrees_with_the_report() {
     assert_eq!(slot_mem(&m, "green")["state"], "ready", "{m}");
     let (rss1, held1) = (rss_of(child.id()), held(&m));
     let (grew, reported) = ((rss1 - rss0) as f64, (held1 - held0) as f64);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(reported > 900.0 * (1 << 20) as f64, "{m}");
     assert!((grew - reported).abs() <= 0.10 * reported, "RSS grew {grew} bytes; the report says {reported}");
     let own = u(&m["process_resident_bytes"]) as f64;

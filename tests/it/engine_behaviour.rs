@@ -1,7 +1,7 @@
 //! Continuous batching as a client sees it: batched greedy output equals solo output, preemption under a tiny
 //! KV pool changes nothing, a disconnected client frees its sequence, and shutdown lets in-flight work finish.
 
-mod common;
+use crate::common;
 
 use common::{sse_events, TestServer};
 use futures::StreamExt;
@@ -35,17 +35,21 @@ const PROMPTS: [&str; 8] = [
 #[tokio::test]
 async fn batching_changes_nothing_for_smollm2() {
     let s = TestServer::start(common::smollm_dir(), ServeArgs::default()).await;
-    let solo = complete(&s, "smollm2", PROMPTS[0], 24).await;
+    let mut solo = vec![];
+    for p in PROMPTS {
+        solo.push(complete(&s, "smollm2", p, 24).await);
+    }
     let before = s.metric("teal_batch_size_bucket{model=\"smollm2\",le=\"4\"}").await.unwrap();
     let steps_before = s.metric("teal_batch_size_count{model=\"smollm2\"}").await.unwrap();
     let futs = PROMPTS.iter().map(|p| complete(&s, "smollm2", p, 24));
     let outs = futures::future::join_all(futs).await;
-    assert_eq!(outs[0], solo, "the same greedy request inside a batch of 8");
+    for (i, (batched, alone)) in outs.iter().zip(&solo).enumerate() {
+        assert_eq!(batched, alone, "prompt {i}: the same greedy request inside a batch of 8");
+    }
     // Prove the 8 really ran together: some steps had more than 4 sequences.
     let small = s.metric("teal_batch_size_bucket{model=\"smollm2\",le=\"4\"}").await.unwrap() - before;
     let steps = s.metric("teal_batch_size_count{model=\"smollm2\"}").await.unwrap() - steps_before;
     assert!(steps > small, "no step ran more than 4 sequences ({steps} steps)");
-    assert!(outs.iter().skip(1).all(|o| !o.is_empty()));
 }
 
 #[tokio::test]
@@ -62,7 +66,7 @@ async fn preemption_under_a_tiny_kv_pool_keeps_outputs_identical() {
     let outs = futures::future::join_all(prompts.iter().map(|p| complete(&s, "stories260K", p, 40))).await;
     assert_eq!(outs, solo);
     let pre = s.metric("teal_preemptions_total{model=\"stories260K\"}").await.unwrap();
-    assert!(pre > 0.0, "the pool was meant to force preemption");
+    assert!(pre >= 1.0, "the pool was meant to force preemption ({pre} preemptions)");
     assert!(s.wait_metric("teal_kv_cache_usage_ratio{model=\"stories260K\"}", 0.0).await, "all blocks freed");
 }
 

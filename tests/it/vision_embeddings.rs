@@ -3,7 +3,7 @@
 //! tests/reference/make_vision_embed_reference.py), bad inputs get precise 400s while the live slot keeps
 //! serving, and a flip between two classifier versions under concurrent load loses no request.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::TestServer;
@@ -54,6 +54,11 @@ fn assert_top5(got: &Value, row: usize, reference: &Value, what: &str) {
 #[tokio::test]
 async fn classifier_matches_pytorch_on_real_photos_and_on_a_tensor() {
     let reference = fixture("reference_efficientnet_lite0.json");
+    // The reference used the preprocessing the weights were published with; teal's teal.toml must say the same.
+    let toml: toml::Value =
+        toml::from_str(&std::fs::read_to_string(models().join("efficientnet-lite0/teal.toml")).unwrap()).unwrap();
+    let ours = serde_json::to_value(&toml["classifier"]["preprocess"]).unwrap();
+    assert_eq!(ours, reference["preprocess"], "teal.toml's preprocessing differs from the published one");
     let s = TestServer::start(models().join("efficientnet-lite0"), args()).await;
     let meta: Value = s.get("/v2/models/efficientnet-lite0").await.json().await.unwrap();
     assert_eq!(meta["inputs"][1]["shape"], json!([-1, 3, 224, 224]));
@@ -168,8 +173,12 @@ async fn embeddings_match_sentence_transformers() {
         .collect();
     for (g, x) in got.iter().zip(&sentences) {
         let want: Vec<f32> = x["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let distance = 1.0 - teal::lifecycle::checks::batched::cosine(g, &want);
-        assert!(distance < 1e-4, "{}: cosine distance {distance}", x["text"]);
+        // Each component, not only the direction: a missing L2 normalisation has the right cosine.
+        assert_eq!(g.len(), want.len(), "{}", x["text"]);
+        let worst = g.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 2e-4, "{}: a component differs by {worst}", x["text"]);
+        let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{}: L2 norm {norm}, sentence-transformers normalises", x["text"]);
     }
     for p in reference["pairs"].as_array().unwrap() {
         let (a, b) = (p["a"].as_u64().unwrap() as usize, p["b"].as_u64().unwrap() as usize);

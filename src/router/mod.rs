@@ -2,6 +2,8 @@
 //! takes a `SlotLease` once, keeps it to its last token, and so never sees a flip mid-response; a flip stores a
 //! new pointer and in-flight requests drain on the slot they started on. Only the lifecycle controller stores.
 
+mod pins;
+
 use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::slot::{ModelIdentity, SlotName};
@@ -96,10 +98,7 @@ struct SessionRouting {
 
 struct Drain {
     old: Arc<Resident>,
-    deadline: Instant,
-    idle: Duration,
-    /// Sessions pinned to `old`, with their last use.
-    pinned: HashMap<String, Instant>,
+    pins: pins::Pins,
 }
 
 /// Session uses remembered for draining; older ones are forgotten.
@@ -121,15 +120,11 @@ impl LiveRouter {
     /// A lease for a request of session `id`: the old version while the session is pinned by a drain (until it
     /// has been idle for the drain's idle time, or the drain times out), else the live slot.
     pub fn lease_session(&self, id: &str) -> Option<SlotLease> {
-        let now = Instant::now();
         let mut r = self.routing();
         if let Some(d) = r.drain.as_mut() {
-            let pinned = d.pinned.get(id).is_some_and(|&last| now - last < d.idle);
-            if now < d.deadline && pinned {
-                d.pinned.insert(id.to_string(), now);
+            if d.pins.keep(id, Instant::now()) {
                 return Some(d.old.lease());
             }
-            d.pinned.remove(id);
         }
         drop(r);
         self.lease()
@@ -150,14 +145,9 @@ impl LiveRouter {
     pub(crate) fn start_drain(&self, old: Arc<Resident>, idle: Duration, timeout: Duration) -> usize {
         let now = Instant::now();
         let mut r = self.routing();
-        let pinned: HashMap<String, Instant> = r
-            .last
-            .iter()
-            .filter(|(_, (t, load))| *load == old.load_id && now - *t < idle)
-            .map(|(id, (t, _))| (id.clone(), *t))
-            .collect();
-        let n = pinned.len();
-        r.drain = Some(Drain { old, deadline: now + timeout, idle, pinned });
+        let mut pins = pins::Pins::new(&r.last, old.load_id, idle, timeout, now);
+        let n = pins.remaining(now).unwrap_or(0);
+        r.drain = Some(Drain { old, pins });
         n
     }
 
@@ -168,21 +158,15 @@ impl LiveRouter {
 
     /// Sessions pinned now, by slot (drops the expired ones and a finished drain).
     pub fn pinned_sessions(&self) -> Option<(SlotName, usize)> {
-        let now = Instant::now();
         let mut r = self.routing();
-        let done = match r.drain.as_mut() {
-            Some(d) => {
-                let idle = d.idle;
-                d.pinned.retain(|_, last| now - *last < idle);
-                now >= d.deadline || d.pinned.is_empty()
+        let d = r.drain.as_mut()?;
+        match d.pins.remaining(Instant::now()) {
+            Some(n) => Some((d.old.slot, n)),
+            None => {
+                r.drain = None;
+                None
             }
-            None => return None,
-        };
-        if done {
-            r.drain = None;
-            return None;
         }
-        r.drain.as_ref().map(|d| (d.old.slot, d.pinned.len()))
     }
 
     /// A lease on the live slot, or None before any slot is live.

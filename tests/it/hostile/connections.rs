@@ -1,7 +1,7 @@
 //! Connections that hold the server without completing anything: a thousand sockets that never finish their
 //! headers, and a streaming client that stops reading.
 
-use crate::battery::{fast_args, Battery};
+use super::battery::{fast_args, Battery};
 use crate::common::ADMIN_TOKEN;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

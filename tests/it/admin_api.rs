@@ -1,7 +1,7 @@
 //! The admin API's guard rails against a real server: the token, the model root, busy and live slots, bad
 //! bodies; and the audit log as JSON, as a live SSE feed, and across a restart.
 
-mod common;
+use crate::common;
 
 use common::{stories_dir, TestServer, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};

@@ -1,0 +1,24 @@
+//! Every real-server and real-model test in one binary (one link instead of a dozen): each file is a module named
+//! after what it covers; `cargo test --release --test it MODULE::` runs one of them. Three tests keep their own
+//! binary: bench_accuracy (it measures time, so nothing else may load the CPU), fuzz_parsers (it installs a
+//! counting global allocator) and cuda_kernels (it needs a GPU and `--features cuda`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin_api;
+mod admin_races;
+mod api_oneshot;
+mod bench;
+mod engine_behaviour;
+mod gates;
+mod hostile;
+mod http_api;
+mod memory;
+mod model_loading;
+mod process;
+mod reference_outputs;
+mod session_turns;
+mod sessions;
+mod slots;
+mod vision_embeddings;
