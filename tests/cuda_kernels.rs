@@ -7,11 +7,11 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::direct::greedy;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
-use teal::engine::direct::greedy;
 use teal::models::{load, LoadOptions};
 use teal::ops::paged_attention::{paged_attention, write_kv, AttnMeta};
 

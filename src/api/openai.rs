@@ -16,7 +16,7 @@ use crate::engine::request::FinishReason;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
 use crate::models::tokenizer::TextTokenizer;
-use crate::models::Model;
+use crate::models::LanguageModel;
 use crate::router::SlotLease;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -233,12 +233,12 @@ struct ChatShape {
     /// Held until the response ends: the slot this request started on.
     _lease: SlotLease,
     /// The leased model (its tokenizer renders logprobs).
-    llm: Arc<Model>,
+    llm: Arc<LanguageModel>,
     logprobs: bool,
 }
 
 impl ChatShape {
-    fn new(model: String, lease: SlotLease, llm: Arc<Model>, logprobs: bool) -> Self {
+    fn new(model: String, lease: SlotLease, llm: Arc<LanguageModel>, logprobs: bool) -> Self {
         ChatShape {
             id: generate::new_id("chatcmpl"),
             created: generate::unix_now(),
@@ -336,7 +336,7 @@ struct CompletionShape {
     model: String,
     /// Held until the response ends: the slot this request started on.
     _lease: SlotLease,
-    llm: Arc<Model>,
+    llm: Arc<LanguageModel>,
     logprobs: bool,
     /// Bytes of text sent so far (text_offset of the next token).
     offset: usize,

@@ -11,7 +11,7 @@ use super::openai_types::Prompt;
 use super::AppState;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
-use crate::models::Model;
+use crate::models::LanguageModel;
 use std::sync::Arc;
 
 /// Normalizers (NFKC) can shrink text, so the token-based bound allows this much slack.
@@ -51,7 +51,7 @@ pub async fn chat_tokens(state: &AppState, engine: &Engine, messages: Vec<ChatMe
     if bytes > limit {
         return Err(too_long("messages", bytes, limit));
     }
-    let model: Arc<Model> = engine.model().clone();
+    let model: Arc<LanguageModel> = engine.model().clone();
     // The template adds its own markup: allow it room, but not without bound.
     let rendered_cap = limit.saturating_mul(2).saturating_add(64 << 10);
     state
@@ -85,7 +85,7 @@ pub async fn completion_tokens(state: &AppState, engine: &Engine, prompt: Prompt
     if text.len() > limit {
         return Err(too_long("prompt", text.len(), limit));
     }
-    let model: Arc<Model> = engine.model().clone();
+    let model: Arc<LanguageModel> = engine.model().clone();
     let ids = state.cpu.run(move || model.tokenizer.encode(&text, true)).await??;
     checked_ids(ids, vocab, usize::MAX)
 }

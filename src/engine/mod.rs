@@ -2,7 +2,6 @@
 //! continuous batching over a preallocated paged KV pool. Each engine owns its model, pool and device, so two
 //! engines (blue and green) can live in one process.
 
-pub mod direct;
 pub mod kv_cache;
 pub mod request;
 pub mod sampling;
@@ -11,7 +10,7 @@ pub mod sequence;
 mod worker;
 
 use crate::error::{Result, TealError};
-use crate::models::Model;
+use crate::models::LanguageModel;
 use crate::telemetry::EngineMetrics;
 use request::{Event, GenRequest, SamplingParams};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,7 +57,7 @@ pub enum SubmitError {
 }
 
 pub struct Engine {
-    model: Arc<Model>,
+    model: Arc<LanguageModel>,
     tx: Mutex<Option<Sender<GenRequest>>>,
     pending: Arc<AtomicUsize>,
     /// Set by `abort`: the worker fails everything it holds and stops.
@@ -71,7 +70,7 @@ pub struct Engine {
 
 impl Engine {
     /// Preallocates the KV pool on the model's device and starts the engine thread.
-    pub fn start(model: Arc<Model>, config: EngineConfig, metrics: EngineMetrics) -> Result<Self> {
+    pub fn start(model: Arc<LanguageModel>, config: EngineConfig, metrics: EngineMetrics) -> Result<Self> {
         let c = model.llama.config();
         if config.block_size == 0 || config.max_batch_size == 0 || config.max_step_tokens == 0 {
             return Err(TealError::Config("block size, batch size and step tokens must be positive".into()));
@@ -119,7 +118,7 @@ impl Engine {
         })
     }
 
-    pub fn model(&self) -> &Arc<Model> {
+    pub fn model(&self) -> &Arc<LanguageModel> {
         &self.model
     }
 

@@ -7,7 +7,7 @@ use super::scheduler::{self, Decision, Limits, SeqView};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::models::llama::StepInput;
-use crate::models::Model;
+use crate::models::LanguageModel;
 use crate::ops::paged_attention::AttnMeta;
 use crate::telemetry::EngineMetrics;
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub(super) struct Worker {
-    pub model: Arc<Model>,
+    pub model: Arc<LanguageModel>,
     pub pool: KvPool,
     pub rx: Receiver<GenRequest>,
     /// Requests submitted but not yet admitted (shared with the handle, which refuses past the limit).
@@ -144,7 +144,7 @@ impl Worker {
 
     /// Runs the forward pass for the scheduled tokens and samples where a sequence reached its end.
     fn execute(&mut self, mut batch: Vec<(Sequence, usize)>) -> Result<()> {
-        let mut meta = AttnMeta { block_size: self.pool.alloc.block_size, ..Default::default() };
+        let mut meta = AttnMeta::new(self.pool.alloc.block_size);
         let mut tokens = vec![];
         let mut rows = vec![];
         let mut sampled = vec![];
@@ -155,14 +155,9 @@ impl Worker {
             if !seq.blocks.reserve(seq.cached + *n) {
                 return Err(crate::error::TealError::KvCacheFull("the pool ran out mid-step".into()));
             }
-            let b = meta.block_tables.len() as u32;
-            for pos in seq.cached..seq.cached + *n {
-                tokens.push(seq.tokens[pos]);
-                meta.token_seq.push(b);
-                meta.token_pos.push(pos as u32);
-                meta.slot_mapping.push(seq.blocks.slot(pos));
-            }
-            meta.block_tables.push(seq.blocks.ids().to_vec());
+            let positions = seq.cached..seq.cached + *n;
+            tokens.extend_from_slice(&seq.tokens[positions.clone()]);
+            meta.push_sequence(positions, |p| seq.blocks.slot(p), seq.blocks.ids());
             if seq.cached + *n == seq.tokens.len() {
                 rows.push(tokens.len() as u32 - 1);
                 sampled.push(i);

@@ -10,7 +10,7 @@ use super::report::{Report, WakeTimings};
 use super::Command;
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
-use crate::models::Model;
+use crate::models::LanguageModel;
 use crate::router::Resident;
 use crate::slot::{ModelIdentity, SlotName};
 use crate::telemetry::Metrics;
@@ -64,7 +64,7 @@ impl ParkJob {
 
 /// Takes sole ownership of a model once the last request holding its engine has let go (a standby has none;
 /// this waits out a gate probe that is just finishing).
-fn wait_unique(mut model: Arc<Model>) -> Result<Model, String> {
+fn wait_unique(mut model: Arc<LanguageModel>) -> Result<LanguageModel, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match Arc::try_unwrap(model) {
@@ -83,7 +83,7 @@ pub(crate) struct WakeJob {
     pub slot: SlotName,
     pub load_id: u64,
     pub identity: ModelIdentity,
-    pub model: Arc<Model>,
+    pub model: Arc<LanguageModel>,
     pub device: Device,
     pub engine: EngineConfig,
     pub metrics: Metrics,

@@ -44,7 +44,7 @@ pub(crate) enum Report {
     /// A standby's engine stopped and its weights are in host memory.
     Parked {
         op: String,
-        model: Arc<crate::models::Model>,
+        model: Arc<crate::models::LanguageModel>,
         seconds: f64,
         moved_bytes: u64,
     },

@@ -43,8 +43,10 @@ pub struct LoadOptions {
     pub share: Option<shared::TensorRegistry>,
 }
 
-/// Everything needed to serve one model version. Immutable after load and shareable between threads.
-pub struct Model {
+/// A text-generation model version: weights, tokenizer, chat template and limits. Immutable after load and
+/// shareable between threads. (Embedding models are `embedding::Embedder`, image classifiers
+/// `classifier::Classifier`.)
+pub struct LanguageModel {
     pub name: String,
     pub source: PathBuf,
     pub llama: Llama,
@@ -131,7 +133,7 @@ pub fn model_name(path: &Path) -> String {
 }
 
 /// Loads a model from a directory (HF layout, or one .gguf inside) or a .gguf file.
-pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     let name = model_name(path);
     let mut model = match resolve(path)? {
         Layout::HfDir(dir) => load_hf(&dir, opts)?,
@@ -220,7 +222,7 @@ fn hf_config(md: &ModelDir) -> Result<(config::LlamaConfig, Value)> {
     Ok((cfg, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     let md = ModelDir::of(dir)?;
     let (cfg, cfg_json) = hf_config(&md)?;
     let tok_path = md
@@ -243,7 +245,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let max_context = cfg.max_position_embeddings;
     let llama = Llama::load(cfg, &mut src, &opts.device, opts.share.clone().unwrap_or_default())?;
     check_vocab(&llama, &tokenizer)?;
-    Ok(Model {
+    Ok(LanguageModel {
         name: String::new(),
         source: dir.to_path_buf(),
         llama,
@@ -254,11 +256,11 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     })
 }
 
-impl Model {
+impl LanguageModel {
     /// The same model with its weights moved to `device` (see `Llama::to_device`).
-    pub fn into_device(self, device: &Device) -> Result<Model> {
+    pub fn into_device(self, device: &Device) -> Result<LanguageModel> {
         let llama = self.llama.to_device(device)?;
-        Ok(Model { llama, ..self })
+        Ok(LanguageModel { llama, ..self })
     }
 }
 
@@ -268,7 +270,7 @@ fn dedup(mut v: Vec<u32>) -> Vec<u32> {
     v
 }
 
-fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Model> {
+fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<LanguageModel> {
     let content = gguf::read(file)?;
     let cfg = gguf_meta::llama_config(&content)?;
     let side_tokenizer = ModelDir::of(file)?.find("tokenizer.json")?;
@@ -290,7 +292,15 @@ fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Model> {
         Some(d) => format!("gguf {quant} dequantized to {d:?}"),
         None => format!("gguf {quant}"),
     };
-    Ok(Model { name: String::new(), source: file.to_path_buf(), llama, tokenizer, chat_template, max_context, format })
+    Ok(LanguageModel {
+        name: String::new(),
+        source: file.to_path_buf(),
+        llama,
+        tokenizer,
+        chat_template,
+        max_context,
+        format,
+    })
 }
 
 fn dominant_quant(c: &gguf_file::Content) -> String {

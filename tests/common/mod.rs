@@ -1,6 +1,8 @@
 //! Shared test helpers: model locations, and a real teal server on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod direct;
+
 use std::path::PathBuf;
 
 /// stories260K from the shared folder beside the checkout (or `TEAL_STORIES_DIR`, for a test binary run elsewhere,

@@ -3,10 +3,10 @@
 
 use crate::common;
 
+use crate::common::direct::greedy;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
-use teal::engine::direct::greedy;
 use teal::models::{load, LoadOptions};
 
 const CPU: LoadOptions = LoadOptions { device: Device::Cpu, dtype: None, share: None };

@@ -4,10 +4,10 @@
 
 use crate::common;
 
+use crate::common::direct::greedy;
 use candle_core::DType;
 use serde_json::Value;
-use teal::engine::direct::greedy;
-use teal::models::{load, LoadOptions, Model};
+use teal::models::{load, LanguageModel, LoadOptions};
 
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/reference_{name}.json", env!("CARGO_MANIFEST_DIR"));
@@ -25,7 +25,7 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
 }
 
-fn check_model(model: &Model, fx: &Value, greedy_len: usize, check_logits: bool) {
+fn check_model(model: &LanguageModel, fx: &Value, greedy_len: usize, check_logits: bool) {
     for case in fx["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
         let want_ids = ids(&case["input_ids"]);

@@ -18,7 +18,7 @@ use super::state::{transition, SlotEvent, SlotState};
 use super::views::{ParkTimes, SlotView, Slots, Status, Unloaded};
 use super::{AdminError, Command, Context};
 use crate::memory::budget::Need;
-use crate::models::Model;
+use crate::models::LanguageModel;
 use crate::router::Resident;
 use crate::slot::{ModelIdentity, SlotName};
 use std::collections::BTreeMap;
@@ -58,7 +58,7 @@ struct LoadState {
     /// The stage limits of the load (park and wake reuse them).
     timeouts: Option<crate::lifecycle::spec::Timeouts>,
     /// A parked standby's model, its weights in host memory.
-    parked: Option<Arc<Model>>,
+    parked: Option<Arc<LanguageModel>>,
     park: ParkTimes,
 }
 

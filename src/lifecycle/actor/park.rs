@@ -8,7 +8,7 @@ use crate::lifecycle::park::{ParkJob, WakeJob};
 use crate::lifecycle::report::WakeTimings;
 use crate::lifecycle::state::{SlotEvent, SlotState};
 use crate::lifecycle::{AdminError, OpKind, Operation, Phase};
-use crate::models::Model;
+use crate::models::LanguageModel;
 use crate::router::Resident;
 use crate::slot::SlotName;
 use serde_json::json;
@@ -50,7 +50,7 @@ impl Controller {
         self.view_of(&op).ok_or_else(|| AdminError::NotFound(format!("no operation {op}")))
     }
 
-    pub(super) fn on_parked(&mut self, op: &str, model: Arc<Model>, seconds: f64, moved: u64) {
+    pub(super) fn on_parked(&mut self, op: &str, model: Arc<LanguageModel>, seconds: f64, moved: u64) {
         let Some(slot) = self.slot_of(op) else { return };
         if self.set_state(slot, SlotEvent::Parked).is_err() {
             return;

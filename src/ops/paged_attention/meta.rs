@@ -21,6 +21,23 @@ pub struct AttnMeta {
 }
 
 impl AttnMeta {
+    /// Metadata for one step over pools of `block_size`-token blocks, with no sequence yet.
+    pub fn new(block_size: usize) -> Self {
+        AttnMeta { block_size, ..Default::default() }
+    }
+
+    /// Adds a sequence whose new tokens are at `positions`: `slot` maps a position to its pool slot, `blocks` is
+    /// the sequence's block table. The one way both the engine and the direct runner describe a step.
+    pub fn push_sequence(&mut self, positions: std::ops::Range<usize>, slot: impl Fn(usize) -> u32, blocks: &[u32]) {
+        let seq = self.block_tables.len() as u32;
+        for pos in positions {
+            self.token_seq.push(seq);
+            self.token_pos.push(pos as u32);
+            self.slot_mapping.push(slot(pos));
+        }
+        self.block_tables.push(blocks.to_vec());
+    }
+
     pub fn num_tokens(&self) -> usize {
         self.token_seq.len()
     }

@@ -1,17 +1,18 @@
 //! Runs a model on one sequence without the scheduler or the engine thread: the full-prompt logits and a
-//! greedy continuation. Used by reference tests (outputs against transformers) and by anything that needs a
-//! model's raw answer for a fixed prompt.
+//! greedy continuation, through the library's public pieces (the KV pool, the attention metadata, the forward
+//! pass). The reference tests compare it with transformers and llama.cpp; the engine's own tests compare the
+//! engine with it.
 
-use super::kv_cache::KvPool;
-use super::sampling::argmax;
-use crate::error::Result;
-use crate::models::llama::StepInput;
-use crate::models::Model;
-use crate::ops::paged_attention::AttnMeta;
 use std::sync::Arc;
+use teal::engine::kv_cache::KvPool;
+use teal::engine::sampling::argmax;
+use teal::error::Result;
+use teal::models::llama::StepInput;
+use teal::models::LanguageModel;
+use teal::ops::paged_attention::AttnMeta;
 
 /// Last-position logits of `prompt`, then `steps` greedy tokens (eos does not stop it).
-pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+pub fn greedy(model: &LanguageModel, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, Vec<u32>)> {
     let c = model.llama.config();
     let bs = 16;
     let pool =
@@ -22,16 +23,10 @@ pub fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Result<(Vec<f32>, 
     while out.len() < steps || first.is_none() {
         let n = tokens.len() - cached;
         if !table.reserve(tokens.len()) {
-            return Err(crate::error::TealError::KvCacheFull("the pool is too small for this sequence".into()));
+            return Err(teal::error::TealError::KvCacheFull("the pool is too small for this sequence".into()));
         }
-        let meta = AttnMeta {
-            token_seq: vec![0; n],
-            token_pos: (cached as u32..tokens.len() as u32).collect(),
-            slot_mapping: (cached..tokens.len()).map(|p| table.slot(p)).collect(),
-            block_tables: vec![table.ids().to_vec()],
-            block_size: bs,
-            ..Default::default()
-        };
+        let mut meta = AttnMeta::new(bs);
+        meta.push_sequence(cached..tokens.len(), |p| table.slot(p), table.ids());
         let input =
             StepInput { tokens: tokens[cached..].to_vec(), meta: Arc::new(meta), logits_rows: vec![n as u32 - 1] };
         let logits = model.llama.forward(&input, &pool)?.squeeze(0)?.to_vec1::<f32>()?;
