@@ -216,7 +216,7 @@ async fn park_wake(s: &Server, rounds: usize) {
     }
     let mem = s.admin(Method::GET, "/admin/slots", None).await["slots"]["green"]["memory"].clone();
     let kv = mem["kv_cache_bytes"].as_f64().unwrap_or(0.0);
-    let (mut park, mut wake, mut alloc, mut warm) = (vec![], vec![], vec![], vec![]);
+    let (mut park, mut wake, mut alloc, mut warm, mut moved) = (vec![], vec![], vec![], vec![], 0u64);
     for _ in 0..rounds {
         for action in ["park", "wake"] {
             let v = s.admin(Method::POST, &format!("/admin/slots/green/{action}"), None).await;
@@ -235,13 +235,14 @@ async fn park_wake(s: &Server, rounds: usize) {
         wake.push(p["wake_seconds"].as_f64().unwrap_or(0.0));
         alloc.push(p["wake"]["allocate_s"].as_f64().unwrap_or(0.0));
         warm.push(p["wake"]["warm_s"].as_f64().unwrap_or(0.0));
+        // What the park and the wake copied between device and host (read after them, not before the park).
+        moved = p["moved_bytes"].as_u64().unwrap_or(0);
     }
     let mib = |b: f64| b / (1u64 << 20) as f64;
     println!(
-        "park/wake of the standby ({rounds} rounds, KV pool {:.0} MiB, weights {:.0} MiB, moved {} bytes):",
+        "park/wake of the standby ({rounds} rounds, KV pool {:.0} MiB, weights {:.0} MiB, last wake moved {moved} bytes):",
         mib(kv),
         mib(mem["weights_bytes"].as_f64().unwrap_or(0.0)),
-        mem["host_bytes"]
     );
     println!(
         "  park p50 {:.1} ms; wake p50 {:.1} ms = allocate {:.1} ms ({:.2} GiB/s) + warm-up {:.1} ms",

@@ -23,7 +23,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = teal::config::defaults::with_defaults_in_help(Cli::command()).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),

@@ -11,7 +11,7 @@ use std::time::Instant;
 pub struct Record {
     pub start: f64,
     pub ttft: f64,
-    /// Gaps between consecutive content chunks after the first.
+    /// Per token after the first: the time since the previous tokens arrived, shared by the tokens of a chunk.
     pub itl: Vec<f64>,
     pub e2e: f64,
     pub prompt_tokens: usize,
@@ -61,6 +61,26 @@ pub fn synthetic_prompt(tokens: usize, salt: usize) -> String {
     (0..tokens.max(1)).map(|i| WORDS[(i + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
 }
 
+/// Times `texts` tokens that arrived together at `arrived`: the first token ever sets the TTFT; the gap since the
+/// previous arrival is shared evenly by the tokens of this one (tokens that came in one chunk came together, so
+/// timing each SSE event as it is parsed would record gaps of zero).
+fn record_arrival(rec: &mut Record, t0: Instant, last: &mut Option<Instant>, arrived: Instant, texts: usize) {
+    if texts == 0 {
+        return;
+    }
+    match *last {
+        None => {
+            rec.ttft = (arrived - t0).as_secs_f64();
+            rec.itl.extend(std::iter::repeat_n(0.0, texts - 1));
+        }
+        Some(prev) => {
+            let gap = (arrived - prev).as_secs_f64() / texts as f64;
+            rec.itl.extend(std::iter::repeat_n(gap, texts));
+        }
+    }
+    *last = Some(arrived);
+}
+
 /// Sends one streamed completion and records it; never panics, errors land in the record.
 pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant) -> Record {
     let t0 = Instant::now();
@@ -81,7 +101,8 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
         Record { start, ttft: 0.0, itl: vec![], e2e: 0.0, prompt_tokens: 0, output_tokens: 0, error: None, slot };
     let (mut last, mut chunks, mut done) = (None::<Instant>, 0usize, false);
     let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
+    // Bytes, not text: a chunk may end inside a UTF-8 character.
+    let mut buf: Vec<u8> = vec![];
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -90,9 +111,13 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
                 break;
             }
         };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(i) = buf.find('\n') {
-            let line: String = buf.drain(..=i).collect();
+        // Every event of a chunk reached the client when the chunk did.
+        let arrived = Instant::now();
+        buf.extend_from_slice(&chunk);
+        let mut texts = 0usize;
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line);
             let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim) else { continue };
             if data == "[DONE]" {
                 done = true;
@@ -106,17 +131,10 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
                 rec.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
                 rec.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
             }
-            let has_text = v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty());
-            if has_text {
-                let now = Instant::now();
-                match last {
-                    None => rec.ttft = (now - t0).as_secs_f64(),
-                    Some(prev) => rec.itl.push((now - prev).as_secs_f64()),
-                }
-                last = Some(now);
-                chunks += 1;
-            }
+            texts += usize::from(v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()));
         }
+        record_arrival(&mut rec, t0, &mut last, arrived, texts);
+        chunks += texts;
     }
     rec.e2e = t0.elapsed().as_secs_f64();
     if rec.output_tokens == 0 {
@@ -134,6 +152,23 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_that_arrive_together_share_the_gap_before_them() {
+        let t0 = Instant::now();
+        let mut rec = Record::failed(0.0, 0.0, String::new());
+        let mut last = None;
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        record_arrival(&mut rec, t0, &mut last, at(100), 2);
+        record_arrival(&mut rec, t0, &mut last, at(130), 0);
+        record_arrival(&mut rec, t0, &mut last, at(160), 3);
+        assert!((rec.ttft - 0.1).abs() < 1e-9);
+        let want = [0.0, 0.02, 0.02, 0.02];
+        assert_eq!(rec.itl.len(), want.len(), "one entry per token after the first");
+        for (got, want) in rec.itl.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{:?}", rec.itl);
+        }
+    }
 
     #[test]
     fn prompts_have_the_asked_number_of_words() {

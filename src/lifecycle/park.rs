@@ -6,7 +6,8 @@
 
 use super::checks::config::{GatesConfig, WarmupConfig};
 use super::checks::{self, llm::LlmSubject};
-use super::report::{Report, WakeTimings};
+use super::report::{JobError, Report, WakeTimings};
+use super::views::Phase;
 use super::Command;
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
@@ -24,12 +25,13 @@ fn send(tx: &UnboundedSender<Command>, r: Report) {
 }
 
 /// Runs `f`, turning an error or a panic into a `Failed` report.
-fn guarded(tx: &UnboundedSender<Command>, op: &str, what: &str, f: impl FnOnce() -> Result<Report, String>) {
-    let report = match crate::error::catching(what, f) {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Report::Failed { op: op.to_string(), reason: format!("{what} failed: {e}") },
-        Err(panic) => Report::Failed { op: op.to_string(), reason: panic },
+fn guarded(tx: &UnboundedSender<Command>, op: &str, phase: Phase, f: impl FnOnce() -> Result<Report, String>) {
+    let error = match crate::error::catching(phase.as_str(), f) {
+        Ok(Ok(r)) => return send(tx, r),
+        Ok(Err(e)) => JobError::Stage { phase, reason: format!("{phase} failed: {e}") },
+        Err(panic) => JobError::Internal(panic),
     };
+    let report = Report::Failed { op: op.to_string(), error };
     send(tx, report);
 }
 
@@ -42,7 +44,7 @@ pub(crate) struct ParkJob {
 impl ParkJob {
     pub fn run(self) {
         let (op, tx) = (self.op.clone(), self.tx.clone());
-        guarded(&tx, &op, "parking", move || {
+        guarded(&tx, &op, Phase::Parking, move || {
             let t0 = Instant::now();
             let engine = self.resident.engine().ok_or("only text-generation models can be parked")?;
             let model = engine.model().clone();
@@ -94,7 +96,7 @@ pub(crate) struct WakeJob {
 impl WakeJob {
     pub fn run(self) {
         let (op, tx) = (self.op.clone(), self.tx.clone());
-        guarded(&tx, &op, "waking", move || {
+        guarded(&tx, &op, Phase::Waking, move || {
             let t0 = Instant::now();
             let same_device = self.model.llama.device().same_device(&self.device);
             let (model, moved) = if same_device {

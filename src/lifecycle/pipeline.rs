@@ -5,7 +5,8 @@
 use super::checks;
 use super::guard::CancelFlag;
 use super::prepare::Prepared;
-use super::report::Report;
+use super::report::{JobError, Report};
+use super::views::Phase;
 use super::Command;
 use crate::backend::Backend;
 use crate::batcher::{BatchConfig, Batcher};
@@ -51,32 +52,34 @@ impl Job {
 
     /// Runs every stage; whatever goes wrong ends as one `Failed` report.
     pub fn run(self) {
-        let reason = match crate::error::catching("loading", || self.stages()) {
+        let error = match crate::error::catching("loading", || self.stages()) {
             Ok(Ok(())) => return,
-            Ok(Err(reason)) | Err(reason) => reason,
+            Ok(Err(e)) => e,
+            Err(panic) => JobError::Internal(panic),
         };
-        self.send(Report::Failed { op: self.op.clone(), reason });
+        self.send(Report::Failed { op: self.op.clone(), error });
     }
 
     /// Err when the operation was cancelled (the controller has already failed the slot).
-    fn check_cancel(&self) -> Result<(), String> {
+    fn check_cancel(&self) -> Result<(), JobError> {
         if self.cancel.load(std::sync::atomic::Ordering::Acquire) {
-            return Err("cancelled".into());
+            return Err(JobError::Cancelled);
         }
         Ok(())
     }
 
-    fn stages(&self) -> Result<(), String> {
+    fn stages(&self) -> Result<(), JobError> {
         let t0 = Instant::now();
         let (p, s) = (&self.prepared, &self.prepared.settings);
-        let files = models::weight_files(&p.path).map_err(|e| e.to_string())?;
-        let (digest, weights_bytes) = digest_files(&files, &|f| self.progress(f * 0.5), &self.cancel)?;
+        let files = models::weight_files(&p.path).map_err(JobError::at(Phase::Loading))?;
+        let (digest, weights_bytes) =
+            digest_files(&files, &|f| self.progress(f * 0.5), &self.cancel).map_err(JobError::at(Phase::Loading))?;
         let short = digest.get(..12).unwrap_or(&digest).to_string();
         let version = s.version.clone().unwrap_or(short);
         let name = models::model_name(&p.path);
         let metrics = self.metrics.for_slot(&name, self.slot.as_str(), &version);
         self.check_cancel()?;
-        let (backend, format) = self.start_backend(metrics)?;
+        let (backend, format) = self.start_backend(metrics).map_err(JobError::at(Phase::Loading))?;
         self.check_cancel()?;
         let identity = ModelIdentity {
             name,
@@ -95,7 +98,7 @@ impl Job {
         let dir = model_dir(&p.path);
         let standby = checks::subject_of(&resident.backend, &s.warmup, &s.gates, &dir);
         let report = checks::warm(standby.as_ref(), &s.warmup, &|f| self.progress(f))
-            .map_err(|e| format!("warm-up failed: {e}"))?;
+            .map_err(|e| JobError::Stage { phase: Phase::Warming, reason: format!("warm-up failed: {e}") })?;
         self.check_cancel()?;
         self.send(Report::Warmed { op: self.op.clone(), report });
 

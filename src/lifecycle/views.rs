@@ -3,7 +3,6 @@
 //! the tests read them back with the same types, so a renamed field breaks the build, not a dashboard.
 
 use super::checks::report::{GateReport, WarmupReport};
-use super::report::WakeTimings;
 use super::spec::Timeouts;
 use crate::memory::budget::Need;
 use crate::slot::{ModelIdentity, SlotName};
@@ -124,6 +123,16 @@ impl Operation {
     pub fn timing(&self, phase: Phase) -> Option<f64> {
         self.timings.get(phase.as_str()).copied()
     }
+}
+
+/// Where a wake's time went: copying weights back to the device, allocating the KV pool (and starting the
+/// engine), and the warm-up.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct WakeTimings {
+    pub move_s: f64,
+    pub allocate_s: f64,
+    pub warm_s: f64,
+    pub moved_bytes: u64,
 }
 
 /// When a slot was parked and how long parking and waking took.

@@ -156,23 +156,27 @@ async fn the_audit_log_survives_kill_dash_9() {
         let req = client.get(format!("http://127.0.0.1:{admin}{path}")).bearer_auth(ADMIN_TOKEN);
         async move { req.send().await.ok().filter(|r| r.status() == 200)?.json::<Value>().await.ok() }
     };
-    let wait_green_ready = |admin: u16| async move {
+    let wait_both = |admin: u16| async move {
         for _ in 0..1200 {
-            if admin_get(admin, "/admin/slots").await.is_some_and(|v| v["slots"]["green"]["state"] == "ready") {
+            // Both startup loads run at once: blue must be live and green ready.
+            let both = |v: Value| v["live"] == "blue" && v["slots"]["green"]["state"] == "ready";
+            if admin_get(admin, "/admin/slots").await.is_some_and(both) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        panic!("green never became ready");
+        panic!("blue never went live with green ready");
     };
     let (api, admin) = (port(), port());
     let first = spawn(api, admin);
-    wait_green_ready(admin).await;
+    wait_both(admin).await;
     let flip = |admin: u16, path: &'static str| {
         client.post(format!("http://127.0.0.1:{admin}{path}")).bearer_auth(ADMIN_TOKEN).json(&json!({})).send()
     };
-    assert_eq!(flip(admin, "/admin/flip").await.unwrap().status(), 200);
-    assert_eq!(flip(admin, "/admin/rollback").await.unwrap().status(), 200);
+    let r = flip(admin, "/admin/flip").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let r = flip(admin, "/admin/rollback").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let before = admin_get(admin, "/admin/events").await.unwrap()["events"].as_array().unwrap().clone();
     assert!(std::process::Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap().success());
     assert!(!first.wait().await.success());
@@ -185,7 +189,7 @@ async fn the_audit_log_survives_kill_dash_9() {
 
     let (api, admin) = (port(), port());
     let _second = spawn(api, admin);
-    wait_green_ready(admin).await;
+    wait_both(admin).await;
     let after = admin_get(admin, "/admin/events").await.unwrap()["events"].as_array().unwrap().clone();
     assert_eq!(&after[..before.len()], &before[..], "the old events, unchanged");
     let last = before.last().unwrap()["seq"].as_u64().unwrap();

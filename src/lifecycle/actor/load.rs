@@ -93,7 +93,7 @@ impl Controller {
                 }
             }
             Report::Gated { op, report } => self.on_gated(&op, report),
-            Report::Failed { op, reason } => self.on_failed(&op, reason),
+            Report::Failed { op, error } => self.on_job_error(&op, error),
             Report::Parked { op, model, seconds, moved_bytes } => self.on_parked(&op, model, seconds, moved_bytes),
             Report::Woken { op, resident, warmup, timings } => self.on_woken(&op, resident, warmup, timings),
         }
@@ -141,6 +141,16 @@ impl Controller {
                 tracing::error!(error = %e, %slot, "could not make the loaded slot live");
             }
         }
+    }
+
+    /// A job's failure: a cancelled job's slot was failed when it was cancelled, so only the others count.
+    fn on_job_error(&mut self, op: &str, error: crate::lifecycle::report::JobError) {
+        if error == crate::lifecycle::report::JobError::Cancelled {
+            return;
+        }
+        let phase = error.phase().map(|p| p.as_str()).unwrap_or("internal");
+        tracing::warn!(operation = op, phase, %error, "the operation failed");
+        self.on_failed(op, error.to_string());
     }
 
     pub(super) fn on_failed(&mut self, op: &str, reason: String) {

@@ -2,6 +2,8 @@
 //! optional teal.toml (flags and env win over the file, the file over built-in defaults). Resolved and
 //! validated once into `Config`.
 
+pub mod defaults;
+
 use crate::error::{Result, TealError};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -27,10 +29,10 @@ pub struct ServeArgs {
     /// Device of the green slot [default: --device]
     #[arg(long, env = "TEAL_GREEN_DEVICE")]
     pub green_device: Option<String>,
-    /// Address of the admin API; a non-loopback address needs an explicit token [default: 127.0.0.1]
+    /// Address of the admin API; a non-loopback address needs an explicit token
     #[arg(long, env = "TEAL_ADMIN_HOST")]
     pub admin_host: Option<String>,
-    /// Port of the admin API [default: 8081]
+    /// Port of the admin API
     #[arg(long, env = "TEAL_ADMIN_PORT")]
     pub admin_port: Option<u16>,
     /// Admin API bearer token. Without it (and without a token file), a random token is generated and written
@@ -45,59 +47,59 @@ pub struct ServeArgs {
     /// using it
     #[arg(long, env = "TEAL_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Seconds a session lives without use [default: 3600]
+    /// Seconds a session lives without use
     #[arg(long, env = "TEAL_SESSION_TTL")]
     pub session_ttl: Option<u64>,
     /// When the session store fails, serve without history (with a warning header) instead of 503
     #[arg(long, env = "TEAL_SESSION_FAIL_OPEN")]
     pub session_fail_open: Option<bool>,
-    /// Largest session history in bytes; more gets 413 [default: 1048576]
+    /// Largest session history in bytes; more gets 413
     #[arg(long, env = "TEAL_MAX_SESSION_BYTES")]
     pub max_session_bytes: Option<usize>,
-    /// Most sessions the in-memory store keeps (least recently used go first) [default: 10000]
+    /// Most sessions the in-memory store keeps (least recently used go first)
     #[arg(long, env = "TEAL_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
-    /// Where teal keeps its audit log (audit.jsonl) and generated admin token [default: .teal]
+    /// Where teal keeps its audit log (audit.jsonl) and generated admin token
     #[arg(long, env = "TEAL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The model repository [default: models]
+    /// The model repository
     #[arg(long, env = "TEAL_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1]
+    /// Address to listen on
     #[arg(long, env = "TEAL_HOST")]
     pub host: Option<String>,
-    /// Port to listen on [default: 8080]
+    /// Port to listen on
     #[arg(long, env = "TEAL_PORT")]
     pub port: Option<u16>,
-    /// Device: cpu, cuda or cuda:N [default: cpu]
+    /// Device: cpu, cuda or cuda:N
     #[arg(long, env = "TEAL_DEVICE")]
     pub device: Option<String>,
     /// Weight dtype: auto, f32, f16 or bf16. auto keeps GGUF quantized and loads safetensors as f32;
-    /// a float dtype dequantizes GGUF weights to it [default: auto]
+    /// a float dtype dequantizes GGUF weights to it
     #[arg(long, env = "TEAL_DTYPE")]
     pub dtype: Option<String>,
     /// Name clients put in "model" [default: the model's directory or file name]
     #[arg(long, env = "TEAL_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
-    /// KV cache pool size in tokens, shared by all running requests [default: 16384]
+    /// KV cache pool size in tokens, shared by all running requests
     #[arg(long, env = "TEAL_MAX_TOTAL_TOKENS")]
     pub max_total_tokens: Option<usize>,
-    /// Most requests decoded together [default: 32]
+    /// Most requests decoded together
     #[arg(long, env = "TEAL_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
-    /// Most new tokens per engine step; longer prompts are prefilled in chunks [default: 512]
+    /// Most new tokens per engine step; longer prompts are prefilled in chunks
     #[arg(long, env = "TEAL_MAX_STEP_TOKENS")]
     pub max_step_tokens: Option<usize>,
-    /// Most requests waiting for a place in the batch; more get 429 [default: 256]
+    /// Most requests waiting for a place in the batch; more get 429
     #[arg(long, env = "TEAL_MAX_QUEUE")]
     pub max_queue: Option<usize>,
-    /// KV cache block size in tokens [default: 16]
+    /// KV cache block size in tokens
     #[arg(long, env = "TEAL_BLOCK_SIZE")]
     pub block_size: Option<usize>,
-    /// Largest request body in bytes; larger gets 413 [default: 4194304]
+    /// Largest request body in bytes; larger gets 413
     #[arg(long, env = "TEAL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Seconds to let in-flight requests finish after SIGTERM or ctrl-c [default: 30]
+    /// Seconds to let in-flight requests finish after SIGTERM or ctrl-c
     #[arg(long, env = "TEAL_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
     /// Log prompts and messages (off by default: they are user data)
@@ -108,61 +110,61 @@ pub struct ServeArgs {
     /// [default: 0.9]
     #[arg(long, env = "TEAL_MEMORY_BUDGET", value_delimiter = ',')]
     pub memory_budget: Option<Vec<String>>,
-    /// A rollback to a parked slot: wake it first, or refuse [default: wake]
+    /// A rollback to a parked slot: wake it first, or refuse
     #[arg(long, env = "TEAL_PARKED_ROLLBACK", value_parser = ["wake", "refuse"])]
     pub parked_rollback: Option<String>,
     /// Embedding and image models: how long the first request of a batch waits for others, in milliseconds
-    /// (0: batch only what is already queued) [default: 2]
+    /// (0: batch only what is already queued)
     #[arg(long, env = "TEAL_BATCH_DELAY_MS")]
     pub batch_delay_ms: Option<f64>,
-    /// Embedding and image models: most inputs run as one batch (1 turns dynamic batching off) [default: 32]
+    /// Embedding and image models: most inputs run as one batch (1 turns dynamic batching off)
     #[arg(long, env = "TEAL_BATCH_MAX_SIZE")]
     pub batch_max_size: Option<usize>,
-    /// Largest image accepted for classification, in pixels (width x height) [default: 40000000]
+    /// Largest image accepted for classification, in pixels (width x height)
     #[arg(long, env = "TEAL_MAX_IMAGE_PIXELS")]
     pub max_image_pixels: Option<u64>,
     /// Compute threads for CPU inference [default: all cores]
     #[arg(long, env = "TEAL_THREADS")]
     pub threads: Option<usize>,
     /// Largest prompt (or the messages of one chat request) in bytes of text, refused before tokenizing; a
-    /// model's own bound (its longest request in tokens x its longest token) may be lower [default: 1048576]
+    /// model's own bound (its longest request in tokens x its longest token) may be lower
     #[arg(long, env = "TEAL_MAX_PROMPT_BYTES")]
     pub max_prompt_bytes: Option<usize>,
-    /// Most stop_token_ids in one request [default: 64]
+    /// Most stop_token_ids in one request
     #[arg(long, env = "TEAL_MAX_STOP_TOKEN_IDS")]
     pub max_stop_token_ids: Option<usize>,
-    /// Most images (or tensors) in one KServe request [default: 64]
+    /// Most images (or tensors) in one KServe request
     #[arg(long, env = "TEAL_MAX_IMAGES_PER_REQUEST")]
     pub max_images_per_request: Option<usize>,
     /// Most pixels of all images of one KServe request together, read from their headers before decoding
-    /// [default: 100000000]
+    ///
     #[arg(long, env = "TEAL_MAX_REQUEST_PIXELS")]
     pub max_request_pixels: Option<u64>,
-    /// Seconds a request body may take to arrive; slower gets 408 [default: 30]
+    /// Seconds a request body may take to arrive; slower gets 408
     #[arg(long, env = "TEAL_BODY_TIMEOUT")]
     pub body_timeout: Option<f64>,
     /// Seconds a request's headers may take to arrive; also how long an idle keep-alive connection stays open
-    /// [default: 30]
+    ///
     #[arg(long, env = "TEAL_HEADER_TIMEOUT")]
     pub header_timeout: Option<f64>,
     /// Seconds a response write may make no progress (a client that stopped reading) before the connection is
-    /// closed and its request's KV cache freed [default: 30]
+    /// closed and its request's KV cache freed
     #[arg(long, env = "TEAL_WRITE_TIMEOUT")]
     pub write_timeout: Option<f64>,
-    /// Most open connections on the API port; more are closed at once [default: 1024]
+    /// Most open connections on the API port; more are closed at once
     #[arg(long, env = "TEAL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Most open connections on the admin port (counted apart, so the API port cannot starve it) [default: 64]
+    /// Most open connections on the admin port (counted apart, so the API port cannot starve it)
     #[arg(long, env = "TEAL_ADMIN_MAX_CONNECTIONS")]
     pub admin_max_connections: Option<usize>,
     /// Threads that tokenize prompts, render chat templates and decode images [default: the number of cores]
     #[arg(long, env = "TEAL_PREPROCESS_THREADS")]
     pub preprocess_threads: Option<usize>,
-    /// Requests that may wait for a preprocessing thread; more get 429 [default: 256]
+    /// Requests that may wait for a preprocessing thread; more get 429
     #[arg(long, env = "TEAL_PREPROCESS_QUEUE")]
     pub preprocess_queue: Option<usize>,
     /// Log format: text (colours only on a terminal) or json (one object per line, for log shippers)
-    /// [default: text]
+    ///
     #[arg(long, env = "TEAL_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
     /// Configuration file [default: ./teal.toml when it exists]
@@ -267,12 +269,12 @@ impl ServeArgs {
     }
 
     fn batch_config(&self) -> Result<crate::batcher::BatchConfig> {
-        let delay_ms = self.batch_delay_ms.unwrap_or(2.0);
+        let delay_ms = self.batch_delay_ms.unwrap_or_default();
         if !(0.0..=10_000.0).contains(&delay_ms) || self.batch_max_size == Some(0) {
             return Err(TealError::Config("batch-delay-ms must be 0..=10000 and batch-max-size positive".into()));
         }
         Ok(crate::batcher::BatchConfig {
-            max_batch: self.batch_max_size.unwrap_or(32),
+            max_batch: self.batch_max_size.unwrap_or_default(),
             max_delay: std::time::Duration::from_secs_f64(delay_ms / 1e3),
             ..Default::default()
         })
@@ -282,7 +284,7 @@ impl ServeArgs {
         let d = crate::api::limits::RequestLimits::default();
         Ok(crate::api::limits::RequestLimits {
             max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
-            body_timeout: secs("body-timeout", self.body_timeout, 30.0)?,
+            body_timeout: secs("body-timeout", self.body_timeout)?,
             max_prompt_bytes: self.max_prompt_bytes.unwrap_or(d.max_prompt_bytes),
             max_stop_token_ids: self.max_stop_token_ids.unwrap_or(d.max_stop_token_ids),
             max_images_per_request: self.max_images_per_request.unwrap_or(d.max_images_per_request).max(1),
@@ -294,19 +296,27 @@ impl ServeArgs {
     fn conn_limits(&self, max: usize) -> Result<crate::net::ConnLimits> {
         Ok(crate::net::ConnLimits {
             max_connections: max.max(1),
-            header_timeout: secs("header-timeout", self.header_timeout, 30.0)?,
-            write_timeout: secs("write-timeout", self.write_timeout, 30.0)?,
+            header_timeout: secs("header-timeout", self.header_timeout)?,
+            write_timeout: secs("write-timeout", self.write_timeout)?,
         })
     }
 
+    /// The configuration these settings describe: every unset flag takes its value from `defaults()`, then
+    /// each value is checked.
     pub fn resolve(self) -> Result<Config> {
         if self.model.is_some() && self.blue.is_some() {
             return Err(TealError::Config("--model and --blue name the same slot; give one".into()));
         }
+        let mut merged = self.over(defaults::defaults())?;
+        merged.admin_token = merged.admin_token.filter(|t| !t.is_empty());
+        merged.checked()
+    }
+
+    fn checked(self) -> Result<Config> {
         let (engine, batch, limits) = (self.engine_config()?, self.batch_config()?, self.request_limits()?);
-        let api_conns = self.conn_limits(self.max_connections.unwrap_or(1024))?;
-        let admin_conns = self.conn_limits(self.admin_max_connections.unwrap_or(64))?;
-        let device = self.device.unwrap_or_else(|| "cpu".into());
+        let api_conns = self.conn_limits(self.max_connections.unwrap_or_default())?;
+        let admin_conns = self.conn_limits(self.admin_max_connections.unwrap_or_default())?;
+        let device = self.device.unwrap_or_default();
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let memory_budget = crate::memory::budget::BudgetSpec::parse(&self.memory_budget.unwrap_or_default())
             .map_err(TealError::Config)?;
@@ -319,21 +329,21 @@ impl ServeArgs {
                 self.blue_device.unwrap_or_else(|| device.clone()),
                 self.green_device.unwrap_or_else(|| device.clone()),
             ],
-            admin_host: self.admin_host.unwrap_or_else(|| "127.0.0.1".into()),
-            admin_port: self.admin_port.unwrap_or(8081),
-            admin_token: self.admin_token.filter(|t| !t.is_empty()),
+            admin_host: self.admin_host.unwrap_or_default(),
+            admin_port: self.admin_port.unwrap_or_default(),
+            admin_token: self.admin_token,
             admin_token_file: self.admin_token_file,
-            state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from(".teal")),
+            state_dir: self.state_dir.unwrap_or_default(),
             redis_url: self.redis_url,
-            session_ttl_s: self.session_ttl.unwrap_or(3600),
-            session_fail_open: self.session_fail_open.unwrap_or(false),
-            max_session_bytes: self.max_session_bytes.unwrap_or(1 << 20),
-            max_sessions: self.max_sessions.unwrap_or(10_000),
-            models_dir: self.models_dir.unwrap_or_else(|| PathBuf::from("models")),
-            host: self.host.unwrap_or_else(|| "127.0.0.1".into()),
-            port: self.port.unwrap_or(8080),
+            session_ttl_s: self.session_ttl.unwrap_or_default(),
+            session_fail_open: self.session_fail_open.unwrap_or_default(),
+            max_session_bytes: self.max_session_bytes.unwrap_or_default(),
+            max_sessions: self.max_sessions.unwrap_or_default(),
+            models_dir: self.models_dir.unwrap_or_default(),
+            host: self.host.unwrap_or_default(),
+            port: self.port.unwrap_or_default(),
             device,
-            dtype: self.dtype.unwrap_or_else(|| "auto".into()),
+            dtype: self.dtype.unwrap_or_default(),
             served_model_name: self.served_model_name,
             engine,
             batch,
@@ -341,17 +351,17 @@ impl ServeArgs {
             admin_conns,
             limits,
             preprocess_threads: self.preprocess_threads.unwrap_or(cores).max(1),
-            preprocess_queue: self.preprocess_queue.unwrap_or(256),
-            shutdown_timeout_s: self.shutdown_timeout.unwrap_or(30),
-            log_prompts: self.log_prompts.unwrap_or(false),
+            preprocess_queue: self.preprocess_queue.unwrap_or_default(),
+            shutdown_timeout_s: self.shutdown_timeout.unwrap_or_default(),
+            log_prompts: self.log_prompts.unwrap_or_default(),
             threads: self.threads,
         })
     }
 }
 
 /// A duration flag in seconds, within 1 ms..=1 day.
-fn secs(name: &str, v: Option<f64>, default: f64) -> Result<std::time::Duration> {
-    let v = v.unwrap_or(default);
+fn secs(name: &str, v: Option<f64>) -> Result<std::time::Duration> {
+    let v = v.unwrap_or_default();
     if !(0.001..=86_400.0).contains(&v) {
         return Err(TealError::Config(format!("{name} must be between 0.001 and 86400 seconds")));
     }
