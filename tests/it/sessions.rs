@@ -41,6 +41,12 @@ impl Redis {
         Self::start_on(port)
     }
 
+    /// Sends a signal to redis-server (STOP: it stays up, its socket accepts, it answers nobody; CONT: it goes on).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("redis-server is running").to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
