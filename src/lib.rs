@@ -54,6 +54,7 @@ pub mod memory;
 pub mod models;
 pub mod net;
 pub mod ops;
+pub mod rollout;
 pub mod router;
 pub mod server;
 pub mod sessions;

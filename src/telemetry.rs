@@ -52,6 +52,7 @@ pub struct Metrics {
     pub sessions_degraded: IntCounter,
     pub kernel_module_loads: IntCounter,
     pub memory: MemoryMetrics,
+    pub rollout: RolloutMetrics,
 }
 
 /// Kernel modules loaded onto a device in this process (a load is a driver JIT compile of teal's PTX); counted
@@ -192,6 +193,7 @@ impl Metrics {
                 ),
             ),
             memory: MemoryMetrics::new(&registry),
+            rollout: RolloutMetrics::new(&registry),
             registry,
         }
     }
@@ -343,5 +345,48 @@ impl MemoryMetrics {
 
     pub fn set_process_rss(&self, bytes: u64) {
         self.rss.set(bytes as f64);
+    }
+}
+
+/// Progressive delivery: the running rollout's weight and step, its decisions, and shadow traffic.
+#[derive(Clone)]
+pub struct RolloutMetrics {
+    pub weight: Gauge,
+    pub step: IntGauge,
+    pub decisions: IntCounterVec,
+    pub shadow_agreement: Gauge,
+    pub shadow_requests: IntCounterVec,
+}
+
+impl RolloutMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        RolloutMetrics {
+            weight: reg(
+                registry,
+                Gauge::new("teal_rollout_weight_percent", "Share of requests the running rollout sends to the canary"),
+            ),
+            step: reg(registry, IntGauge::new("teal_rollout_step", "Index of the running rollout's step")),
+            decisions: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("teal_rollout_decisions_total", "Rollout decisions by kind and the metric behind them"),
+                    &["decision", "metric"],
+                ),
+            ),
+            shadow_agreement: reg(
+                registry,
+                Gauge::new(
+                    "teal_rollout_shadow_agreement_ratio",
+                    "Share of mirrored requests whose canary answer matched the live answer exactly",
+                ),
+            ),
+            shadow_requests: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("teal_rollout_shadow_requests_total", "Requests picked for mirroring, by outcome"),
+                    &["outcome"],
+                ),
+            ),
+        }
     }
 }

@@ -6,8 +6,8 @@
 
 use super::error::ApiError;
 use super::JsonBody;
-use crate::lifecycle::{AdminError, FlipRequest, Lifecycle, LoadRequest};
-use crate::net::shutdown::{Phase, ShutdownSignal};
+use crate::lifecycle::{AdminError, FlipRequest, LoadRequest};
+use crate::net::shutdown::Phase;
 use crate::slot::SlotName;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -19,17 +19,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
 
-#[derive(Clone)]
-pub struct AdminState {
-    pub lifecycle: Lifecycle,
-    pub token: Arc<String>,
-    /// Event followers close when the server starts shutting down.
-    pub shutdown: ShutdownSignal,
-}
+pub use super::admin_state::AdminState;
 
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
@@ -233,6 +226,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/flip", post(flip))
         .route("/admin/rollback", post(rollback))
         .route("/admin/events", get(events))
+        .route("/admin/rollouts", post(super::rollout_admin::start))
+        .route("/admin/rollouts/{id}", get(super::rollout_admin::get))
+        .route("/admin/rollouts/{id}/report", get(super::rollout_admin::report))
+        .route("/admin/rollouts/{id}/{action}", post(super::rollout_admin::command))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(body_rules))

@@ -7,6 +7,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod admin;
+mod admin_state;
 pub mod body;
 mod embeddings;
 pub mod error;
@@ -17,6 +18,8 @@ pub mod limits;
 mod openai;
 pub mod openai_types;
 mod prompt;
+mod rollout_admin;
+mod rollout_tap;
 pub mod sessions;
 
 use crate::lifecycle::ControllerHealth;
@@ -41,6 +44,9 @@ pub struct AppState {
     /// The live slot; empty until a model is loaded, warmed and gated (requests get 503 until then).
     pub router: Arc<LiveRouter>,
     pub metrics: Metrics,
+    /// The running rollout (if any) hears every generation request's outcome; None for an API without a
+    /// lifecycle (tests of the HTTP layer alone).
+    pub rollouts: Option<crate::rollout::Rollouts>,
     /// Where chat sessions live (memory by default, or Redis).
     pub sessions: Arc<dyn crate::sessions::SessionStore>,
     /// Serve without history (with a warning header) when the session store fails, instead of 503.

@@ -8,7 +8,7 @@ use super::body::RequestId;
 use super::error::ApiError;
 use super::generate::{self, Collected, Shape, TokenOut};
 use super::openai_types::*;
-use super::{prompt, sessions, AppState, JsonBody};
+use super::{prompt, rollout_tap, sessions, AppState, JsonBody};
 
 /// Most messages in one chat request.
 const MAX_MESSAGES: usize = 4096;
@@ -23,24 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// A lease on the live slot (or, for a session pinned by a drain, on the old one) if it serves `requested`, or
-/// 503 (nothing live yet) / 404 (another name). The request keeps this lease, and so its slot, to its last token.
-fn lease_for(state: &AppState, requested: &str) -> Result<SlotLease, ApiError> {
-    lease_in(state, requested, None)
-}
-
-fn lease_in(state: &AppState, requested: &str, session: Option<&str>) -> Result<SlotLease, ApiError> {
-    let lease = match session {
-        Some(id) => state.router.lease_session(id),
-        None => state.router.lease(),
-    };
-    let lease = lease.ok_or_else(ApiError::not_ready)?;
-    if !state.router.accepts(requested, &lease) {
-        return Err(ApiError::model_not_found(requested));
-    }
-    Ok(lease)
-}
 
 /// The lease's LLM engine: a model of another kind (embeddings, images) does not serve generation routes.
 fn llm<'a>(lease: &'a SlotLease, route: &str) -> Result<&'a Engine, ApiError> {
@@ -130,8 +112,9 @@ pub async fn chat(
     request_id: Option<axum::Extension<RequestId>>,
     JsonBody(mut req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = std::time::Instant::now();
     let requested = sessions::requested(&headers, req.session_id.take(), req.session)?;
-    let lease = lease_in(&state, &req.model, requested.as_ref().map(|(id, _)| id.as_str()))?;
+    check_model(&state, &req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -149,45 +132,103 @@ pub async fn chat(
         (false, _) => None,
     };
     let new_messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
-    let engine = llm(&lease, "/v1/chat/completions")?;
-    let model = engine.model().clone();
-    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
     let rid = request_id.map(|r| r.0 .0);
     let session = match requested {
         Some((id, new)) => Some(sessions::open(&state, id, new, rid).await?),
         None => None,
     };
+    let user = req.sampling.user.take();
+    let session_id = session.as_ref().map(|s| s.id.as_str());
+    let key = rollout_tap::route_key(session_id, user.as_deref(), &headers);
+    let history = session.as_ref().map(|s| s.history.as_slice()).unwrap_or_default();
+    let (lease, routed) = state
+        .router
+        .lease_routed(session_id, key, |split| rollout_tap::sticky(history, &split.rollout_id))
+        .ok_or_else(ApiError::not_ready)?;
+    if !state.router.accepts(&req.model, &lease) {
+        return Err(ApiError::model_not_found(&req.model));
+    }
+    let observed = rollout_tap::Observed::of(&state, routed.as_ref(), arrived);
+    let tag = routed.as_ref().map(|(split, arm)| rollout_tap::tag(&split.rollout_id, *arm));
+    let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
+    let turn = ChatTurn { session, new_messages, top, stream, sampling: req.sampling, tag };
+    let out = chat_on(&state, lease, turn, observed.as_ref()).await;
+    if let (Err(e), Some(o)) = (&out, &observed) {
+        o.error(e);
+    }
+    out
+}
+
+/// 503 before anything is live; 404 when the request names neither the served name nor the live model.
+fn check_model(state: &AppState, requested: &str) -> Result<(), ApiError> {
+    let live = state.router.peek().ok_or_else(ApiError::not_ready)?;
+    if state.router.served_name() == Some(requested) || live.identity.name == requested {
+        Ok(())
+    } else {
+        Err(ApiError::model_not_found(requested))
+    }
+}
+
+/// A chat request after routing: its session, new messages and parameters.
+struct ChatTurn {
+    session: Option<sessions::ActiveSession>,
+    new_messages: Vec<ChatMessage>,
+    top: Option<usize>,
+    stream: Option<bool>,
+    sampling: SamplingFields,
+    /// The rollout arm that serves it, stored with the session's reply.
+    tag: Option<String>,
+}
+
+/// Generates a chat answer on `lease` (the arm the router chose) and stores the session turn.
+async fn chat_on(
+    state: &AppState,
+    lease: SlotLease,
+    turn: ChatTurn,
+    observed: Option<&rollout_tap::Observed>,
+) -> Result<Response, ApiError> {
+    let ChatTurn { session, new_messages, top, stream, sampling, tag } = turn;
+    let engine = llm(&lease, "/v1/chat/completions")?;
+    let model = engine.model().clone();
     if let Some(s) = session.as_ref().filter(|s| s.replay.is_some()) {
         // A retry of a turn that is stored already: the same answer again, stored once.
         let shape = ChatShape::new(state.served_name(&lease), lease.resident().lease(), model, false);
         let rx = replayed(s.replay.clone().unwrap_or_default());
-        let mut resp = respond(&state, super::ServedBy::of(&lease), rx, shape, stream, None).await?;
+        let mut resp = respond(state, super::ServedBy::of(&lease), rx, shape, stream, None).await?;
         s.stamp(&mut resp);
         return Ok(resp);
     }
     let mut messages = session.as_ref().map(|s| s.history_messages()).unwrap_or_default();
     if session.is_some() {
-        sessions::check_size(&state, &messages, &new_messages)?;
+        sessions::check_size(state, &messages, &new_messages)?;
     }
     let stored = messages.len();
     messages.extend(new_messages.iter().cloned());
     if state.log_prompts {
         tracing::info!(messages = ?messages, "chat request");
     }
-    let prompt = prompt::chat_tokens(&state, engine, messages).await.map_err(|e| with_history_note(e, stored))?;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(&state, engine))
+    let replay = observed.map(|_| messages.clone());
+    let prompt = prompt::chat_tokens(state, engine, messages).await.map_err(|e| with_history_note(e, stored))?;
+    let mut params = generate::sampling_params(sampling, top, prompt.len(), &bounds(state, engine))
         .map_err(|e| with_history_note(e, stored))?;
-    let rx = engine.submit(prompt, params)?;
+    let shadow = match (observed, replay) {
+        (Some(o), Some(m)) => o.shadow(state, engine.queued(), &mut params, rollout_tap::ShadowPrompt::Chat(m)),
+        _ => None,
+    };
+    let mut rx = engine.submit(prompt, params)?;
+    if let Some(o) = observed {
+        rx = o.tap(rx, shadow);
+    }
     let served = super::ServedBy::of(&lease);
     let finisher = session.as_ref().map(|s| {
         let (state, active, hold) = (state.clone(), s.clone_for_store(), lease.resident().lease());
         let finish: generate::Finisher = Box::new(move |text: String| {
-            Box::pin(async move { sessions::store_turn(&state, &active, &new_messages, &text, &hold).await })
+            Box::pin(async move { sessions::store_turn(&state, &active, &new_messages, &text, &hold, tag).await })
         });
         finish
     });
     let shape = ChatShape::new(state.served_name(&lease), lease, model, top.is_some());
-    let mut resp = respond(&state, served, rx, shape, stream, finisher).await?;
+    let mut resp = respond(state, served, rx, shape, stream, finisher).await?;
     if let Some(s) = &session {
         s.stamp(&mut resp);
     }
@@ -290,9 +331,11 @@ impl Shape for ChatShape {
 
 pub async fn completions(
     State(state): State<AppState>,
-    JsonBody(req): JsonBody<CompletionRequest>,
+    headers: axum::http::HeaderMap,
+    JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let lease = lease_for(&state, &req.model)?;
+    let arrived = std::time::Instant::now();
+    check_model(&state, &req.model)?;
     if req.echo {
         return Err(ApiError::invalid("echo", "echo is not supported"));
     }
@@ -308,14 +351,43 @@ pub async fn completions(
         }
         n => n.map(|n| n as usize),
     };
+    let user = req.sampling.user.take();
+    let key = rollout_tap::route_key(None, user.as_deref(), &headers);
+    let (lease, routed) = state.router.lease_routed(None, key, |_| None).ok_or_else(ApiError::not_ready)?;
+    if !state.router.accepts(&req.model, &lease) {
+        return Err(ApiError::model_not_found(&req.model));
+    }
+    let observed = rollout_tap::Observed::of(&state, routed.as_ref(), arrived);
+    let out = completion_on(&state, lease, req, top, observed.as_ref()).await;
+    if let (Err(e), Some(o)) = (&out, &observed) {
+        o.error(e);
+    }
+    out
+}
+
+async fn completion_on(
+    state: &AppState,
+    lease: SlotLease,
+    req: CompletionRequest,
+    top: Option<usize>,
+    observed: Option<&rollout_tap::Observed>,
+) -> Result<Response, ApiError> {
     if state.log_prompts {
         tracing::info!(prompt = ?req.prompt, "completion request");
     }
     let engine = llm(&lease, "/v1/completions")?;
     let model = engine.model().clone();
-    let prompt = prompt::completion_tokens(&state, engine, req.prompt).await?;
-    let params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(&state, engine))?;
-    let rx = engine.submit(prompt, params)?;
+    let replay = observed.map(|_| req.prompt.clone());
+    let prompt = prompt::completion_tokens(state, engine, req.prompt).await?;
+    let mut params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(state, engine))?;
+    let shadow = match (observed, replay) {
+        (Some(o), Some(p)) => o.shadow(state, engine.queued(), &mut params, rollout_tap::ShadowPrompt::Completion(p)),
+        _ => None,
+    };
+    let mut rx = engine.submit(prompt, params)?;
+    if let Some(o) = observed {
+        rx = o.tap(rx, shadow);
+    }
     let served = super::ServedBy::of(&lease);
     let shape = CompletionShape {
         id: generate::new_id("cmpl"),
@@ -327,7 +399,7 @@ pub async fn completions(
         offset: 0,
     };
     let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    respond(&state, served, rx, shape, stream, None).await
+    respond(state, served, rx, shape, stream, None).await
 }
 
 struct CompletionShape {

@@ -40,6 +40,8 @@ pub struct SamplingFields {
     #[serde(default)]
     pub ignore_eos: bool,
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The end user (OpenAI's field): the key a rollout's canary split is sticky on when there is no session.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -87,7 +89,7 @@ pub struct ChatCompletionRequest {
     pub sampling: SamplingFields,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),

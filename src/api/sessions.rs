@@ -180,6 +180,7 @@ pub async fn store_turn(
     new: &[ChatMessage],
     reply: &str,
     served: &SlotLease,
+    rollout: Option<String>,
 ) -> Result<Option<String>, ApiError> {
     let at = sessions::now_ms();
     let message = |role: String, content: String| StoredMessage {
@@ -190,6 +191,7 @@ pub async fn store_turn(
         slot: None,
         at,
         request_id: None,
+        rollout: None,
     };
     let mut turn: Vec<StoredMessage> = new.iter().map(|m| message(m.role.clone(), m.content.clone())).collect();
     turn.push(StoredMessage {
@@ -197,6 +199,7 @@ pub async fn store_turn(
         version: Some(served.identity.version.clone()),
         slot: Some(served.slot.as_str().into()),
         request_id: session.request_id.clone(),
+        rollout,
         ..message("assistant".into(), reply.to_string())
     });
     let turn = Turn { messages: turn, request_id: session.request_id.as_deref(), max_bytes: state.max_session_bytes };

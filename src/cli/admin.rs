@@ -92,6 +92,11 @@ pub enum AdminCommand {
         /// Operation id (op-N)
         operation: String,
     },
+    /// Progressive delivery: canary steps, shadow traffic, automatic rollback, the promotion report
+    Rollout {
+        #[command(subcommand)]
+        command: super::rollout::RolloutCommand,
+    },
     /// Wait for an operation to finish, or for a slot to reach a state
     Wait {
         /// Operation id (op-N)
@@ -147,6 +152,23 @@ impl Client {
             bail!("{status}: {msg}");
         }
         Ok(v)
+    }
+
+    /// A call whose answer is text (a report in Markdown or SVG).
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{status}: {text}");
+        }
+        Ok(text)
     }
 
     /// A call whose answer is one of the admin API's typed views.
@@ -222,6 +244,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
         AdminCommand::Park { slot } => park_or_wake(c, &slot, "park", as_json).await?,
         AdminCommand::Wake { slot } => park_or_wake(c, &slot, "wake", as_json).await?,
         AdminCommand::Events { follow, after } => events(c, follow, after, as_json).await?,
+        AdminCommand::Rollout { command } => super::rollout::run(c, command, as_json).await?,
         AdminCommand::Cancel { operation } => {
             let op = c.typed(Method::POST, &format!("/admin/operations/{operation}/cancel"), None).await?;
             print_or(as_json, &op, operation_line);
@@ -249,12 +272,12 @@ async fn park_or_wake(c: &Client, slot: &str, action: &str, as_json: bool) -> an
     check_operation(&op)
 }
 
-fn read_json_arg(s: &str) -> anyhow::Result<Value> {
+pub(crate) fn read_json_arg(s: &str) -> anyhow::Result<Value> {
     let text = match s.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
         None => s.to_string(),
     };
-    serde_json::from_str(&text).context("--gates is not valid JSON")
+    serde_json::from_str(&text).context("the argument is not valid JSON")
 }
 
 fn print_or<T: Serialize>(as_json: bool, v: &T, table: impl Fn(&T)) {

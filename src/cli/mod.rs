@@ -1,3 +1,4 @@
 //! Client-side commands of the `teal` binary (the server side is `server::run`).
 
 pub mod admin;
+pub mod rollout;

@@ -141,6 +141,11 @@ impl Engine {
         self.model.max_context.min(self.kv_capacity.saturating_sub(self.config.block_size))
     }
 
+    /// Requests queued and not yet admitted to the running batch (a shadow request is shed while any wait).
+    pub fn queued(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
     /// Queues a tokenized request. The receiver yields its tokens; dropping it cancels the request.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, SubmitError> {
         self.enqueue(prompt, params, self.config.max_queue, false)

@@ -108,6 +108,10 @@ pub struct FlipRequest {
     pub drain_sessions: bool,
     pub drain_timeout_s: Option<f64>,
     pub drain_idle_s: Option<f64>,
+    /// Set by a rollout for its own promotion or rollback flips (never from JSON): any other flip ends the
+    /// running rollout.
+    #[serde(skip)]
+    pub rollout: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +183,10 @@ pub(crate) enum Command {
     },
     Memory {
         reply: oneshot::Sender<memory_report::MemoryReport>,
+    },
+    Standby {
+        slot: SlotName,
+        reply: oneshot::Sender<Result<Arc<Resident>, AdminError>>,
     },
     Report(report::Report),
     Shutdown {
@@ -302,6 +310,18 @@ impl Lifecycle {
             return Err(AdminError::Conflict(format!("cannot roll back: waking {slot} failed: {e}")));
         }
         self.ask(|reply| Command::Flip { req: FlipRequest::default(), rollback: true, reply }).await?
+    }
+
+    /// A rollout's flip back to the version that was live before its promotion (no gate check, like any
+    /// rollback; the rollout's own split is left for it to remove).
+    pub async fn rollback_for(&self, rollout: &str) -> Result<FlipOutcome, AdminError> {
+        let req = FlipRequest { rollout: Some(rollout.to_string()), ..Default::default() };
+        self.ask(|reply| Command::Flip { req, rollback: true, reply }).await?
+    }
+
+    /// The version in a ready standby whose gates passed (409 otherwise): what a rollout may route to.
+    pub async fn ready_standby(&self, slot: SlotName) -> Result<Arc<Resident>, AdminError> {
+        self.ask(|reply| Command::Standby { slot, reply }).await?
     }
 
     /// Frees a ready standby's device memory (weights to host memory, KV pool released).

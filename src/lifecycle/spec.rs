@@ -69,6 +69,8 @@ pub struct ModelToml {
     pub gates: Option<toml::Value>,
     /// `[timeouts]`: how long each stage of a load may take.
     pub timeouts: Option<toml::Value>,
+    /// `[rollout]`: defaults for rollouts to this model (steps, intervals, shadow rate, analysis).
+    pub rollout: Option<toml::Value>,
 }
 
 /// How long each stage of a load (or wake) may run before the controller fails it with that reason. Generous:

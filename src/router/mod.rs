@@ -3,80 +3,19 @@
 //! new pointer and in-flight requests drain on the slot they started on. Only the lifecycle controller stores.
 
 mod pins;
+mod resident;
+pub mod split;
 
-use crate::backend::Backend;
-use crate::engine::Engine;
-use crate::slot::{ModelIdentity, SlotName};
+use crate::slot::SlotName;
 use arc_swap::ArcSwapOption;
+pub use resident::{Resident, SlotLease};
+pub use split::{Arm, RouteKey, Split};
+
+/// The split and arm that routed a request during a rollout.
+pub type Routed = (Arc<Split>, Arm);
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// One loaded model version in a slot: its identity and what serves it (the LLM engine or a batcher). Immutable;
-/// shared by the slot table, the live pointer and every request that leased it.
-pub struct Resident {
-    /// Distinguishes two loads of the same model into the same slot (rollback checks it).
-    pub load_id: u64,
-    pub slot: SlotName,
-    pub identity: ModelIdentity,
-    pub backend: Backend,
-    in_flight: AtomicUsize,
-}
-
-impl Resident {
-    pub fn new(load_id: u64, slot: SlotName, identity: ModelIdentity, backend: Backend) -> Self {
-        Resident { load_id, slot, identity, backend, in_flight: AtomicUsize::new(0) }
-    }
-
-    /// The LLM engine, when this version is a text-generation model.
-    pub fn engine(&self) -> Option<&Engine> {
-        self.backend.engine()
-    }
-
-    /// Requests holding a lease on this version.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    /// A lease on this version for one request (the lifecycle's gates use it too).
-    pub fn lease(self: &Arc<Self>) -> SlotLease {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        SlotLease(self.clone())
-    }
-}
-
-impl Drop for Resident {
-    fn drop(&mut self) {
-        tracing::info!(slot = %self.slot, model = %self.identity.name, version = %self.identity.version, "unloaded");
-    }
-}
-
-/// A request's hold on the slot it started on; counts as in flight until dropped.
-pub struct SlotLease(Arc<Resident>);
-
-impl SlotLease {
-    pub fn resident(&self) -> &Arc<Resident> {
-        &self.0
-    }
-
-    pub fn engine(&self) -> Option<&Engine> {
-        self.0.engine()
-    }
-}
-
-impl std::ops::Deref for SlotLease {
-    type Target = Resident;
-    fn deref(&self) -> &Resident {
-        &self.0
-    }
-}
-
-impl Drop for SlotLease {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The live pointer and the name clients use for the served model.
 pub struct LiveRouter {
@@ -86,6 +25,8 @@ pub struct LiveRouter {
     alias: OnceLock<String>,
     /// Session draining after a flip: sessions active on the old version keep it until idle or timeout.
     sessions: Mutex<SessionRouting>,
+    /// A rollout's canary split, while one runs.
+    split: ArcSwapOption<Split>,
 }
 
 /// Where each recently used session was served, and the drain in force (if any).
@@ -110,7 +51,12 @@ impl LiveRouter {
         if let Some(n) = served_model_name {
             let _ = alias.set(n);
         }
-        LiveRouter { live: ArcSwapOption::empty(), alias, sessions: Mutex::new(SessionRouting::default()) }
+        LiveRouter {
+            live: ArcSwapOption::empty(),
+            alias,
+            sessions: Mutex::new(SessionRouting::default()),
+            split: ArcSwapOption::empty(),
+        }
     }
 
     fn routing(&self) -> std::sync::MutexGuard<'_, SessionRouting> {
@@ -166,6 +112,66 @@ impl LiveRouter {
                 r.drain = None;
                 None
             }
+        }
+    }
+
+    /// A lease for a generation request under a rollout's split: a session pinned by a drain keeps its old
+    /// version; otherwise the split (when one runs) picks the arm from `key` (and the arm the session had earlier
+    /// in this rollout, `sticky`), else the live slot serves. Returns the arm when a split decided.
+    pub fn lease_routed(
+        &self,
+        session: Option<&str>,
+        key: RouteKey<'_>,
+        sticky: impl FnOnce(&Split) -> Option<Arm>,
+    ) -> Option<(SlotLease, Option<Routed>)> {
+        if let Some(id) = session {
+            let mut r = self.routing();
+            if let Some(d) = r.drain.as_mut() {
+                if d.pins.keep(id, Instant::now()) {
+                    return Some((d.old.lease(), None));
+                }
+            }
+        }
+        if let Some(split) = self.split.load_full().filter(|s| s.ended().is_none()) {
+            let arm = split.arm(key, sticky(&split));
+            return Some((split.resident(arm).lease(), Some((split.clone(), arm))));
+        }
+        self.lease().map(|l| (l, None))
+    }
+
+    /// The running split, if any.
+    pub fn split(&self) -> Option<Arc<Split>> {
+        self.split.load_full()
+    }
+
+    /// Installs a rollout's split (rollout only).
+    pub fn install_split(&self, split: Arc<Split>) {
+        self.split.store(Some(split));
+    }
+
+    /// Removes `rollout_id`'s split, if it is the one installed.
+    pub fn remove_split(&self, rollout_id: &str) {
+        if self.split.load().as_ref().is_some_and(|s| s.rollout_id == rollout_id) {
+            self.split.store(None);
+        }
+    }
+
+    /// Ends the running split because of a lifecycle action (a manual flip, an unload); the rollout that owns
+    /// it reports `why`. Rollout-driven flips pass their rollout id and leave their own split alone.
+    pub(crate) fn end_split(&self, why: &str, except_rollout: Option<&str>) {
+        if let Some(s) = self.split.load_full() {
+            if except_rollout != Some(s.rollout_id.as_str()) {
+                s.end(why);
+                self.split.store(None);
+            }
+        }
+    }
+
+    /// Ends the running split if it routes to version `load_id` (that version is leaving its slot).
+    pub(crate) fn end_split_using(&self, load_id: u64, why: &str) {
+        if let Some(s) = self.split.load_full().filter(|s| s.uses(load_id)) {
+            s.end(why);
+            self.split.store(None);
         }
     }
 

@@ -123,9 +123,11 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
         None => Arc::new(MemoryStore::new(ttl, config.max_sessions)),
     };
     tracing::info!(store = sessions.kind(), "sessions");
+    let rollouts = crate::rollout::Rollouts::new(lifecycle.clone(), metrics.clone());
     let app = AppState {
         router,
         metrics,
+        rollouts: Some(rollouts.clone()),
         sessions,
         session_fail_open: config.session_fail_open,
         max_session_bytes: config.max_session_bytes,
@@ -139,7 +141,8 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    let admin = AdminState { lifecycle: lifecycle.clone(), token: Arc::new(token), shutdown: shutdown.clone() };
+    let admin =
+        AdminState { lifecycle: lifecycle.clone(), rollouts, token: Arc::new(token), shutdown: shutdown.clone() };
     Ok(Parts { lifecycle, app, admin })
 }
 

@@ -159,6 +159,7 @@ mod tests {
 
     fn msg(c: &str) -> StoredMessage {
         StoredMessage {
+            rollout: None,
             role: "user".into(),
             content: c.into(),
             model: None,

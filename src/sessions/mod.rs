@@ -33,6 +33,10 @@ pub struct StoredMessage {
     /// The `x-request-id` of the request that stored this turn (on its reply), so a retry is recognised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// `<rollout id>:<arm>` on a reply written during a rollout: the session keeps that arm until the rollout
+    /// ends (or rolls back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -288,3 +288,12 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// Copies the files of a model directory (not recursive: model directories are flat).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

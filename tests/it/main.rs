@@ -18,6 +18,7 @@ mod memory;
 mod model_loading;
 mod process;
 mod reference_outputs;
+mod rollouts;
 mod session_turns;
 mod sessions;
 mod slots;

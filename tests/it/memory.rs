@@ -4,20 +4,13 @@
 //! memory of a real `teal` process agrees with the report.
 
 use crate::common;
+use common::copy_dir;
 
 use common::{smollm_path, stories_dir, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use teal::config::ServeArgs;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
 
 /// Scales one tensor of a safetensors file in place (a "fine-tune" that changed one layer); returns its bytes.
 fn change_tensor(file: &Path, name: &str) -> u64 {

@@ -2,6 +2,7 @@
 //! f16 weights) and clear errors, never panics, for broken model files.
 
 use crate::common;
+use common::copy_dir;
 
 use crate::common::direct::greedy;
 use candle_core::{DType, Device, Tensor};
@@ -10,14 +11,6 @@ use std::path::Path;
 use teal::models::{load, LoadOptions};
 
 const CPU: LoadOptions = LoadOptions { device: Device::Cpu, dtype: None, share: None };
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
 
 fn first_greedy(dir: &Path, opts: &LoadOptions) -> (Vec<f32>, Vec<u32>) {
     let m = load(dir, opts).unwrap();

@@ -58,6 +58,7 @@ async fn before_the_model_is_ready_generation_gets_503() {
     let state = teal::api::AppState {
         router: std::sync::Arc::new(teal::router::LiveRouter::new(None)),
         metrics: teal::telemetry::Metrics::new(),
+        rollouts: None,
         sessions: std::sync::Arc::new(teal::sessions::memory::MemoryStore::new(std::time::Duration::from_secs(60), 10)),
         session_fail_open: false,
         max_session_bytes: 1 << 20,

@@ -3,12 +3,12 @@
 //! block a flip, a forced flip is audited, rollback restores the previous version.
 
 use crate::common;
+use common::copy_dir;
 
 use common::{stories_dir, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,14 +129,6 @@ async fn a_hundred_flips_under_32_streaming_clients_fail_nothing_and_never_mix_s
         served.load(Ordering::Relaxed),
         flip_us.iter().cloned().fold(0.0, f64::max)
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 /// A model root holding a good copy of stories260K and three broken ones.

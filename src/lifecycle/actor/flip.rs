@@ -77,6 +77,8 @@ impl Controller {
             self.record_refusal(target, &why);
             return Err(AdminError::GateFailed(format!("flip to {target} refused: {why}")));
         }
+        let why = if rollback { "a manual rollback ended the rollout" } else { "a manual flip ended the rollout" };
+        self.ctx.router.end_split(why, req.rollout.as_deref());
         let t0 = Instant::now();
         let old = self.ctx.router.swap(resident.clone());
         let swap_us = t0.elapsed().as_secs_f64() * 1e6;

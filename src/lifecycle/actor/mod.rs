@@ -173,6 +173,9 @@ impl Controller {
             Command::Memory { reply } => {
                 let _ = reply.send(self.memory_report());
             }
+            Command::Standby { slot, reply } => {
+                let _ = reply.send(self.ready_standby(slot));
+            }
             Command::Report(r) => self.on_report(r),
             Command::Shutdown { .. } => {}
         }
@@ -184,6 +187,18 @@ impl Controller {
         e.state = next;
         self.ctx.metrics.set_slot_state(slot.as_str(), e.state.name());
         Ok(())
+    }
+
+    /// The version a ready standby holds, with passed (or forced) gates: what a rollout may send traffic to.
+    fn ready_standby(&self, slot: SlotName) -> Result<Arc<Resident>, AdminError> {
+        let e = &self.slots[idx(slot)];
+        if e.state != SlotState::Ready {
+            return Err(AdminError::Conflict(format!("{slot} is {}, not a ready standby", e.state.name())));
+        }
+        if !e.load.gates.as_ref().is_some_and(|g| g.passed || g.forced) {
+            return Err(AdminError::GateFailed(format!("{slot} has not passed its gates")));
+        }
+        e.load.resident.clone().ok_or_else(|| AdminError::Conflict(format!("{slot} holds no model")))
     }
 
     fn live_slot(&self) -> Option<SlotName> {
@@ -210,6 +225,9 @@ impl Controller {
             self.ctx.router.end_drain();
         }
         let old = std::mem::take(&mut self.slots[idx(slot)].load);
+        if let Some((_, load_id)) = &old.model {
+            self.ctx.router.end_split_using(*load_id, &format!("{slot}'s version left the slot"));
+        }
         if let Some((id, load_id)) = old.model {
             if self.prev_live.is_some_and(|(s, l)| s == slot && l == load_id) {
                 self.prev_live = None;

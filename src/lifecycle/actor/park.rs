@@ -37,6 +37,7 @@ impl Controller {
             return Err(AdminError::Conflict(format!("{slot} still has {} requests running", resident.in_flight())));
         }
         self.set_state(slot, SlotEvent::Park)?;
+        self.ctx.router.end_split_using(resident.load_id, &format!("{slot} was parked"));
         self.slots[idx(slot)].load.resident = None;
         let id = &resident.identity;
         self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
