@@ -103,6 +103,7 @@ impl From<crate::engine::SubmitError> for ApiError {
             crate::engine::SubmitError::TooLong { .. } => {
                 ApiError { code: Some("context_length_exceeded"), ..ApiError::invalid("messages", e.to_string()) }
             }
+            crate::engine::SubmitError::Invalid(m) => ApiError::internal(m),
         }
     }
 }

@@ -155,6 +155,7 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiE
                 return Ok(Collected { text, tokens, reason, usage: Usage::new(prompt_tokens, completion_tokens) });
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
+            Event::Scored(_) => {}
         }
     }
     Err(ApiError::internal("engine dropped the request"))
@@ -238,6 +239,7 @@ pub fn stream(
                     ended = true;
                     break;
                 }
+                Event::Scored(_) => {}
             }
         }
         if !ended {

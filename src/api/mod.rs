@@ -21,6 +21,7 @@ mod prompt;
 mod rollout_admin;
 mod rollout_tap;
 pub mod sessions;
+mod shadow;
 
 use crate::lifecycle::ControllerHealth;
 use crate::net::shutdown::ShutdownSignal;

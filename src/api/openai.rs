@@ -8,6 +8,7 @@ use super::body::RequestId;
 use super::error::ApiError;
 use super::generate::{self, Collected, Shape, TokenOut};
 use super::openai_types::*;
+use super::shadow::ShadowPrompt;
 use super::{prompt, rollout_tap, sessions, AppState, JsonBody};
 
 /// Most messages in one chat request.
@@ -133,11 +134,12 @@ pub async fn chat(
     };
     let new_messages = req.messages.into_iter().map(message_text).collect::<Result<Vec<_>, _>>()?;
     let rid = request_id.map(|r| r.0 .0);
+    let user = req.sampling.user.take();
+    rollout_tap::check_keys(user.as_deref(), &headers)?;
     let session = match requested {
         Some((id, new)) => Some(sessions::open(&state, id, new, rid).await?),
         None => None,
     };
-    let user = req.sampling.user.take();
     let session_id = session.as_ref().map(|s| s.id.as_str());
     let key = rollout_tap::route_key(session_id, user.as_deref(), &headers);
     let history = session.as_ref().map(|s| s.history.as_slice()).unwrap_or_default();
@@ -212,7 +214,7 @@ async fn chat_on(
     let mut params = generate::sampling_params(sampling, top, prompt.len(), &bounds(state, engine))
         .map_err(|e| with_history_note(e, stored))?;
     let shadow = match (observed, replay) {
-        (Some(o), Some(m)) => o.shadow(state, engine.queued(), &mut params, rollout_tap::ShadowPrompt::Chat(m)),
+        (Some(o), Some(m)) => o.shadow(state, engine.queued(), &mut params, ShadowPrompt::Chat(m), &prompt),
         _ => None,
     };
     let mut rx = engine.submit(prompt, params)?;
@@ -352,6 +354,7 @@ pub async fn completions(
         n => n.map(|n| n as usize),
     };
     let user = req.sampling.user.take();
+    rollout_tap::check_keys(user.as_deref(), &headers)?;
     let key = rollout_tap::route_key(None, user.as_deref(), &headers);
     let (lease, routed) = state.router.lease_routed(None, key, |_| None).ok_or_else(ApiError::not_ready)?;
     if !state.router.accepts(&req.model, &lease) {
@@ -381,7 +384,7 @@ async fn completion_on(
     let prompt = prompt::completion_tokens(state, engine, req.prompt).await?;
     let mut params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(state, engine))?;
     let shadow = match (observed, replay) {
-        (Some(o), Some(p)) => o.shadow(state, engine.queued(), &mut params, rollout_tap::ShadowPrompt::Completion(p)),
+        (Some(o), Some(p)) => o.shadow(state, engine.queued(), &mut params, ShadowPrompt::Completion(p), &prompt),
         _ => None,
     };
     let mut rx = engine.submit(prompt, params)?;

@@ -1,30 +1,41 @@
 //! Generation requests under a rollout: the key their arm is sticky on, the arm a session had earlier in the
 //! rollout, the outcome each request reports to the rollout (timed from its arrival, as the client sees it), and
-//! shadow traffic: a picked baseline request is run again on the canary (or, for the A/A reference, on the live
-//! version itself) with the same prompt, parameters and seed, after the live answer is complete; the answers are
-//! compared and the mirrored one is never sent to anyone nor stored in a session.
+//! shadow traffic: a picked baseline request reports its top log-probabilities (the client sees only those it
+//! asked for) and, once its answer is complete, goes to shadow.rs to be compared with the other version.
 
 #![deny(clippy::indexing_slicing)]
 
 use super::error::ApiError;
-use super::openai_types::Prompt;
-use super::{prompt, AppState};
-use crate::engine::request::{Event, FinishReason, SamplingParams};
-use crate::models::chat_template::ChatMessage;
-use crate::rollout::run::{Pick, Run, ShadowTicket};
-use crate::rollout::window::{Answer, Outcome};
+use super::shadow::{LiveAnswer, Shadow, ShadowPrompt, Timing};
+use super::AppState;
+use crate::engine::request::{Event, SamplingParams};
+use crate::rollout::run::{Pick, Run};
+use crate::rollout::teacher;
+use crate::rollout::window::Outcome;
 use crate::router::{Arm, RouteKey, Split};
 use crate::sessions::StoredMessage;
 use axum::http::HeaderMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-/// Longest a mirrored request may run.
-const SHADOW_TIMEOUT: Duration = Duration::from_secs(120);
-/// Share of mirrored requests that go to the live version itself (the A/A reference). Half: the two versions then
-/// carry the same extra load, so mirroring does not bias the latency comparison against the canary.
-const AA_SHARE: f64 = 0.5;
+/// Longest `user` or `x-teal-route-key` (OpenAI documents `user` as a short end-user id).
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Refuses an over-long `user` or `x-teal-route-key` before anything is done with them (both are hashed on every
+/// request of a rollout and stored nowhere, but their cost must be bounded like every other field's).
+pub fn check_keys(user: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    if user.is_some_and(|u| u.len() > MAX_KEY_BYTES) {
+        return Err(ApiError::invalid("user", format!("user must be at most {MAX_KEY_BYTES} bytes")));
+    }
+    if headers.get("x-teal-route-key").is_some_and(|v| v.len() > MAX_KEY_BYTES) {
+        return Err(ApiError::invalid(
+            "x-teal-route-key",
+            format!("the x-teal-route-key header must be at most {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
 
 /// The split's key: the session id, else the OpenAI `user`, else `x-teal-route-key`.
 pub fn route_key<'a>(session: Option<&'a str>, user: Option<&'a str>, headers: &'a HeaderMap) -> RouteKey<'a> {
@@ -88,6 +99,7 @@ impl Observed {
         queued: usize,
         params: &mut SamplingParams,
         p: ShadowPrompt,
+        live_prompt: &[u32],
     ) -> Option<Shadow> {
         if self.arm != Arm::Baseline {
             return None;
@@ -104,8 +116,12 @@ impl Observed {
         if params.seed.is_none() && params.temperature > 0.0 {
             params.seed = Some(rand::random());
         }
-        let aa = rand::random::<f64>() < AA_SHARE;
-        Some(Shadow { ticket, prompt: p, params: params.clone(), state: state.clone(), aa })
+        let mirrored = SamplingParams { logprobs: None, ..params.clone() };
+        // The teacher-forced comparison needs the live model's top choices at each position; the client gets
+        // only the logprobs it asked for.
+        let client_logprobs = params.logprobs;
+        params.logprobs = Some(client_logprobs.unwrap_or(0).max(teacher::TOP_K));
+        Some(Shadow::new(ticket, p, live_prompt.to_vec(), mirrored, state.clone(), client_logprobs))
     }
 
     /// Forwards the engine's events, timing them, and reports the outcome when the request ends (a client that
@@ -115,16 +131,17 @@ impl Observed {
         let me = self.clone();
         tokio::spawn(async move {
             let mut t = Timing::new(me.arrived);
-            let mut text = String::new();
-            while let Some(ev) = rx.recv().await {
-                let end = match &ev {
-                    Event::Token { id, text: piece, .. } => {
+            let mut live = LiveAnswer::default();
+            while let Some(mut ev) = rx.recv().await {
+                let end = match &mut ev {
+                    Event::Token { id, text: piece, logprob } => {
                         t.token(*id);
-                        text.push_str(piece);
+                        live.push(*id, piece, logprob, shadow.as_ref().map(|s| s.client_logprobs));
                         None
                     }
-                    Event::Done { reason, .. } => Some(Outcome::Answer(t.answer(text.is_empty(), *reason))),
+                    Event::Done { reason, .. } => Some(Outcome::Answer(t.answer(live.text.is_empty(), *reason))),
                     Event::Error(e) => Some(Outcome::ServerError { nonfinite: e.contains("NaN or infinite") }),
+                    Event::Scored(_) => None,
                 };
                 if tx.send(ev).is_err() {
                     return;
@@ -132,7 +149,7 @@ impl Observed {
                 if let Some(o) = end {
                     me.run.observe(me.arm, &o);
                     if let (Some(s), Outcome::Answer(_)) = (shadow, &o) {
-                        tokio::spawn(s.run(text));
+                        tokio::spawn(s.run(live));
                     }
                     return;
                 }
@@ -140,103 +157,6 @@ impl Observed {
             me.run.observe(me.arm, &Outcome::ServerError { nonfinite: false });
         });
         out
-    }
-}
-
-/// Arrival, first token and gaps of one answer.
-struct Timing {
-    arrived: Instant,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    gaps: Vec<f64>,
-    tokens: Vec<u32>,
-}
-
-impl Timing {
-    fn new(arrived: Instant) -> Self {
-        Timing { arrived, first: None, last: None, gaps: vec![], tokens: vec![] }
-    }
-
-    fn token(&mut self, id: u32) {
-        let now = Instant::now();
-        if let Some(l) = self.last {
-            self.gaps.push((now - l).as_secs_f64());
-        }
-        self.first.get_or_insert(now);
-        self.last = Some(now);
-        self.tokens.push(id);
-    }
-
-    fn answer(&mut self, empty: bool, reason: FinishReason) -> Answer {
-        Answer {
-            ttft_s: self.first.map(|f| (f - self.arrived).as_secs_f64()).unwrap_or(0.0),
-            itl_s: std::mem::take(&mut self.gaps),
-            e2e_s: self.arrived.elapsed().as_secs_f64(),
-            tokens: std::mem::take(&mut self.tokens),
-            empty,
-            length: reason == FinishReason::Length,
-        }
-    }
-
-    fn means(&self) -> Option<(f64, f64)> {
-        let ttft = (self.first? - self.arrived).as_secs_f64();
-        let itl = if self.gaps.is_empty() { 0.0 } else { self.gaps.iter().sum::<f64>() / self.gaps.len() as f64 };
-        Some((ttft, itl))
-    }
-}
-
-/// What a mirrored request replays: the chat messages or the completion prompt (tokenized again for the model
-/// that runs it).
-pub enum ShadowPrompt {
-    Chat(Vec<ChatMessage>),
-    Completion(Prompt),
-}
-
-pub struct Shadow {
-    ticket: ShadowTicket,
-    prompt: ShadowPrompt,
-    params: SamplingParams,
-    state: AppState,
-    aa: bool,
-}
-
-impl Shadow {
-    /// Runs the mirrored request and records whether its text equals the live answer's.
-    async fn run(self, live_text: String) {
-        let run = self.ticket.run().clone();
-        let target = if self.aa { run.split.baseline.clone() } else { run.split.canary.clone() };
-        let lease = target.lease();
-        let Some(engine) = lease.engine() else { return };
-        let outcome = tokio::time::timeout(SHADOW_TIMEOUT, async {
-            let tokens = match self.prompt {
-                ShadowPrompt::Chat(m) => prompt::chat_tokens(&self.state, engine, m).await,
-                ShadowPrompt::Completion(p) => prompt::completion_tokens(&self.state, engine, p).await,
-            }
-            .ok()?;
-            let mut rx = engine.submit_internal(tokens, self.params).ok()?;
-            let mut t = Timing::new(Instant::now());
-            let mut text = String::new();
-            while let Some(ev) = rx.recv().await {
-                match ev {
-                    Event::Token { id, text: piece, .. } => {
-                        t.token(id);
-                        text.push_str(&piece);
-                    }
-                    Event::Done { .. } => return Some((text, t.means())),
-                    Event::Error(_) => return None,
-                }
-            }
-            None
-        })
-        .await;
-        let label = if self.aa { "aa" } else { "canary" };
-        self.state.metrics.rollout.shadow_requests.with_label_values(&[label]).inc();
-        match outcome {
-            Ok(Some((text, timing))) => run.record_shadow(self.aa, text == live_text, timing),
-            // The mirror refused or failed what the live version answered: a disagreement.
-            Ok(None) => run.record_shadow(self.aa, false, None),
-            Err(_) => {}
-        }
     }
 }
 

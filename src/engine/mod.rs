@@ -6,13 +6,14 @@ pub mod kv_cache;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
+pub mod score;
 pub mod sequence;
 mod worker;
 
 use crate::error::{Result, TealError};
 use crate::models::LanguageModel;
 use crate::telemetry::EngineMetrics;
-use request::{Event, GenRequest, SamplingParams};
+use request::{Event, GenRequest, SamplingParams, Scoring};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,9 @@ pub enum SubmitError {
     /// The prompt plus max_tokens can never fit this engine (its context or KV pool): refused, never queued.
     #[error("{tokens} tokens ({prompt} in the prompt, {new} to generate) exceed this model's limit of {limit} tokens")]
     TooLong { tokens: usize, prompt: usize, new: usize, limit: usize },
+    /// A malformed internal request (a scoring request out of its bounds).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub struct Engine {
@@ -148,7 +152,7 @@ impl Engine {
 
     /// Queues a tokenized request. The receiver yields its tokens; dropping it cancels the request.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<UnboundedReceiver<Event>, SubmitError> {
-        self.enqueue(prompt, params, self.config.max_queue, false)
+        self.enqueue(prompt, params, self.config.max_queue, false, None)
     }
 
     /// Queues a request if fewer than `limit` are pending.
@@ -158,6 +162,7 @@ impl Engine {
         params: SamplingParams,
         limit: usize,
         internal: bool,
+        score: Option<Scoring>,
     ) -> Result<UnboundedReceiver<Event>, SubmitError> {
         let (prompt_len, new) = (prompt.len(), params.max_tokens);
         let max = self.max_request_tokens();
@@ -176,7 +181,7 @@ impl Engine {
             return Err(SubmitError::QueueFull(pending));
         }
         let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
-        let req = GenRequest { prompt, params, events: etx, arrived: Instant::now(), internal };
+        let req = GenRequest { prompt, params, events: etx, arrived: Instant::now(), internal, score };
         tx.send(req).map_err(|_| {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             SubmitError::Stopped
@@ -191,7 +196,30 @@ impl Engine {
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<UnboundedReceiver<Event>, SubmitError> {
-        self.enqueue(prompt, params, usize::MAX, true)
+        self.enqueue(prompt, params, usize::MAX, true, None)
+    }
+
+    /// Queues a teacher-forced scoring of `tokens` from index `from` (teal's own request, like warm-up): the
+    /// receiver yields one `Scored` with a score per token from `from` on (at most `score::MAX_SCORED`), then
+    /// `Done`. `ask` names, per scored token, up to `score::MAX_ASKED` ids whose log-probabilities are wanted.
+    pub fn submit_score(
+        &self,
+        tokens: Vec<u32>,
+        from: usize,
+        ask: Vec<Vec<u32>>,
+    ) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let scored = tokens.len().saturating_sub(from);
+        if from == 0 || scored == 0 || scored > score::MAX_SCORED {
+            return Err(SubmitError::Invalid(format!(
+                "a scoring request scores 1 to {} tokens after at least one, not {scored} from {from}",
+                score::MAX_SCORED
+            )));
+        }
+        if ask.len() > scored || ask.iter().any(|a| a.len() > score::MAX_ASKED) {
+            return Err(SubmitError::Invalid(format!("at most {} asked ids per scored token", score::MAX_ASKED)));
+        }
+        let params = SamplingParams { max_tokens: 0, ..Default::default() };
+        self.enqueue(tokens, params, usize::MAX, true, Some(Scoring { from, ask }))
     }
 
     /// Stops at once without blocking: new requests are refused and every queued or running one ends with an

@@ -71,6 +71,27 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
+/// Teacher forcing: the prompt is read in prefill, nothing is generated, and every token from `from` on is
+/// scored from the tokens before it (a rollout's shadow: the standby scores what the live version answered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    /// Index in the prompt of the first scored token (at least 1).
+    pub from: usize,
+    /// Per scored token, ids whose log-probabilities are wanted too (the other model's top choices).
+    pub ask: Vec<Vec<u32>>,
+}
+
+/// What the model predicted for one scored token from the tokens before it (raw distribution, no sampling).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionScore {
+    /// The log-probability of the token actually there.
+    pub logprob: f32,
+    /// The model's own most likely token and its log-probability.
+    pub top1: (u32, f32),
+    /// The asked ids' log-probabilities (negative infinity for an id outside the vocabulary).
+    pub asked: Vec<f32>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
     /// One generated token and the text it completed (may be empty: held back or an incomplete character;
@@ -78,6 +99,8 @@ pub enum Event {
     Token { id: u32, text: String, logprob: Option<TokenLogprob> },
     /// The end (all text was sent in the tokens before it): why it ended and the token counts.
     Done { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// A scoring request's result, one entry per scored token; `Done` follows.
+    Scored(Vec<PositionScore>),
     /// The engine failed this request (the message is safe to show).
     Error(String),
 }
@@ -89,4 +112,6 @@ pub struct GenRequest {
     pub arrived: Instant,
     /// Sent by teal itself (warm-up, gates): runs like any request but stays out of the client metrics.
     pub internal: bool,
+    /// Score the prompt instead of generating.
+    pub score: Option<Scoring>,
 }

@@ -2,8 +2,9 @@
 //! token into the text the client may see now, holding back anything that could still become a stop string.
 
 use super::kv_cache::BlockTable;
-use super::request::{Event, FinishReason, GenRequest, SamplingParams, TokenLogprob};
+use super::request::{Event, FinishReason, GenRequest, PositionScore, SamplingParams, Scoring, TokenLogprob};
 use super::sampling::Sampler;
+use super::score::score_row;
 use crate::models::tokenizer::{IncrementalDecoder, TextTokenizer};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -29,8 +30,11 @@ pub struct Sequence {
     last_token_at: Option<Instant>,
     /// Tokens that end generation: the model's eos ids (unless ignored) and the request's own.
     stop_ids: Vec<u32>,
-    /// teal's own request (warm-up, gates): kept out of the client metrics.
+    /// teal's own request (warm-up, gates, shadow): kept out of the client metrics.
     pub internal: bool,
+    /// A scoring sequence (teacher forcing) and the scores it has so far.
+    pub score: Option<Scoring>,
+    scores: Vec<PositionScore>,
 }
 
 /// What happened when a token was added.
@@ -63,6 +67,8 @@ impl Sequence {
             last_token_at: None,
             stop_ids,
             internal: req.internal,
+            score: req.score,
+            scores: vec![],
         }
     }
 
@@ -130,6 +136,25 @@ impl Sequence {
     pub fn preempt(&mut self) {
         self.blocks.release();
         self.cached = 0;
+        self.scores.clear();
+    }
+
+    /// Keeps the score of the token after position `p` (a scoring sequence).
+    pub fn record_score(&mut self, p: usize, row: &[f32]) {
+        let Some(sc) = &self.score else { return };
+        let token = self.tokens.get(p + 1).copied().unwrap_or(0);
+        let ask = (p + 1).checked_sub(sc.from).and_then(|i| sc.ask.get(i)).map(Vec::as_slice).unwrap_or(&[]);
+        self.scores.push(score_row(row, token, ask));
+    }
+
+    /// A scoring sequence with its whole prompt read: sends the scores and ends.
+    pub fn finish_scoring(&mut self) {
+        let _ = self.events.send(Event::Scored(std::mem::take(&mut self.scores)));
+        let _ = self.events.send(Event::Done {
+            reason: FinishReason::Stop,
+            prompt_tokens: self.prompt_len,
+            completion_tokens: 0,
+        });
     }
 }
 

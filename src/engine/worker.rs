@@ -4,6 +4,7 @@
 use super::kv_cache::KvPool;
 use super::request::GenRequest;
 use super::scheduler::{self, Decision, Limits, SeqView};
+use super::score::{self, Row};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::models::llama::StepInput;
@@ -142,12 +143,12 @@ impl Worker {
         self.execute(batch)
     }
 
-    /// Runs the forward pass for the scheduled tokens and samples where a sequence reached its end.
+    /// Runs the forward pass for the scheduled tokens and samples where a sequence reached its end (or scores
+    /// the tokens a scoring sequence read).
     fn execute(&mut self, mut batch: Vec<(Sequence, usize)>) -> Result<()> {
         let mut meta = AttnMeta::new(self.pool.alloc.block_size);
         let mut tokens = vec![];
-        let mut rows = vec![];
-        let mut sampled = vec![];
+        let (mut rows, mut uses) = (vec![], vec![]);
         for (i, (seq, n)) in batch.iter_mut().enumerate() {
             if *n == 0 {
                 continue;
@@ -155,12 +156,18 @@ impl Worker {
             if !seq.blocks.reserve(seq.cached + *n) {
                 return Err(crate::error::TealError::KvCacheFull("the pool ran out mid-step".into()));
             }
+            let start = tokens.len();
             let positions = seq.cached..seq.cached + *n;
             tokens.extend_from_slice(&seq.tokens[positions.clone()]);
             meta.push_sequence(positions, |p| seq.blocks.slot(p), seq.blocks.ids());
-            if seq.cached + *n == seq.tokens.len() {
+            if let Some(sc) = &seq.score {
+                for p in score::scored_positions(sc.from, seq.tokens.len(), seq.cached, *n) {
+                    rows.push((start + p - seq.cached) as u32);
+                    uses.push(Row::Score(i, p));
+                }
+            } else if seq.cached + *n == seq.tokens.len() {
                 rows.push(tokens.len() as u32 - 1);
-                sampled.push(i);
+                uses.push(Row::Sample(i));
             }
         }
         if tokens.is_empty() {
@@ -182,7 +189,11 @@ impl Worker {
             seq.cached += *n;
         }
         let mut finished = vec![false; batch.len()];
-        for (mut row, &i) in logits.into_iter().zip(&sampled) {
+        for (mut row, use_) in logits.into_iter().zip(uses) {
+            let (Row::Sample(i) | Row::Score(i, _)) = use_;
+            if finished[i] {
+                continue;
+            }
             let seq = &mut batch[i].0;
             if row.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
                 // A broken model (or a numeric bug) must fail the request, not sample garbage from it.
@@ -191,30 +202,42 @@ impl Worker {
                 finished[i] = true;
                 continue;
             }
-            // Counted before `sample` hands the token to the client: a client that has its whole answer must see
-            // it in /metrics.
-            if !seq.internal {
-                self.metrics.generation_tokens.inc();
+            match use_ {
+                Row::Score(_, p) => seq.record_score(p, &row),
+                Row::Sample(_) => finished[i] = self.sample(seq, &mut row),
             }
-            let step = seq.sample(&mut row, &self.model.tokenizer, self.model.max_context);
-            if step.finished.is_some() {
-                finished[i] = true;
-            }
-            if seq.internal {
-                continue;
-            }
-            if let Some(t) = step.first_token_latency {
-                self.metrics.ttft.observe(t);
-            }
-            if let Some(t) = step.inter_token {
-                self.metrics.itl.observe(t);
-            }
-            if step.finished.is_some() {
-                self.metrics.e2e.observe(seq.arrived.elapsed().as_secs_f64());
+        }
+        for ((seq, _), done) in batch.iter_mut().zip(finished.iter_mut()) {
+            if seq.score.is_some() && !*done && seq.cached == seq.tokens.len() {
+                seq.finish_scoring();
+                *done = true;
             }
         }
         self.running = batch.into_iter().zip(finished).filter(|(_, f)| !f).map(|((s, _), _)| s).collect();
         Ok(())
+    }
+
+    /// Samples `seq`'s next token from its logits row and records the client metrics; true when it finished.
+    fn sample(&self, seq: &mut Sequence, row: &mut [f32]) -> bool {
+        // Counted before `sample` hands the token to the client: a client that has its whole answer must see it
+        // in /metrics.
+        if !seq.internal {
+            self.metrics.generation_tokens.inc();
+        }
+        let step = seq.sample(row, &self.model.tokenizer, self.model.max_context);
+        if seq.internal {
+            return step.finished.is_some();
+        }
+        if let Some(t) = step.first_token_latency {
+            self.metrics.ttft.observe(t);
+        }
+        if let Some(t) = step.inter_token {
+            self.metrics.itl.observe(t);
+        }
+        if step.finished.is_some() {
+            self.metrics.e2e.observe(seq.arrived.elapsed().as_secs_f64());
+        }
+        step.finished.is_some()
     }
 
     fn publish_gauges(&self) {

@@ -150,6 +150,11 @@ impl Llama {
             let (kp, vp) = kv.layer(l);
             x = self.block(layer, &x, &cos, &sin, kp, vp, &input.meta)?;
         }
+        if input.logits_rows.is_empty() {
+            // Only partial prefills in this step: nothing to predict, and no launch on a 0-row tensor (CUDA
+            // rejects a 0-block grid).
+            return Ok(Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &Device::Cpu)?);
+        }
         let rows = Tensor::from_slice(&input.logits_rows, input.logits_rows.len(), &self.device)?;
         let x = x.index_select(&rows, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;

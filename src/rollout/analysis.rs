@@ -4,16 +4,19 @@
 //!
 //! - error rate: the canary's share of failed or refused requests minus the baseline's (Agresti-Caffo); FAIL
 //!   when the interval lies above the margin, PASS when it lies below.
-//! - latency (TTFT, ITL) at each quantile q: with T the baseline's q-quantile times (1 + regression), the canary
+//! - latency (TTFT, ITL) at each quantile q: with T the baseline's q-quantile times (1 + regression), and at
+//!   least the quantile plus the minimum regression in milliseconds, the canary
 //!   regresses when more than 1 - q of its samples exceed T. FAIL when the canary's exceedance share (Wilson)
 //!   lies above 1 - q even against the baseline quantile's upper bound; PASS when it lies below against the
 //!   lower bound (the baseline's own uncertainty is on the canary's side either way).
 //! - output length: the difference of mean lengths (Welch) against +-change% of the baseline's mean.
 //! - shadow agreement: the canary's exact-match share with the live answers (Wilson) against the A/A share (the
-//!   live version against itself) minus the margin.
+//!   live version against itself) minus the margin; and the teacher-forced top-1 agreement (teacher.rs) the same
+//!   way.
 
 use super::config::AnalysisConfig;
 use super::stats::{self, Interval};
+use super::teacher::ForcedStats;
 use super::window::ArmStats;
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +70,7 @@ fn verdict(fail: bool, pass: bool) -> Verdict {
 pub fn compare(
     canary: &ArmStats,
     baseline: &ArmStats,
-    shadow: Option<Agreement>,
+    shadow: Option<(Agreement, &ForcedStats)>,
     cfg: &AnalysisConfig,
     k: u64,
 ) -> Vec<Comparison> {
@@ -78,8 +81,9 @@ pub fn compare(
         out.push(latency("itl", &canary.itl.to_vec(), &baseline.itl.to_vec(), *q, cfg, z));
     }
     out.push(output_length(canary, baseline, cfg, z));
-    if let Some(a) = shadow {
+    if let Some((a, forced)) = shadow {
         out.push(agreement(a, cfg, z));
+        out.push(forced_agreement(forced, cfg, z));
     }
     out
 }
@@ -123,12 +127,14 @@ fn latency(name: &str, c: &[f64], b: &[f64], q: f64, cfg: &AnalysisConfig, z: f6
     let samples = Samples { baseline: b.len() as u64, canary: c.len() as u64 };
     let (cq, bq) = (stats::quantile(c, q), stats::quantile(b, q));
     let m = 1.0 + cfg.latency_regression_pct / 100.0;
+    let floor = cfg.latency_regression_min_ms / 1000.0;
+    let limit = |x: f64| (x * m).max(x + floor);
     let mut cmp = Comparison {
         metric,
         verdict: Verdict::Inconclusive,
         value: cq,
         baseline: bq,
-        threshold: bq.map(|x| x * m),
+        threshold: bq.map(limit),
         samples,
         ci: None,
     };
@@ -140,8 +146,8 @@ fn latency(name: &str, c: &[f64], b: &[f64], q: f64, cfg: &AnalysisConfig, z: f6
     let (lo, hi) = quantile_bounds(&sorted, q, z);
     let over = |t: f64| c.iter().filter(|&&x| x > t).count() as u64;
     let n = c.len() as u64;
-    let fail_ci = stats::wilson(over(hi * m), n, z);
-    let pass_ci = stats::wilson(over(lo * m), n, z);
+    let fail_ci = stats::wilson(over(limit(hi)), n, z);
+    let pass_ci = stats::wilson(over(limit(lo)), n, z);
     let allowed = 1.0 - q;
     cmp.verdict = verdict(fail_ci.lo > allowed, pass_ci.hi <= allowed);
     cmp.ci = Some(if cmp.verdict == Verdict::Fail { fail_ci } else { pass_ci });
@@ -182,6 +188,26 @@ fn agreement(a: Agreement, cfg: &AnalysisConfig, z: f64) -> Comparison {
         baseline: Some(reference),
         threshold: Some(threshold),
         samples: Samples { baseline: a.aa_total, canary: a.canary_total },
+        ci: Some(ci),
+    }
+}
+
+/// The canary's teacher-forced top-1 agreement against the A/A reference: FAIL when it is credibly more than the
+/// margin below, PASS when credibly not (Welch over per-answer shares: positions within an answer are not
+/// independent, answers are).
+fn forced_agreement(f: &ForcedStats, cfg: &AnalysisConfig, z: f64) -> Comparison {
+    let (c, a) = f.top1();
+    let reference = if a.is_empty() { 1.0 } else { stats::mean_var(&a).0 };
+    let ci = stats::diff_of_means(&c, &a, z);
+    let enough = c.len() >= cfg.min_shadow_samples && a.len() >= cfg.min_shadow_samples;
+    let m = cfg.agreement_margin;
+    Comparison {
+        metric: "shadow_top1_agreement".into(),
+        verdict: if enough { verdict(ci.hi < -m, ci.lo >= -m) } else { Verdict::Inconclusive },
+        value: (!c.is_empty()).then(|| stats::mean_var(&c).0),
+        baseline: Some(reference),
+        threshold: Some(reference - m),
+        samples: Samples { baseline: a.len() as u64, canary: c.len() as u64 },
         ci: Some(ci),
     }
 }
@@ -247,8 +273,36 @@ mod tests {
         let cfg = AnalysisConfig::default();
         let (c, b) = (arm(100, jitter, 0), arm(100, jitter, 0));
         let bad = Agreement { canary_matches: 10, canary_total: 60, aa_matches: 20, aa_total: 20 };
-        assert_eq!(find(&compare(&c, &b, Some(bad), &cfg, 2), "shadow_agreement").verdict, Verdict::Fail);
+        assert_eq!(
+            find(&compare(&c, &b, Some((bad, &ForcedStats::default())), &cfg, 2), "shadow_agreement").verdict,
+            Verdict::Fail
+        );
         let good = Agreement { canary_matches: 200, canary_total: 200, aa_matches: 20, aa_total: 20 };
-        assert_eq!(find(&compare(&c, &b, Some(good), &cfg, 2), "shadow_agreement").verdict, Verdict::Pass);
+        assert_eq!(
+            find(&compare(&c, &b, Some((good, &ForcedStats::default())), &cfg, 2), "shadow_agreement").verdict,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_teacher_forced_agreement_far_below_aa_fails_and_a_close_one_passes() {
+        use crate::rollout::teacher::Forced;
+        let cfg = AnalysisConfig { min_shadow_samples: 10, ..Default::default() };
+        let f = |top1: f64| Forced { top1, kl: 0.0, ll_delta: 0.0, positions: 8 };
+        let mut s = ForcedStats::default();
+        for i in 0..30 {
+            s.record(true, f(0.95 + 0.05 * (i % 2) as f64));
+            s.record(false, f(0.3 + 0.1 * (i % 3) as f64));
+        }
+        assert_eq!(forced_agreement(&s, &cfg, 3.0).verdict, Verdict::Fail);
+        let mut s = ForcedStats::default();
+        for i in 0..30 {
+            s.record(true, f(0.95 + 0.05 * (i % 2) as f64));
+            s.record(false, f(0.94 + 0.06 * (i % 2) as f64));
+        }
+        assert_eq!(forced_agreement(&s, &cfg, 3.0).verdict, Verdict::Pass);
+        assert!(s.view(3.0).unwrap().top1_agreement.unwrap().mean > 0.9);
+        let few = ForcedStats::default();
+        assert_eq!(forced_agreement(&few, &cfg, 3.0).verdict, Verdict::Inconclusive);
     }
 }

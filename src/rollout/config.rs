@@ -49,6 +49,12 @@ pub struct AnalysisConfig {
     pub error_margin: f64,
     /// Latency: the canary's quantiles may be at most this many percent above the baseline's.
     pub latency_regression_pct: f64,
+    /// ...and at least this many milliseconds above: a smaller regression is below what a user notices and
+    /// within a busy host's scheduling noise (a 1 ms decode step slowed by 0.3 ms is not a regression).
+    pub latency_regression_min_ms: f64,
+    /// A comparison rolls back only when it fails at this many consecutive looks: a failure must survive the
+    /// data that arrives after it, so a burst of contention that slows one arm for a moment is not a verdict.
+    pub confirm_looks: u32,
     /// Which quantiles of TTFT and ITL are compared (0.5 and 0.99 by default; a 0.99 pass needs roughly 900
     /// samples per arm at the default alpha).
     pub latency_quantiles: Vec<f64>,
@@ -71,6 +77,8 @@ impl Default for AnalysisConfig {
             alpha: 0.05,
             error_margin: 0.02,
             latency_regression_pct: 20.0,
+            latency_regression_min_ms: 1.0,
+            confirm_looks: 2,
             latency_quantiles: vec![0.5, 0.99],
             output_length_change_pct: 50.0,
             agreement_margin: 0.1,
@@ -137,6 +145,8 @@ impl AnalysisConfig {
         within("analysis.alpha", self.alpha, 1e-9, 0.5)?;
         within("analysis.error_margin", self.error_margin, 0.0, 1.0)?;
         within("analysis.latency_regression_pct", self.latency_regression_pct, 0.0, 10_000.0)?;
+        within("analysis.latency_regression_min_ms", self.latency_regression_min_ms, 0.0, 60_000.0)?;
+        within("analysis.confirm_looks", self.confirm_looks as f64, 1.0, 100.0)?;
         within("analysis.output_length_change_pct", self.output_length_change_pct, 0.0, 10_000.0)?;
         within("analysis.agreement_margin", self.agreement_margin, 0.0, 1.0)?;
         within("analysis.min_shadow_samples", self.min_shadow_samples as f64, 1.0, 1_000_000.0)?;

@@ -16,6 +16,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 mod task;
+pub mod teacher;
 pub mod views;
 pub mod window;
 

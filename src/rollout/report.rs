@@ -3,6 +3,7 @@
 //! (the view), Markdown and an SVG chart (the weight over time and each arm's latency percentiles).
 
 use super::run::{arm_info, Run};
+use super::teacher::{Estimate, ForcedView};
 use super::views::{ArmSummary, Arms, Percentiles, RolloutView, ShadowView};
 use super::window::ArmStats;
 use super::{stats, views::Decision};
@@ -63,10 +64,30 @@ pub fn view(run: &Run) -> RolloutView {
             aa_agreement: share(a.aa_matches, a.aa_total),
             ttft_delta_ms: delta.0,
             itl_delta_ms: delta.1,
+            teacher_forced: inner.shadow.forced.view(z),
         },
         comparisons: inner.comparisons.clone(),
         decisions: inner.decisions.clone(),
     }
+}
+
+fn est(e: &Option<Estimate>) -> String {
+    e.map(|e| format!("{:.3} [{:.3}, {:.3}]", e.mean, e.ci.lo, e.ci.hi)).unwrap_or_else(|| "-".into())
+}
+
+fn forced_line(tf: &ForcedView) -> String {
+    format!(
+        "\nTeacher-forced ({} answers scored by the canary, {} A/A, {} incomparable): top-1 agreement {} (A/A {}); KL {} nats/token (A/A {}); log-likelihood delta {} (A/A {}).\n",
+        tf.compared,
+        tf.aa_compared,
+        tf.incomparable,
+        est(&tf.top1_agreement),
+        est(&tf.aa_top1_agreement),
+        est(&tf.kl),
+        est(&tf.aa_kl),
+        est(&tf.ll_delta),
+        est(&tf.aa_ll_delta)
+    )
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -125,6 +146,9 @@ pub fn markdown(v: &RolloutView) -> String {
         "\nShadow (rate {}): {} compared with the canary, {} A/A, {} shed; agreement {} (A/A {}); TTFT delta {} ms, ITL delta {} ms.\n",
         sh.rate, sh.compared, sh.aa_compared, sh.shed, opt(sh.agreement), opt(sh.aa_agreement), ms(sh.ttft_delta_ms), ms(sh.itl_delta_ms)
     );
+    if let Some(tf) = &sh.teacher_forced {
+        s += &forced_line(tf);
+    }
     s += "\n## Latest analysis\n\n| metric | verdict | canary | baseline | threshold | samples (b/c) | interval |\n|---|---|---|---|---|---|---|\n";
     for c in &v.comparisons {
         s += &format!(

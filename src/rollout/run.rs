@@ -9,9 +9,11 @@
 use super::analysis::{self, Agreement, Comparison, Samples, Verdict};
 use super::config::RolloutConfig;
 use super::guards;
+use super::teacher::{Forced, ForcedStats};
 use super::views::{ArmInfo, Decision, DecisionKind, RolloutState};
 use super::window::{ArmStats, Outcome};
-use crate::router::{split::FULL, Arm, Resident, Split};
+use crate::router::{split::ArmIdent, split::FULL, Arm, Split};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -77,6 +79,8 @@ pub(super) struct Inner {
     pub reason: Option<String>,
     pub ended_at: Option<SystemTime>,
     last_hold: String,
+    /// Consecutive failing looks per metric in this step.
+    fail_streaks: HashMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,6 +90,7 @@ pub struct ShadowStats {
     /// (sum of mean TTFT, sum of mean ITL, runs) of canary and A/A shadow runs, seconds.
     pub canary_time: (f64, f64, u64),
     pub aa_time: (f64, f64, u64),
+    pub forced: ForcedStats,
 }
 
 fn arm_index(a: Arm) -> usize {
@@ -95,7 +100,7 @@ fn arm_index(a: Arm) -> usize {
     }
 }
 
-pub fn arm_info(r: &Resident) -> ArmInfo {
+pub fn arm_info(r: &ArmIdent) -> ArmInfo {
     ArmInfo {
         slot: r.slot.as_str().into(),
         model: r.identity.name.clone(),
@@ -132,6 +137,7 @@ impl Run {
                 reason: None,
                 ended_at: None,
                 last_hold: String::new(),
+                fail_streaks: HashMap::new(),
             }),
             wake: Notify::new(),
             shadow_in_flight: AtomicUsize::new(0),
@@ -175,6 +181,7 @@ impl Run {
         inner.step = last_step;
         let [base, _] = std::mem::take(&mut inner.window);
         inner.bake_baseline = Some(base);
+        inner.fail_streaks.clear();
         inner.last_look = None;
     }
 
@@ -256,6 +263,15 @@ impl Run {
         }
     }
 
+    /// Records one teacher-forced comparison (None: the versions tokenized the prompt differently).
+    pub fn record_forced(&self, aa: bool, f: Option<Forced>) {
+        let mut inner = self.lock();
+        match f {
+            Some(f) => inner.shadow.forced.record(aa, f),
+            None => inner.shadow.forced.incomparable += 1,
+        }
+    }
+
     /// What to do now (called by the task every tick): reverts first, then the bake, then the analysis.
     pub fn decide(&self, now: Instant) -> Action {
         if let Some(why) = self.split.ended() {
@@ -284,13 +300,18 @@ impl Run {
             if !due {
                 return Action::Nothing;
             }
-            return self.analyse(&mut inner, now).map(Self::revert).unwrap_or(Action::Nothing);
+            let (_inner, fail) = self.analyse(inner, now);
+            return fail.map(Self::revert).unwrap_or(Action::Nothing);
         }
         if !due {
             return Action::Nothing;
         }
-        if let Some(fail) = self.analyse(&mut inner, now) {
+        let (mut inner, fail) = self.analyse(inner, now);
+        if let Some(fail) = fail {
             return Self::revert(fail);
+        }
+        if inner.revert.is_some() || inner.state != RolloutState::Progressing {
+            return Action::Nothing;
         }
         let all_pass = inner.comparisons.iter().all(|c| c.verdict == Verdict::Pass);
         let dwelt = now - inner.step_started >= secs(self.config.step_interval_s);
@@ -307,6 +328,7 @@ impl Run {
         inner.step += 1;
         inner.step_started = now;
         inner.window = Default::default();
+        inner.fail_streaks.clear();
         inner.last_hold.clear();
         self.split.set_weight_bp(bp(pct));
         let d = self.decision(&inner, DecisionKind::Advance, format!("every comparison passed; weight {pct}%"));
@@ -319,18 +341,44 @@ impl Run {
     }
 
     /// Runs the comparisons; a FAIL sends all traffic to the baseline at once and is returned.
-    fn analyse(&self, inner: &mut Inner, now: Instant) -> Option<Decision> {
+    /// One look: the comparisons run on a copy of the window, outside the lock the request path takes.
+    fn analyse<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        now: Instant,
+    ) -> (MutexGuard<'a, Inner>, Option<Decision>) {
         inner.looks += 1;
         inner.last_look = Some(now);
+        let (k, bake) = (inner.looks, inner.bake_baseline.clone());
+        let (canary, baseline) = (inner.window[1].clone(), inner.window[0].clone());
+        let shadow = (self.config.shadow_rate > 0.0).then(|| (inner.shadow.agreement, inner.shadow.forced.clone()));
+        drop(inner);
         let cfg = &self.config.analysis;
-        inner.comparisons = match &inner.bake_baseline {
-            Some(base) => analysis::compare_bake(&inner.window[1], base, cfg, inner.looks),
-            None => {
-                let shadow = (self.config.shadow_rate > 0.0).then_some(inner.shadow.agreement);
-                analysis::compare(&inner.window[1], &inner.window[0], shadow, cfg, inner.looks)
-            }
+        let comparisons = match &bake {
+            Some(base) => analysis::compare_bake(&canary, base, cfg, k),
+            None => analysis::compare(&canary, &baseline, shadow.as_ref().map(|(a, f)| (*a, f)), cfg, k),
         };
-        let fail = inner.comparisons.iter().find(|c| c.verdict == Verdict::Fail)?.clone();
+        let mut inner = self.lock();
+        inner.comparisons = comparisons;
+        if inner.revert.is_some() || inner.state.finished() {
+            return (inner, None);
+        }
+        let d = self.confirm_failure(&mut inner);
+        (inner, d)
+    }
+
+    /// Counts consecutive failing looks per metric; the first metric failing `confirm_looks` in a row rolls back.
+    fn confirm_failure(&self, inner: &mut Inner) -> Option<Decision> {
+        let mut streaks = std::mem::take(&mut inner.fail_streaks);
+        streaks.retain(|m, _| inner.comparisons.iter().any(|c| &c.metric == m && c.verdict == Verdict::Fail));
+        for c in inner.comparisons.iter().filter(|c| c.verdict == Verdict::Fail) {
+            *streaks.entry(c.metric.clone()).or_insert(0) += 1;
+        }
+        let need = self.config.analysis.confirm_looks.max(1);
+        let confirmed = |c: &&Comparison| streaks.get(&c.metric).is_some_and(|&n| n >= need);
+        let fail = inner.comparisons.iter().find(confirmed).cloned();
+        inner.fail_streaks = streaks;
+        let fail = fail?;
         self.split.set_weight_bp(0);
         let mut d = self.decision(
             inner,

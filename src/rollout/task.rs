@@ -81,6 +81,7 @@ async fn revert(run: &Run, lifecycle: &Lifecycle, state: RolloutState, reason: S
 
 fn finish(run: &Run, lifecycle: &Lifecycle, state: RolloutState, reason: String) {
     lifecycle.router.remove_split(&run.id);
+    run.split.end(&format!("the rollout ended: {reason}"));
     let mut inner = run.lock();
     if inner.state.finished() {
         return;

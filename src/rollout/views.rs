@@ -3,6 +3,7 @@
 use super::analysis::{Comparison, Samples};
 use super::config::RolloutConfig;
 use super::stats::Interval;
+use super::teacher::ForcedView;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +114,7 @@ pub struct Percentiles {
 }
 
 /// Shadow traffic: what was mirrored, what was shed, and how the answers compared (generate comparison: same
-/// prompt, parameters and seed; exact text match).
+/// prompt, parameters and seed, exact text match; and teacher-forced: the live answer scored in one prefill).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShadowView {
     pub rate: f64,
@@ -128,6 +129,8 @@ pub struct ShadowView {
     /// Mean TTFT and ITL of the mirrored runs (canary minus the live version on the same path), milliseconds.
     pub ttft_delta_ms: Option<f64>,
     pub itl_delta_ms: Option<f64>,
+    /// The teacher-forced comparison (top-1 agreement, KL, log-likelihood delta; teacher.rs).
+    pub teacher_forced: Option<ForcedView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -134,7 +134,9 @@ impl LiveRouter {
         }
         if let Some(split) = self.split.load_full().filter(|s| s.ended().is_none()) {
             let arm = split.arm(key, sticky(&split));
-            return Some((split.resident(arm).lease(), Some((split.clone(), arm))));
+            if let Some(r) = split.resident(arm) {
+                return Some((r.lease(), Some((split.clone(), arm))));
+            }
         }
         self.lease().map(|l| (l, None))
     }

@@ -10,6 +10,8 @@
 //! unload) ends the split with a reason the rollout then reports.
 
 use super::resident::Resident;
+use crate::slot::{ModelIdentity, SlotName};
+use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,19 +58,42 @@ pub enum RouteKey<'a> {
     None,
 }
 
-/// One rollout's split between two resident versions.
+/// Which version an arm is: kept for the record after the split lets go of the versions themselves.
+#[derive(Debug, Clone)]
+pub struct ArmIdent {
+    pub slot: SlotName,
+    pub load_id: u64,
+    pub identity: ModelIdentity,
+}
+
+impl ArmIdent {
+    fn of(r: &Resident) -> Self {
+        ArmIdent { slot: r.slot, load_id: r.load_id, identity: r.identity.clone() }
+    }
+}
+
+/// One rollout's split between two resident versions. It holds the versions only while it runs: `end` lets
+/// them go, so a finished rollout kept for its report never keeps a model's memory alive.
 pub struct Split {
     pub rollout_id: String,
-    pub baseline: Arc<Resident>,
-    pub canary: Arc<Resident>,
+    pub baseline: ArmIdent,
+    pub canary: ArmIdent,
+    residents: ArcSwapOption<[Arc<Resident>; 2]>,
     weight_bp: AtomicU32,
-    /// Set when a lifecycle action ended the split (the rollout reads it).
+    /// Set when the split ended: a lifecycle action, or the rollout itself finishing (the rollout reads it).
     ended: Mutex<Option<String>>,
 }
 
 impl Split {
     pub fn new(rollout_id: String, baseline: Arc<Resident>, canary: Arc<Resident>) -> Self {
-        Split { rollout_id, baseline, canary, weight_bp: AtomicU32::new(0), ended: Mutex::new(None) }
+        Split {
+            rollout_id,
+            baseline: ArmIdent::of(&baseline),
+            canary: ArmIdent::of(&canary),
+            residents: ArcSwapOption::from_pointee([baseline, canary]),
+            weight_bp: AtomicU32::new(0),
+            ended: Mutex::new(None),
+        }
     }
 
     pub fn weight_bp(&self) -> u32 {
@@ -101,17 +126,27 @@ impl Split {
         }
     }
 
-    pub fn resident(&self, arm: Arm) -> &Arc<Resident> {
+    /// `arm`'s version, while the split holds it.
+    pub fn resident(&self, arm: Arm) -> Option<Arc<Resident>> {
+        let r = self.residents.load();
+        let both = r.as_ref()?;
+        Some(both[usize::from(arm == Arm::Canary)].clone())
+    }
+
+    pub fn ident(&self, arm: Arm) -> &ArmIdent {
         match arm {
             Arm::Baseline => &self.baseline,
             Arm::Canary => &self.canary,
         }
     }
 
-    /// Marks the split ended by `why` (first reason wins).
+    /// Ends the split because of `why` (the first reason wins) and lets go of its versions; requests already
+    /// running keep their own leases.
     pub fn end(&self, why: &str) {
         let mut e = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         e.get_or_insert_with(|| why.to_string());
+        drop(e);
+        self.residents.store(None);
     }
 
     pub fn ended(&self) -> Option<String> {

@@ -11,6 +11,7 @@ mod admin_races;
 mod api_oneshot;
 mod bench;
 mod engine_behaviour;
+mod engine_scoring;
 mod gates;
 mod hostile;
 mod http_api;

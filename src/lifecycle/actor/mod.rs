@@ -87,6 +87,21 @@ pub(super) struct Controller {
     memory_observed: Option<Instant>,
 }
 
+/// Lets go of an unloaded version, then runs `then` (the answer) once its memory is free: the version's engine or
+/// batcher thread owns the weights and the KV cache, so this waits on another thread for that thread to end
+/// (unless something else, such as a request still running on the version, holds it: then it ends after that).
+fn release_then(resident: Option<Arc<Resident>>, then: impl FnOnce() + Send + 'static) {
+    let work = move || {
+        if let Some(r) = resident.and_then(Arc::into_inner) {
+            r.backend.shutdown();
+        }
+        then();
+    };
+    if let Err(e) = super::guard::spawn("teal-unload", work) {
+        tracing::error!(error = %e, "could not start a thread to release an unloaded version");
+    }
+}
+
 fn idx(s: SlotName) -> usize {
     match s {
         SlotName::Blue => 0,
@@ -155,9 +170,10 @@ impl Controller {
                 self.ctx.metrics.flip_duration.observe(t0.elapsed().as_secs_f64());
                 let _ = reply.send(out);
             }
-            Command::Unload { slot, reply } => {
-                let _ = reply.send(self.unload(slot));
-            }
+            Command::Unload { slot, reply } => match self.unload(slot) {
+                Ok((done, resident)) => release_then(resident, move || drop(reply.send(Ok(done)))),
+                Err(e) => drop(reply.send(Err(e))),
+            },
             Command::Status { reply } => {
                 let _ = reply.send(Box::new(self.status()));
             }
@@ -220,7 +236,8 @@ impl Controller {
     }
 
     /// Forgets a slot's version (its engine stops once the last request holding it finishes).
-    fn drop_resident(&mut self, slot: SlotName) {
+    /// Empties `slot`'s record; returns its version so that an unload can wait for its memory to be freed.
+    fn drop_resident(&mut self, slot: SlotName) -> Option<Arc<Resident>> {
         if self.ctx.router.pinned_sessions().is_some_and(|(s, _)| s == slot) {
             self.ctx.router.end_drain();
         }
@@ -235,16 +252,17 @@ impl Controller {
             self.ctx.metrics.forget_slot(&id.name, slot.as_str(), &id.version);
         }
         self.ctx.metrics.slot_gates_passed.with_label_values(&[slot.as_str()]).set(0);
+        old.resident
     }
 
-    fn unload(&mut self, slot: SlotName) -> Result<Unloaded, AdminError> {
+    fn unload(&mut self, slot: SlotName) -> Result<(Unloaded, Option<Arc<Resident>>), AdminError> {
         self.busy(slot)?;
         if self.slots[idx(slot)].state == SlotState::Live {
             return Err(AdminError::Conflict(format!("{slot} is live; flip to the other slot before unloading it")));
         }
         let version = self.slots[idx(slot)].load.model.as_ref().map(|(m, _)| m.version.clone());
         self.set_state(slot, SlotEvent::Unload)?;
-        self.drop_resident(slot);
+        let resident = self.drop_resident(slot);
         self.ctx.audit.record(Entry {
             action: "unload",
             slot: Some(slot.to_string()),
@@ -252,7 +270,7 @@ impl Controller {
             from_version: version.clone(),
             ..Default::default()
         });
-        Ok(Unloaded { slot, state: "empty".into(), unloaded_version: version })
+        Ok((Unloaded { slot, state: "empty".into(), unloaded_version: version }, resident))
     }
 
     /// Draining slots whose last request finished and whose pinned sessions went idle become ready standbys.

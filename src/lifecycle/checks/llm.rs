@@ -124,6 +124,7 @@ pub fn generate(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Re
                 break;
             }
             Event::Error(e) => return Err(TealError::Device(e)),
+            Event::Scored(_) => {}
         }
     }
     out.sample.total_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -61,6 +61,10 @@ async fn pause_resume_promote_and_the_report() {
     assert_eq!(s.admin_json(&format!("/admin/rollouts/{id}")).await["weight_pct"], 20.0, "paused: the weight holds");
     let (st, v) = post(&s, &format!("/admin/rollouts/{id}/resume"), None).await;
     assert_eq!((st, v["state"].as_str()), (200, Some("progressing")), "{v}");
+    shadowed_requests_show_only_the_logprobs_they_asked_for(&s).await;
+    let v = s.admin_json(&format!("/admin/rollouts/{id}")).await;
+    let tf = &v["shadow"]["teacher_forced"];
+    assert!(tf["compared"].as_u64().unwrap() + tf["aa_compared"].as_u64().unwrap() > 0, "{v:#}");
     let (st, _) = post(&s, &format!("/admin/rollouts/{id}/promote"), None).await;
     assert_eq!(st, 200);
     let v = wait_end(&s, &id, Duration::from_secs(30)).await;
@@ -86,6 +90,38 @@ async fn pause_resume_promote_and_the_report() {
     assert!(audited >= 5, "{events:#}");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("teal_rollout_decisions_total{decision=\"promote\""), "{metrics}");
+}
+
+/// A shadowed request reports top logprobs to the rollout; its client sees only what it asked for. Over-long
+/// split keys are refused.
+async fn shadowed_requests_show_only_the_logprobs_they_asked_for(s: &TestServer) {
+    for i in 0..60 {
+        let asked = (i % 2 == 1).then_some(1);
+        let body = json!({"model": "story", "prompt": "Once upon a time", "max_tokens": 8, "user": format!("u{i}"), "logprobs": asked});
+        let v: Value = s.post("/v1/completions", body).await.json().await.unwrap();
+        let lp = &v["choices"][0]["logprobs"];
+        match asked {
+            None => assert!(lp.is_null(), "logprobs not asked for: {v}"),
+            Some(n) => {
+                for top in lp["top_logprobs"].as_array().unwrap() {
+                    assert_eq!(top.as_object().unwrap().len(), n, "{v}");
+                }
+            }
+        }
+    }
+    let long = "k".repeat(257);
+    let r = s.post("/v1/completions", json!({"model": "story", "prompt": "Once", "max_tokens": 2, "user": long})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "user");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", s.url))
+        .header("x-teal-route-key", "k".repeat(300))
+        .json(&json!({"model": "story", "prompt": "Once", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "x-teal-route-key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
