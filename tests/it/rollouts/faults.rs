@@ -117,3 +117,28 @@ async fn a_numerically_perturbed_version_fails_shadow_agreement_and_is_never_pro
         tf["aa_kl"]["mean"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_with_nan_weights_for_one_token_is_rolled_back_at_its_first_nan() {
+    // The input embedding row of "▁do" (id 400, in "The little dog") is NaN, the output head (untied) is the
+    // original: the default gates never use the token, and every answer to a prompt holding it ends in an
+    // engine error for non-finite logits.
+    let nan_row = |t: &mut std::collections::HashMap<String, Tensor>, c: &mut Value| {
+        c["tie_word_embeddings"] = json!(false);
+        let w = t["model.embed_tokens.weight"].clone();
+        t.insert("lm_head.weight".into(), w.copy().unwrap());
+        let mut rows = w.to_vec2::<f32>().unwrap();
+        rows[400].iter_mut().for_each(|x| *x = f32::NAN);
+        t.insert("model.embed_tokens.weight".into(), Tensor::new(rows, w.device()).unwrap());
+    };
+    let (v, t0, seen) = roll("nanrow", nan_row, json!({})).await;
+    let d = rollback(&v);
+    assert_eq!(d["metric"], "guard_nonfinite_logits", "{v:#}");
+    let at = t0 + Duration::from_secs_f64(d["elapsed_s"].as_f64().unwrap());
+    let detect = at.saturating_duration_since(seen.first_from["green"]);
+    eprintln!(
+        "NaN row: rolled back {:.0} ms after the canary's first answer ({})",
+        detect.as_secs_f64() * 1e3,
+        d["reason"]
+    );
+}

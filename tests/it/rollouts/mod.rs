@@ -13,6 +13,7 @@ mod aa;
 mod api;
 mod faults;
 mod split;
+mod sticky;
 
 use crate::common::{copy_dir, stories_dir, TestServer};
 use candle_core::{Device, Tensor};
