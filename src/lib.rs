@@ -49,6 +49,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod lifecycle;
 pub mod memory;
 pub mod models;

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub kernel_module_loads: IntCounter,
     pub memory: MemoryMetrics,
     pub rollout: RolloutMetrics,
+    pub fleet: FleetMetrics,
 }
 
 /// Kernel modules loaded onto a device in this process (a load is a driver JIT compile of teal's PTX); counted
@@ -194,6 +195,7 @@ impl Metrics {
             ),
             memory: MemoryMetrics::new(&registry),
             rollout: RolloutMetrics::new(&registry),
+            fleet: FleetMetrics::new(&registry),
             registry,
         }
     }
@@ -348,6 +350,25 @@ impl MemoryMetrics {
     }
 }
 
+/// Fleet mode: how long since this replica reached the fleet's Redis, and the last epoch it applied.
+#[derive(Clone)]
+pub struct FleetMetrics {
+    pub staleness: Gauge,
+    pub epoch: IntGauge,
+}
+
+impl FleetMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        FleetMetrics {
+            staleness: reg(
+                registry,
+                Gauge::new("teal_fleet_staleness_seconds", "Seconds since this replica last reached the fleet's Redis"),
+            ),
+            epoch: reg(registry, IntGauge::new("teal_fleet_epoch", "The last fleet epoch this replica applied")),
+        }
+    }
+}
+
 /// Progressive delivery: the running rollout's weight and step, its decisions, and shadow traffic.
 #[derive(Clone)]
 pub struct RolloutMetrics {
@@ -356,6 +377,9 @@ pub struct RolloutMetrics {
     pub decisions: IntCounterVec,
     pub shadow_agreement: Gauge,
     pub shadow_requests: IntCounterVec,
+    /// Teacher-forced: mean top-1 agreement and KL per answer, of the canary and of the A/A reference.
+    pub shadow_top1: GaugeVec,
+    pub shadow_kl: GaugeVec,
 }
 
 impl RolloutMetrics {
@@ -385,6 +409,26 @@ impl RolloutMetrics {
                 IntCounterVec::new(
                     Opts::new("teal_rollout_shadow_requests_total", "Requests picked for mirroring, by outcome"),
                     &["outcome"],
+                ),
+            ),
+            shadow_top1: reg(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "teal_rollout_shadow_top1_agreement_ratio",
+                        "Teacher-forced: mean share of positions where the scoring version's top token is the live one's",
+                    ),
+                    &["scored_by"],
+                ),
+            ),
+            shadow_kl: reg(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "teal_rollout_shadow_kl_nats",
+                        "Teacher-forced: mean KL divergence per token from the live next-token distribution",
+                    ),
+                    &["scored_by"],
                 ),
             ),
         }

@@ -122,20 +122,29 @@ async fn cancel(State(s): State<AdminState>, Path(id): Path<String>) -> Result<J
     Ok(Json(json!(s.lifecycle.cancel(id).await?)))
 }
 
-/// POST /admin/flip; an empty body flips to the standby.
+/// POST /admin/flip; an empty body flips to the standby. In fleet mode every replica flips (unless
+/// `"fleet": false`).
 async fn flip(State(s): State<AdminState>, req: Request) -> Result<Json<Value>, ApiError> {
-    let body = super::body::read(req, true, true).await?;
-    let req: FlipRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        FlipRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_json(format!("invalid flip request: {e}")))?
-    };
+    let mut body = super::fleet_admin::read_body(req).await?;
+    if let Some(fleet) = super::fleet_admin::fleet_of(&s, &mut body)? {
+        return super::fleet_admin::flip(&fleet, body, false).await;
+    }
+    let req: FlipRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_json(format!("invalid flip request: {e}")))?;
     let t0 = Instant::now();
     let out = s.lifecycle.flip(req).await?;
     Ok(Json(json!({"flip": out, "flip_us": t0.elapsed().as_secs_f64() * 1e6})))
 }
 
-async fn rollback(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// POST /admin/rollback; in fleet mode every replica rolls back (unless `"fleet": false`).
+async fn rollback(State(s): State<AdminState>, req: Request) -> Result<Json<Value>, ApiError> {
+    let mut body = super::fleet_admin::read_body(req).await?;
+    if let Some(fleet) = super::fleet_admin::fleet_of(&s, &mut body)? {
+        return super::fleet_admin::flip(&fleet, body, true).await;
+    }
+    if body.as_object().is_some_and(|o| !o.is_empty()) {
+        return Err(ApiError::invalid("body", "a rollback takes no settings (only \"fleet\")"));
+    }
     let t0 = Instant::now();
     let out = s.lifecycle.rollback().await?;
     Ok(Json(json!({"flip": out, "flip_us": t0.elapsed().as_secs_f64() * 1e6})))
@@ -226,6 +235,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/flip", post(flip))
         .route("/admin/rollback", post(rollback))
         .route("/admin/events", get(events))
+        .route("/admin/fleet", get(super::fleet_admin::view))
         .route("/admin/rollouts", post(super::rollout_admin::start))
         .route("/admin/rollouts/{id}", get(super::rollout_admin::get))
         .route("/admin/rollouts/{id}/report", get(super::rollout_admin::report))

@@ -11,6 +11,7 @@ mod admin_state;
 pub mod body;
 mod embeddings;
 pub mod error;
+mod fleet_admin;
 mod generate;
 mod health;
 mod kserve;

@@ -64,12 +64,21 @@ pub enum AdminCommand {
         /// Refuse unless this slot is live now
         #[arg(long)]
         expect_live: Option<String>,
-        /// Skip the gates (audited)
+        /// Skip the gates (audited; not in a fleet flip)
         #[arg(long)]
         force: bool,
+        /// In fleet mode: flip this replica only
+        #[arg(long)]
+        local: bool,
     },
-    /// Go back to the previous live slot
-    Rollback,
+    /// Go back to the previous live slot (in fleet mode: every replica, unless --local)
+    Rollback {
+        /// In fleet mode: roll back this replica only
+        #[arg(long)]
+        local: bool,
+    },
+    /// Fleet mode: the replicas, their versions, epochs and staleness, and the committed target
+    Fleet,
     /// Unload a standby slot
     Unload { slot: String },
     /// Per device and per slot: weights, shared weights, KV pool, workspace, free within the budget
@@ -222,14 +231,22 @@ async fn dispatch(c: &Client, cmd: AdminCommand, as_json: bool) -> anyhow::Resul
             print_or(as_json, &op, operation_line);
             check_operation(&op)?;
         }
-        AdminCommand::Flip { expect_live, force } => {
-            let body = json!({"expect_live": expect_live, "force": force});
+        AdminCommand::Flip { expect_live, force, local } => {
+            let mut body = json!({"expect_live": expect_live, "force": force});
+            if local {
+                body["fleet"] = json!(false);
+            }
             let v = c.call(Method::POST, "/admin/flip", Some(body)).await?;
-            print_or(as_json, &v, flip_line);
+            print_or(as_json, &v, super::fleet::flip_line);
         }
-        AdminCommand::Rollback => {
-            let v = c.call(Method::POST, "/admin/rollback", None).await?;
-            print_or(as_json, &v, flip_line);
+        AdminCommand::Rollback { local } => {
+            let body = local.then(|| json!({"fleet": false}));
+            let v = c.call(Method::POST, "/admin/rollback", body).await?;
+            print_or(as_json, &v, super::fleet::flip_line);
+        }
+        AdminCommand::Fleet => {
+            let v: crate::fleet::views::FleetView = c.typed(Method::GET, "/admin/fleet", None).await?;
+            print_or(as_json, &v, super::fleet::table);
         }
         AdminCommand::Unload { slot } => {
             let v: crate::lifecycle::Unloaded = c.typed(Method::DELETE, &format!("/admin/slots/{slot}"), None).await?;
@@ -461,7 +478,7 @@ fn operation_line(op: &Operation) {
     );
 }
 
-fn flip_line(v: &Value) {
+pub(crate) fn flip_line(v: &Value) {
     let f = &v["flip"];
     println!(
         "live: {} ({}), was {} ({}); swap {:.1} us, flip {:.1} us{}",

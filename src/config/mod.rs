@@ -47,6 +47,22 @@ pub struct ServeArgs {
     /// using it
     #[arg(long, env = "TEAL_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Join a fleet of replicas that flip together through Redis: the fleet's name (replicas with the same name
+    /// and Redis are one fleet)
+    #[arg(long, env = "TEAL_FLEET_NAME")]
+    pub fleet_name: Option<String>,
+    /// The fleet's Redis (redis://host:port/db) [default: --redis-url]
+    #[arg(long, env = "TEAL_FLEET_REDIS_URL")]
+    pub fleet_redis_url: Option<String>,
+    /// This replica's id in the fleet [default: the host name, the pod's name under Kubernetes]
+    #[arg(long, env = "TEAL_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Milliseconds from a fleet commit to the moment every replica flips [default: 300]
+    #[arg(long, env = "TEAL_FLEET_ACTIVATE_DELAY_MS")]
+    pub fleet_activate_delay_ms: Option<u64>,
+    /// Seconds the members may take to prepare a fleet flip (a load, warm-up and gates) [default: 120]
+    #[arg(long, env = "TEAL_FLEET_PREPARE_TIMEOUT")]
+    pub fleet_prepare_timeout: Option<f64>,
     /// Seconds a session lives without use
     #[arg(long, env = "TEAL_SESSION_TTL")]
     pub session_ttl: Option<u64>,
@@ -190,6 +206,8 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub redis_url: Option<String>,
+    /// Fleet mode (`--fleet-name`).
+    pub fleet: Option<crate::fleet::FleetSettings>,
     pub session_ttl_s: u64,
     pub session_fail_open: bool,
     pub max_session_bytes: usize,
@@ -313,6 +331,7 @@ impl ServeArgs {
     }
 
     fn checked(self) -> Result<Config> {
+        let fleet = fleet_settings(&self)?;
         let (engine, batch, limits) = (self.engine_config()?, self.batch_config()?, self.request_limits()?);
         let api_conns = self.conn_limits(self.max_connections.unwrap_or_default())?;
         let admin_conns = self.conn_limits(self.admin_max_connections.unwrap_or_default())?;
@@ -321,6 +340,7 @@ impl ServeArgs {
         let memory_budget = crate::memory::budget::BudgetSpec::parse(&self.memory_budget.unwrap_or_default())
             .map_err(TealError::Config)?;
         Ok(Config {
+            fleet,
             memory_budget,
             wake_on_rollback: self.parked_rollback.as_deref() != Some("refuse"),
             blue: self.model.or(self.blue),
@@ -357,6 +377,39 @@ impl ServeArgs {
             threads: self.threads,
         })
     }
+}
+
+/// Fleet mode's settings, when `--fleet-name` is given: a name and replica id of safe characters (they are
+/// parts of Redis keys), a Redis, and bounded timings.
+fn fleet_settings(a: &ServeArgs) -> Result<Option<crate::fleet::FleetSettings>> {
+    let Some(name) = a.fleet_name.clone() else { return Ok(None) };
+    let safe = |what: &str, v: &str| {
+        let ok = !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(TealError::Config(format!("{what} must be 1-128 letters, digits, '.', '_' or '-', not {v:?}")))
+        }
+    };
+    safe("--fleet-name", &name)?;
+    let redis_url =
+        a.fleet_redis_url.clone().or_else(|| a.redis_url.clone()).ok_or_else(|| {
+            TealError::Config("fleet mode (--fleet-name) needs --fleet-redis-url or --redis-url".into())
+        })?;
+    let host = std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok());
+    let replica_id = a.replica_id.clone().or(host.map(|h| h.trim().to_string())).unwrap_or_else(|| "teal".into());
+    safe("--replica-id", &replica_id)?;
+    let delay = a.fleet_activate_delay_ms.unwrap_or(300);
+    if !(10..=60_000).contains(&delay) {
+        return Err(TealError::Config("--fleet-activate-delay-ms must be between 10 and 60000".into()));
+    }
+    Ok(Some(crate::fleet::FleetSettings {
+        name,
+        redis_url,
+        replica_id,
+        activate_delay: std::time::Duration::from_millis(delay),
+        prepare_timeout: secs("--fleet-prepare-timeout", Some(a.fleet_prepare_timeout.unwrap_or(120.0)))?,
+    }))
 }
 
 /// A duration flag in seconds, within 1 ms..=1 day.
@@ -443,7 +496,10 @@ mod tests {
             "batch_delay_ms" | "body_timeout" | "header_timeout" | "write_timeout" => "1.5".into(),
             "model" | "blue" | "green" | "state_dir" | "models_dir" | "admin_token_file" => "\"/x\"".into(),
             "host" | "admin_host" | "device" | "blue_device" | "green_device" | "dtype" | "served_model_name"
-            | "redis_url" | "parked_rollback" | "log_format" => "\"x\"".into(),
+            | "redis_url" | "parked_rollback" | "log_format" | "fleet_name" | "fleet_redis_url" | "replica_id" => {
+                "\"x\"".into()
+            }
+            "fleet_prepare_timeout" => "1.5".into(),
             _ => "7".into(),
         };
         let ids: Vec<String> = Cli::command()
@@ -461,6 +517,25 @@ mod tests {
         for id in &ids {
             assert!(!v[id.replace('_', "-")].is_null(), "{id} was not taken from the file");
         }
+    }
+
+    #[test]
+    fn fleet_mode_needs_a_redis_and_safe_names() {
+        let fleet = |name: &str, redis: Option<&str>, id: Option<&str>| {
+            let a = ServeArgs {
+                fleet_name: Some(name.into()),
+                redis_url: redis.map(String::from),
+                replica_id: id.map(String::from),
+                ..Default::default()
+            };
+            a.resolve().map(|c| c.fleet.unwrap())
+        };
+        let f = fleet("prod", Some("redis://127.0.0.1:1/"), Some("r-1.a")).unwrap();
+        assert_eq!((f.name.as_str(), f.replica_id.as_str(), f.activate_delay.as_millis()), ("prod", "r-1.a", 300));
+        assert!(fleet("prod", None, Some("r1")).unwrap_err().to_string().contains("--redis-url"));
+        assert!(fleet("a:b", Some("redis://x/"), Some("r1")).is_err(), "':' would split the Redis keys");
+        assert!(fleet("prod", Some("redis://x/"), Some("r 1")).is_err());
+        assert!(ServeArgs::default().resolve().unwrap().fleet.is_none());
     }
 
     #[test]

@@ -132,6 +132,12 @@ fn publish(run: &Run, metrics: &Metrics) {
     if a.canary_total > 0 {
         r.shadow_agreement.set(a.canary_matches as f64 / a.canary_total as f64);
     }
+    for (label, aa) in [("canary", false), ("aa", true)] {
+        if let Some((top1, kl)) = inner.shadow.forced.means(aa) {
+            r.shadow_top1.with_label_values(&[label]).set(top1);
+            r.shadow_kl.with_label_values(&[label]).set(kl);
+        }
+    }
     if inner.state.finished() {
         r.weight.set(0.0);
     }

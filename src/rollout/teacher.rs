@@ -95,6 +95,13 @@ impl ForcedStats {
         q.iter().map(pick).collect()
     }
 
+    /// Mean top-1 agreement and KL of the canary's (or the A/A) answers, if any.
+    pub fn means(&self, aa: bool) -> Option<(f64, f64)> {
+        let q = if aa { &self.aa } else { &self.canary };
+        let n = q.len() as f64;
+        (!q.is_empty()).then(|| (q.iter().map(|f| f.top1).sum::<f64>() / n, q.iter().map(|f| f.kl).sum::<f64>() / n))
+    }
+
     /// Per-answer top-1 agreement of the canary and of the A/A reference.
     pub fn top1(&self) -> (Vec<f64>, Vec<f64>) {
         (Self::series(&self.canary, |f| f.top1), Self::series(&self.aa, |f| f.top1))

@@ -124,6 +124,16 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
     };
     tracing::info!(store = sessions.kind(), "sessions");
     let rollouts = crate::rollout::Rollouts::new(lifecycle.clone(), metrics.clone());
+    let fleet = match &config.fleet {
+        Some(f) => {
+            tracing::info!(fleet = %f.name, replica = %f.replica_id, "fleet mode");
+            Some(
+                crate::fleet::Fleet::start(f.clone(), lifecycle.clone(), metrics.clone())
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )
+        }
+        None => None,
+    };
     let app = AppState {
         router,
         metrics,
@@ -141,8 +151,13 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    let admin =
-        AdminState { lifecycle: lifecycle.clone(), rollouts, token: Arc::new(token), shutdown: shutdown.clone() };
+    let admin = AdminState {
+        lifecycle: lifecycle.clone(),
+        rollouts,
+        fleet,
+        token: Arc::new(token),
+        shutdown: shutdown.clone(),
+    };
     Ok(Parts { lifecycle, app, admin })
 }
 
@@ -168,6 +183,7 @@ pub async fn run(
     )?;
     let (phases, signal) = Shutdown::new();
     let Parts { lifecycle, app, admin } = build(&config, token, &signal)?;
+    let fleet = admin.fleet.clone();
     tracing::info!(api = %listeners.api.local_addr()?, admin = %admin_addr, "listening");
     let api_server = tokio::spawn(net::serve(listeners.api, api::router(app), config.api_conns, signal.clone()));
     let admin_server =
@@ -192,8 +208,13 @@ pub async fn run(
     if let Err(e) = &load_result {
         tracing::error!(error = %format!("{e:#}"), "startup model failed to load; stopping");
         request_stop(&stop_tx, String::new());
+    } else if let Some(f) = &fleet {
+        f.begin();
     }
     let reason = stopped.wait_for(Option::is_some).await.ok().and_then(|r| r.clone()).unwrap_or_default();
+    if let Some(f) = &fleet {
+        let _ = tokio::time::timeout(Duration::from_secs(1), f.leave()).await;
+    }
     drain(&config, &phases, api_server, admin_server).await;
     let residents = tokio::time::timeout(Duration::from_millis(500), lifecycle.shutdown()).await.unwrap_or_default();
     // Engines finish their current step and stop; a hung one is not waited for.

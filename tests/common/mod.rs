@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod direct;
+pub mod rollout;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,7 @@
 //! Every real-server and real-model test in one binary (one link instead of a dozen): each file is a module named
-//! after what it covers; `cargo test --release --test it MODULE::` runs one of them. Three tests keep their own
-//! binary: bench_accuracy (it measures time, so nothing else may load the CPU), fuzz_parsers (it installs a
+//! after what it covers; `cargo test --release --test it MODULE::` runs one of them. Four tests keep their own
+//! binary: bench_accuracy (it measures time, so nothing else may load the CPU), rollout_aa (its false-alarm
+//! count is only meaningful when no other test shares the CPU with its two engines), fuzz_parsers (it installs a
 //! counting global allocator) and cuda_kernels (it needs a GPU and `--features cuda`).
 
 #[path = "../common/mod.rs"]
@@ -12,6 +13,7 @@ mod api_oneshot;
 mod bench;
 mod engine_behaviour;
 mod engine_scoring;
+mod fleet;
 mod gates;
 mod hostile;
 mod http_api;

@@ -90,6 +90,8 @@ async fn pause_resume_promote_and_the_report() {
     assert!(audited >= 5, "{events:#}");
     let metrics = s.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("teal_rollout_decisions_total{decision=\"promote\""), "{metrics}");
+    assert!(metrics.contains("teal_rollout_shadow_kl_nats{scored_by="), "{metrics}");
+    assert!(metrics.contains("teal_rollout_shadow_top1_agreement_ratio{scored_by="), "{metrics}");
 }
 
 /// A shadowed request reports top logprobs to the rollout; its client sees only what it asked for. Over-long

@@ -1,0 +1,228 @@
+//! A replica's side of the fleet: heartbeat, answer prepare requests, apply committed targets at their
+//! activation time. One task per replica; the work of a prepare (maybe a load) and of an apply runs in tasks of
+//! their own so that heartbeats never stop.
+
+use super::views::{Ack, Member, MemberSlot, Prepare, Target, TargetVersion};
+use super::{now_ms, Shared, HEARTBEAT, HEARTBEAT_TTL, POLL};
+use crate::lifecycle::audit::Entry;
+use crate::lifecycle::{FlipRequest, LoadRequest, Status};
+use crate::slot::SlotName;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) async fn run(s: Arc<Shared>) {
+    let mut phase = s.phase.subscribe();
+    if phase.wait_for(|p| *p >= 1).await.is_err() || *phase.borrow() >= 2 {
+        return;
+    }
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_beat: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        if !s.lifecycle.health.alive() || *phase.borrow() != 1 {
+            break;
+        }
+        if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+            last_beat = Some(Instant::now());
+            heartbeat(&s).await;
+        }
+        match s.store.poll().await {
+            Ok((op, target)) => {
+                s.local().last_contact = Some(Instant::now());
+                if let Some(p) = op {
+                    on_prepare(&s, p);
+                }
+                if let Some(t) = target {
+                    on_target(&s, t);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "fleet poll failed"),
+        }
+        s.metrics.fleet.staleness.set(s.staleness_s().min(1e9));
+    }
+}
+
+async fn heartbeat(s: &Shared) {
+    let Ok(status) = s.lifecycle.status().await else { return };
+    if !serving(s) {
+        return;
+    }
+    let m = member(s, &status);
+    s.metrics.fleet.epoch.set(m.epoch as i64);
+    match s.store.heartbeat(&m, HEARTBEAT_TTL).await {
+        Ok(()) => s.local().last_contact = Some(Instant::now()),
+        Err(e) => tracing::debug!(error = %e, "fleet heartbeat failed"),
+    }
+}
+
+fn member(s: &Shared, status: &Status) -> Member {
+    let live = status.live.map(|l| status.slots.get(l));
+    let slots = SlotName::ALL
+        .iter()
+        .map(|&n| {
+            let v = status.slots.get(n);
+            MemberSlot {
+                slot: n.to_string(),
+                state: v.state.clone(),
+                version: v.model.as_ref().map(|m| m.version.clone()),
+                digest: v.model.as_ref().map(|m| m.digest.clone()),
+                gates_passed: v.gates.as_ref().map(|g| g.passed),
+            }
+        })
+        .collect();
+    let l = s.local();
+    let (state, reason) = match (&l.frozen, &l.diverged) {
+        (Some(r), _) => ("frozen", Some(r.clone())),
+        (None, Some(r)) => ("diverged", Some(r.clone())),
+        _ => ("in_sync", None),
+    };
+    Member {
+        id: s.settings.replica_id.clone(),
+        live_slot: status.live.map(|l| l.to_string()),
+        live_version: live.and_then(|v| v.model.as_ref().map(|m| m.version.clone())),
+        live_digest: live.and_then(|v| v.model.as_ref().map(|m| m.digest.clone())),
+        slots,
+        epoch: l.applied,
+        state: state.into(),
+        reason,
+        heartbeat_ms: now_ms(),
+        staleness_s: 0.0,
+    }
+}
+
+fn serving(s: &Shared) -> bool {
+    *s.phase.borrow() == 1
+}
+
+fn on_prepare(s: &Arc<Shared>, p: Prepare) {
+    if now_ms() > p.deadline_ms || !serving(s) {
+        return;
+    }
+    {
+        let mut l = s.local();
+        if l.preparing.as_deref() == Some(p.op.as_str()) {
+            return;
+        }
+        l.preparing = Some(p.op.clone());
+    }
+    let s = s.clone();
+    tokio::spawn(async move {
+        let left = Duration::from_millis(p.deadline_ms.saturating_sub(now_ms()));
+        let ack = match tokio::time::timeout(left, ensure(&s, &p.target)).await {
+            Ok(Ok(slot)) => Ack { ok: true, slot: Some(slot.to_string()), digest: Some(p.target.digest), reason: None },
+            Ok(Err(why)) => Ack { ok: false, slot: None, digest: None, reason: Some(why) },
+            Err(_) => Ack { ok: false, slot: None, digest: None, reason: Some("timed out preparing".into()) },
+        };
+        if let Err(e) = s.store.ack(&p.op, &s.settings.replica_id, &ack).await {
+            tracing::warn!(error = %e, op = %p.op, "could not acknowledge a fleet prepare");
+        }
+    });
+}
+
+/// The slot that can serve `t` here: live already, or a standby ready with passed gates. Without one, loads `t`
+/// into the standby (warm-up and gates as for any load) and checks again.
+async fn ensure(s: &Shared, t: &TargetVersion) -> Result<SlotName, String> {
+    if let Some(slot) = holding(s, t).await? {
+        return Ok(slot);
+    }
+    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
+    let standby = status.live.map(SlotName::other).unwrap_or(SlotName::Green);
+    let req = LoadRequest { model: t.model.clone(), version: Some(t.version.clone()), ..Default::default() };
+    let op = s.lifecycle.load(standby, req, false, false).await.map_err(|e| format!("loading {}: {e}", t.model))?;
+    s.lifecycle.wait(&op.id).await.map_err(|e| e.to_string())?;
+    if let Some(slot) = holding(s, t).await? {
+        return Ok(slot);
+    }
+    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
+    Err(match &status.slots.get(standby).reason {
+        Some(r) => format!("loading {} into {standby} failed: {r}", t.model),
+        None => format!("{standby} loaded {} but not the digest {}", t.model, t.digest),
+    })
+}
+
+/// The slot holding `t`, if it may serve it; an error when it holds it but must not (gates failed).
+async fn holding(s: &Shared, t: &TargetVersion) -> Result<Option<SlotName>, String> {
+    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
+    for n in SlotName::ALL {
+        let v = status.slots.get(n);
+        if v.model.as_ref().is_none_or(|m| m.digest != t.digest || m.version != t.version) {
+            continue;
+        }
+        if v.live {
+            return Ok(Some(n));
+        }
+        let gates = v.gates.as_ref().is_some_and(|g| g.passed && !g.forced);
+        return match (v.state.as_str(), gates) {
+            ("ready" | "draining", true) => Ok(Some(n)),
+            ("ready" | "draining", false) => Err(format!("{n} holds {} but its gates did not pass", t.version)),
+            (state, _) => Err(format!("{n} holds {} but is {state}", t.version)),
+        };
+    }
+    Ok(None)
+}
+
+fn on_target(s: &Arc<Shared>, t: Target) {
+    if !serving(s) {
+        return;
+    }
+    {
+        let mut l = s.local();
+        if t.epoch < l.applied {
+            if l.frozen.is_none() {
+                let why = format!("the fleet's epoch went backwards: applied {}, Redis says {}", l.applied, t.epoch);
+                tracing::error!("{why}; not applying fleet changes until a newer epoch");
+                l.frozen = Some(why);
+            }
+            return;
+        }
+        if t.epoch == l.applied || l.applying.is_some_and(|e| e >= t.epoch) {
+            return;
+        }
+        l.applying = Some(t.epoch);
+    }
+    let s = s.clone();
+    tokio::spawn(async move {
+        let wait = Duration::from_millis(t.activate_at_ms.saturating_sub(now_ms()));
+        tokio::time::sleep(wait).await;
+        let outcome = apply(&s, &t).await;
+        {
+            let mut l = s.local();
+            l.applying = None;
+            match outcome {
+                Ok(()) => {
+                    l.applied = t.epoch;
+                    l.frozen = None;
+                    l.diverged = None;
+                }
+                Err(why) => {
+                    tracing::warn!(epoch = t.epoch, %why, "could not apply the fleet's target");
+                    l.diverged = Some(why);
+                }
+            }
+        }
+        // Report at once: the coordinator waits for every member's applied epoch.
+        heartbeat(&s).await;
+    });
+}
+
+/// Makes `t` live here: a flip to the slot holding it (never to one whose gates did not pass).
+async fn apply(s: &Shared, t: &Target) -> Result<(), String> {
+    let slot = ensure(s, &t.live).await?;
+    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
+    if status.live == Some(slot) {
+        return Ok(());
+    }
+    let req = FlipRequest { to: Some(slot), ..Default::default() };
+    let out = s.lifecycle.flip(req).await.map_err(|e| format!("flip to {slot}: {e}"))?;
+    s.lifecycle.audit.record(Entry {
+        action: "fleet_apply",
+        slot: Some(slot.to_string()),
+        outcome: "ok",
+        to_version: Some(t.live.version.clone()),
+        details: serde_json::json!({"epoch": t.epoch, "op": t.op, "by": t.by, "activate_at_ms": t.activate_at_ms,
+                                    "late_ms": now_ms().saturating_sub(t.activate_at_ms), "flip": out}),
+        ..Default::default()
+    });
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! A fleet flip, coordinated by the replica that received it: take the fleet's lease (a fencing token), ask
+//! every member to prepare the target, wait for all acknowledgements, then commit the target under a fresh
+//! epoch with an activation time (the commit script checks the token, so a coordinator that lost its lease
+//! cannot commit), or abort: nobody flips. Then wait for the members to report the epoch applied.
+
+use super::views::{Ack, FleetFlipOutcome, Prepare, Target, TargetVersion};
+use super::{now_ms, Shared, HEARTBEAT};
+use crate::lifecycle::audit::Entry;
+use crate::lifecycle::AdminError;
+use crate::slot::SlotName;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn redis(e: String) -> AdminError {
+    AdminError::Unavailable(format!("the fleet's Redis: {e}"))
+}
+
+pub(super) async fn flip(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<FleetFlipOutcome, AdminError> {
+    let target = target_of(s, to, rollback).await?;
+    let lease = s.settings.prepare_timeout + Duration::from_secs(30);
+    let token = s
+        .store
+        .acquire(lease)
+        .await
+        .map_err(redis)?
+        .ok_or_else(|| AdminError::Conflict("another fleet operation is running".into()))?;
+    let out = two_phase(s, token, target).await;
+    if let Err(e) = s.store.release(token).await {
+        tracing::warn!(error = %e, "could not release the fleet lease (it expires by itself)");
+    }
+    out
+}
+
+/// The version in this replica's `to` slot (default the standby), or for a rollback its previous live one: it
+/// must be ready here with gates that passed (a fleet never goes to a version that did not pass them).
+async fn target_of(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<TargetVersion, AdminError> {
+    let status = s.lifecycle.status().await?;
+    let slot = match (rollback, to) {
+        (true, _) => status.previous_live.ok_or_else(|| AdminError::Conflict("nothing to roll back to".into()))?,
+        (false, Some(t)) => t,
+        (false, None) => status.live.map(SlotName::other).unwrap_or(SlotName::Blue),
+    };
+    let v = status.slots.get(slot);
+    let m = v.model.as_ref().ok_or_else(|| AdminError::Conflict(format!("{slot} holds no model")))?;
+    if !v.live && !v.gates.as_ref().is_some_and(|g| g.passed && !g.forced) {
+        return Err(AdminError::GateFailed(format!("{slot} ({}) has not passed its gates", m.version)));
+    }
+    Ok(TargetVersion { model: m.name.clone(), version: m.version.clone(), digest: m.digest.clone() })
+}
+
+async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<FleetFlipOutcome, AdminError> {
+    let members: Vec<String> = s.store.members().await.map_err(redis)?.into_iter().map(|m| m.id).collect();
+    let op = format!("fop-{:012x}", rand::random::<u64>() >> 16);
+    let deadline = Instant::now() + s.settings.prepare_timeout;
+    let by = s.settings.replica_id.clone();
+    let prepare = Prepare {
+        op: op.clone(),
+        target: target.clone(),
+        deadline_ms: now_ms() + s.settings.prepare_timeout.as_millis() as u64,
+        by: by.clone(),
+    };
+    s.store.start_prepare(&prepare, s.settings.prepare_timeout).await.map_err(redis)?;
+    let acks = loop {
+        let mut acks = s.store.acks(&op).await.map_err(redis)?;
+        // Only the members counted at the start decide (a replica that is leaving may still answer).
+        acks.retain(|id, _| members.contains(id));
+        let refused: Vec<String> = acks
+            .iter()
+            .filter(|(_, a)| !a.ok)
+            .map(|(id, a)| format!("{id}: {}", a.reason.clone().unwrap_or_default()))
+            .collect();
+        if !refused.is_empty() {
+            return abort(s, &op, &target, format!("refused by {}", refused.join("; "))).await;
+        }
+        if members.iter().all(|m| acks.contains_key(m)) {
+            break acks;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<&str> = members.iter().filter(|m| !acks.contains_key(*m)).map(String::as_str).collect();
+            return abort(s, &op, &target, format!("no answer from {} in time", missing.join(", "))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let activate_at_ms = now_ms() + s.settings.activate_delay.as_millis() as u64;
+    let t = Target { epoch: 0, live: target.clone(), activate_at_ms, op: op.clone(), by };
+    let epoch = s.store.commit(token, &t).await.map_err(redis)?.ok_or_else(|| {
+        AdminError::Conflict("the fleet lease was lost before the commit (nothing was committed)".into())
+    })?;
+    s.lifecycle.audit.record(Entry {
+        action: "fleet_commit",
+        outcome: "ok",
+        to_version: Some(target.version.clone()),
+        details: serde_json::json!({"op": op, "epoch": epoch, "members": members, "activate_at_ms": activate_at_ms}),
+        ..Default::default()
+    });
+    let converged = converge(s, &members, epoch, activate_at_ms).await;
+    let mut acks: Vec<(String, Ack)> = acks.into_iter().collect::<HashMap<_, _>>().into_iter().collect();
+    acks.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(FleetFlipOutcome { op, epoch, target, activate_at_ms, acks, converged })
+}
+
+async fn abort(s: &Shared, op: &str, target: &TargetVersion, why: String) -> Result<FleetFlipOutcome, AdminError> {
+    if let Err(e) = s.store.clear_op().await {
+        tracing::warn!(error = %e, "could not clear an aborted fleet prepare (it expires by itself)");
+    }
+    s.lifecycle.audit.record(Entry {
+        action: "fleet_abort",
+        outcome: "aborted",
+        reason: Some(why.clone()),
+        to_version: Some(target.version.clone()),
+        details: serde_json::json!({"op": op}),
+        ..Default::default()
+    });
+    Err(AdminError::Conflict(format!("fleet flip to {} aborted, no replica flipped: {why}", target.version)))
+}
+
+/// Waits (up to a few heartbeats after activation) for every member to report `epoch` applied.
+async fn converge(s: &Shared, members: &[String], epoch: u64, activate_at_ms: u64) -> bool {
+    let until = activate_at_ms + 3 * HEARTBEAT.as_millis() as u64 + 1000;
+    while now_ms() < until {
+        if let Ok(now) = s.store.members().await {
+            let done = members.iter().all(|id| now.iter().any(|m| &m.id == id && m.epoch >= epoch));
+            if done {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
