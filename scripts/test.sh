@@ -11,3 +11,4 @@ cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release
 scripts/sdk-check.sh
+scripts/validate-deploy.sh
