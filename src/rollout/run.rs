@@ -81,6 +81,15 @@ pub(super) struct Inner {
     last_hold: String,
     /// Consecutive failing looks per metric in this step.
     fail_streaks: HashMap<String, u32>,
+    /// How much data the last look saw (`data_size`).
+    looked_at: u64,
+}
+
+/// The data a look compares: the current window's answers (or the bake's) and the shadow comparisons.
+fn data_size(inner: &Inner) -> u64 {
+    let [b, c] = &inner.window;
+    let a = inner.shadow.agreement;
+    b.requests + c.requests + a.canary_total + a.aa_total
 }
 
 #[derive(Debug, Clone, Default)]
@@ -138,6 +147,7 @@ impl Run {
                 ended_at: None,
                 last_hold: String::new(),
                 fail_streaks: HashMap::new(),
+                looked_at: 0,
             }),
             wake: Notify::new(),
             shadow_in_flight: AtomicUsize::new(0),
@@ -182,6 +192,7 @@ impl Run {
         let [base, _] = std::mem::take(&mut inner.window);
         inner.bake_baseline = Some(base);
         inner.fail_streaks.clear();
+        inner.looked_at = 0;
         inner.last_look = None;
     }
 
@@ -292,7 +303,8 @@ impl Run {
             inner.promote_now = false;
             return Action::Promote;
         }
-        let due = inner.last_look.is_none_or(|t| now - t >= secs(self.config.analysis.interval_s));
+        let due =
+            inner.last_look.is_none_or(|t| now - t >= secs(self.config.analysis.interval_s)) && self.grown(&inner);
         if let Some(since) = inner.baking_since {
             if now - since >= secs(self.config.bake_s) {
                 return Action::Complete;
@@ -329,6 +341,7 @@ impl Run {
         inner.step_started = now;
         inner.window = Default::default();
         inner.fail_streaks.clear();
+        inner.looked_at = 0;
         inner.last_hold.clear();
         self.split.set_weight_bp(bp(pct));
         let d = self.decision(&inner, DecisionKind::Advance, format!("every comparison passed; weight {pct}%"));
@@ -341,6 +354,16 @@ impl Run {
     }
 
     /// Runs the comparisons; a FAIL sends all traffic to the baseline at once and is returned.
+    /// Whether the window holds enough new data for another look: at least `min_samples` answers, and 25% more
+    /// data than at the last look. Each look spends alpha (stats.rs), so looks at (almost) the same data would
+    /// only raise the bar for every later one; looking at geometric growth keeps their number logarithmic in
+    /// the samples (about 20 looks from 30 to 3,000 answers) and the comparisons' power with it. Which looks
+    /// happen depends only on sample counts, never on what the data says, so the spending stays valid.
+    fn grown(&self, inner: &Inner) -> bool {
+        let n = data_size(inner);
+        n >= self.config.analysis.min_samples as u64 && n >= inner.looked_at + inner.looked_at / 4 + 1
+    }
+
     /// One look: the comparisons run on a copy of the window, outside the lock the request path takes.
     fn analyse<'a>(
         &'a self,
@@ -349,6 +372,7 @@ impl Run {
     ) -> (MutexGuard<'a, Inner>, Option<Decision>) {
         inner.looks += 1;
         inner.last_look = Some(now);
+        inner.looked_at = data_size(&inner);
         let (k, bake) = (inner.looks, inner.bake_baseline.clone());
         let (canary, baseline) = (inner.window[1].clone(), inner.window[0].clone());
         let shadow = (self.config.shadow_rate > 0.0).then(|| (inner.shadow.agreement, inner.shadow.forced.clone()));

@@ -41,7 +41,9 @@ async fn sessions_keep_their_version_as_the_weight_rises_and_return_on_rollback(
     let root = root_with_base();
     let s = server(root.path(), "base", "copy").await;
     let load = LoadGen::start(&s.url, 3, 300);
-    let analysis = json!({"latency_quantiles": [0.5]});
+    // Stickiness is under test, not latency: on a CI machine shared with other tests a latency median can stay
+    // inconclusive for minutes and hold the weight, so latency is loosened here.
+    let analysis = json!({"latency_quantiles": [0.5], "latency_regression_pct": 1000});
     let id = start(&s, fast("green", json!({"steps": [20, 60, 100], "analysis": analysis}))).await;
     let mut sessions = vec![];
     for i in 0..40 {
