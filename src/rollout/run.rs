@@ -361,7 +361,7 @@ impl Run {
     /// happen depends only on sample counts, never on what the data says, so the spending stays valid.
     fn grown(&self, inner: &Inner) -> bool {
         let n = data_size(inner);
-        n >= self.config.analysis.min_samples as u64 && n >= inner.looked_at + inner.looked_at / 4 + 1
+        n >= self.config.analysis.min_samples as u64 && n > inner.looked_at + inner.looked_at / 4
     }
 
     /// One look: the comparisons run on a copy of the window, outside the lock the request path takes.
