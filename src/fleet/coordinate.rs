@@ -50,6 +50,12 @@ async fn target_of(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<T
 
 async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<FleetFlipOutcome, AdminError> {
     let members: Vec<String> = s.store.members().await.map_err(redis)?.into_iter().map(|m| m.id).collect();
+    if !members.contains(&s.settings.replica_id) {
+        return Err(AdminError::Unavailable(format!(
+            "{} has not joined the fleet yet (its startup models are loading, or Redis is unreachable)",
+            s.settings.replica_id
+        )));
+    }
     let op = format!("fop-{:012x}", rand::random::<u64>() >> 16);
     let deadline = Instant::now() + s.settings.prepare_timeout;
     let by = s.settings.replica_id.clone();

@@ -135,10 +135,14 @@ async fn a_version_with_nan_weights_for_one_token_is_rolled_back_at_its_first_na
     let d = rollback(&v);
     assert_eq!(d["metric"], "guard_nonfinite_logits", "{v:#}");
     let at = t0 + Duration::from_secs_f64(d["elapsed_s"].as_f64().unwrap());
-    let detect = at.saturating_duration_since(seen.first_from["green"]);
-    eprintln!(
-        "NaN row: rolled back {:.0} ms after the canary's first answer ({})",
-        detect.as_secs_f64() * 1e3,
-        d["reason"]
-    );
+    // The canary's first request may be the one that fails (an error names no slot): then no green answer exists.
+    let after_first = match seen.first_from.get("green") {
+        Some(first) => format!(
+            "{:.0} ms after the canary's first answer",
+            at.saturating_duration_since(*first).as_secs_f64() * 1e3
+        ),
+        None => "before the canary answered anything".into(),
+    };
+    let elapsed = d["elapsed_s"].as_f64().unwrap();
+    eprintln!("NaN row: rolled back {elapsed:.2} s after the start, {after_first} ({})", d["reason"]);
 }
