@@ -180,6 +180,17 @@ async fn a_failing_member_aborts_the_flip_a_late_joiner_adopts_and_a_lost_epoch_
     let b = replica(root.path(), &redis, "b").await;
     let c = replica(bad.path(), &redis, "c").await;
     wait_members(&a, 3).await;
+    // Malformed fleet calls are refused before anything is asked of the fleet.
+    for (body, param) in [
+        (json!({"fleet": "yes"}), "fleet"),
+        (json!({"force": true}), "force"),
+        (json!({"to": "purple"}), "to"),
+        (json!({"drain_sessions": true}), "body"),
+    ] {
+        let r = a.admin(Method::POST, "/admin/flip", Some(body.clone())).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], param, "{body}");
+    }
     let r = a.admin(Method::POST, "/admin/flip", Some(json!({}))).await;
     assert_eq!(r.status(), 409);
     let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
@@ -228,4 +239,15 @@ async fn a_failing_member_aborts_the_flip_a_late_joiner_adopts_and_a_lost_epoch_
     for s in [&a, &b, &late] {
         assert_eq!(live(s).await, "green", "a frozen replica keeps serving what it has");
     }
+}
+
+#[tokio::test]
+async fn without_fleet_mode_fleet_calls_are_refused() {
+    let s = TestServer::start(crate::common::stories_dir(), ServeArgs::default()).await;
+    assert_eq!(s.admin(Method::GET, "/admin/fleet", None).await.status(), 404);
+    let r = s.admin(Method::POST, "/admin/rollback", Some(json!({"fleet": true}))).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "fleet");
+    let r = s.admin(Method::POST, "/admin/rollback", Some(json!({"steps": 3}))).await;
+    assert_eq!(r.status(), 400, "a rollback takes no settings");
 }
