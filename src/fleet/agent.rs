@@ -162,6 +162,9 @@ async fn holding(s: &Shared, t: &TargetVersion) -> Result<Option<SlotName>, Stri
     Ok(None)
 }
 
+/// Longest a replica waits for an activation time (the default delay is 300 ms).
+const MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(10);
+
 fn on_target(s: &Arc<Shared>, t: Target) {
     if !serving(s) {
         return;
@@ -183,15 +186,21 @@ fn on_target(s: &Arc<Shared>, t: Target) {
     }
     let s = s.clone();
     tokio::spawn(async move {
-        let wait = Duration::from_millis(t.activate_at_ms.saturating_sub(now_ms()));
+        // A coordinator whose clock runs ahead must not make this replica wait long (or forever).
+        let wait = Duration::from_millis(t.activate_at_ms.saturating_sub(now_ms())).min(MAX_ACTIVATION_WAIT);
         tokio::time::sleep(wait).await;
+        if s.local().applying != Some(t.epoch) {
+            return; // a newer epoch took over while this one waited
+        }
         let outcome = apply(&s, &t).await;
         {
             let mut l = s.local();
-            l.applying = None;
+            if l.applying == Some(t.epoch) {
+                l.applying = None;
+            }
             match outcome {
                 Ok(()) => {
-                    l.applied = t.epoch;
+                    l.applied = l.applied.max(t.epoch);
                     l.frozen = None;
                     l.diverged = None;
                 }
