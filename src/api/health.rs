@@ -20,6 +20,9 @@ pub async fn live(State(state): State<AppState>) -> axum::response::Response {
 }
 
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(why) = state.control.ready_hold() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", why).with_code("not_ready"));
+    }
     let live = state.router.peek().ok_or_else(ApiError::not_ready)?;
     let model = state.router.served_name().unwrap_or(&live.identity.name).to_string();
     Ok(Json(json!({"status": "ready", "model": model, "slot": live.slot, "version": live.identity.version})))

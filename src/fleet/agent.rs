@@ -3,7 +3,7 @@
 //! their own so that heartbeats never stop.
 
 use super::views::{Ack, Member, MemberSlot, Prepare, Target, TargetVersion};
-use super::{now_ms, Shared, HEARTBEAT, HEARTBEAT_TTL, POLL};
+use super::{now_ms, Local, Shared, HEARTBEAT, HEARTBEAT_TTL, POLL};
 use crate::lifecycle::audit::Entry;
 use crate::lifecycle::{FlipRequest, LoadRequest, Status};
 use crate::slot::SlotName;
@@ -17,9 +17,14 @@ pub(super) async fn run(s: Arc<Shared>) {
     }
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::spawn(listen(s.clone(), wake.clone()));
     let mut last_beat: Option<Instant> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
         if !s.lifecycle.health.alive() || *phase.borrow() != 1 {
             break;
         }
@@ -33,13 +38,32 @@ pub(super) async fn run(s: Arc<Shared>) {
                 if let Some(p) = op {
                     on_prepare(&s, p);
                 }
-                if let Some(t) = target {
-                    on_target(&s, t);
+                match target {
+                    Some(t) => on_target(&s, t),
+                    None => on_no_target(&s),
                 }
             }
             Err(e) => tracing::debug!(error = %e, "fleet poll failed"),
         }
         s.metrics.fleet.staleness.set(s.staleness_s().min(1e9));
+    }
+    listener.abort();
+}
+
+/// Wakes the agent on every fleet notification (a prepare or a commit), so replicas learn of them in a round trip
+/// rather than a polling period; reconnects after a second when the subscription fails or ends.
+async fn listen(s: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
+    use futures::StreamExt;
+    loop {
+        match s.store.subscribe().await {
+            Ok(mut messages) => {
+                while messages.next().await.is_some() {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "fleet subscription failed (polling goes on)"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -165,12 +189,44 @@ async fn holding(s: &Shared, t: &TargetVersion) -> Result<Option<SlotName>, Stri
 /// Longest a replica waits for an activation time (the default delay is 300 ms).
 const MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(10);
 
+/// Redis holds no target: nothing to adopt for a replica that never applied one; for one that did, Redis lost its
+/// data (restarted without persistence): freeze until a newer epoch is committed.
+fn on_no_target(s: &Shared) {
+    let mut l = s.local();
+    if l.applied > 0 {
+        if l.frozen.is_none() {
+            let why = format!("the fleet's target is gone from Redis (this replica applied epoch {})", l.applied);
+            tracing::error!("{why}; not applying fleet changes until a newer epoch");
+            l.frozen = Some(why);
+        }
+        return;
+    }
+    adopted(s, &mut l);
+}
+
+/// This replica serves the fleet's committed state (or there is none): it may report ready.
+fn adopted(s: &Shared, l: &mut Local) {
+    if !l.adopted {
+        l.adopted = true;
+        s.lifecycle.health.hold_ready(None);
+    }
+}
+
+/// Longest a replica waits before trying again to apply a target that it could not apply.
+const RETRY: Duration = Duration::from_secs(5);
+
 fn on_target(s: &Arc<Shared>, t: Target) {
     if !serving(s) {
         return;
     }
     {
         let mut l = s.local();
+        if t.epoch <= l.applied && !l.adopted {
+            adopted(s, &mut l);
+        }
+        if l.retry.is_some_and(|(e, at)| e == t.epoch && Instant::now() < at) {
+            return;
+        }
         if t.epoch < l.applied {
             if l.frozen.is_none() {
                 let why = format!("the fleet's epoch went backwards: applied {}, Redis says {}", l.applied, t.epoch);
@@ -203,10 +259,17 @@ fn on_target(s: &Arc<Shared>, t: Target) {
                     l.applied = l.applied.max(t.epoch);
                     l.frozen = None;
                     l.diverged = None;
+                    l.retry = None;
+                    adopted(&s, &mut l);
                 }
                 Err(why) => {
                     tracing::warn!(epoch = t.epoch, %why, "could not apply the fleet's target");
+                    if !l.adopted {
+                        let v = &t.live.version;
+                        s.lifecycle.health.hold_ready(Some(format!("cannot adopt the fleet's version {v}: {why}")));
+                    }
                     l.diverged = Some(why);
+                    l.retry = Some((t.epoch, Instant::now() + RETRY));
                 }
             }
         }

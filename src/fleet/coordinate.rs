@@ -11,20 +11,35 @@ use crate::slot::SlotName;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// How long the fleet's operation lease lives without renewal.
+const LEASE: Duration = Duration::from_secs(5);
+
 fn redis(e: String) -> AdminError {
     AdminError::Unavailable(format!("the fleet's Redis: {e}"))
 }
 
 pub(super) async fn flip(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<FleetFlipOutcome, AdminError> {
     let target = target_of(s, to, rollback).await?;
-    let lease = s.settings.prepare_timeout + Duration::from_secs(30);
     let token = s
         .store
-        .acquire(lease)
+        .acquire(LEASE)
         .await
         .map_err(redis)?
         .ok_or_else(|| AdminError::Conflict("another fleet operation is running".into()))?;
+    // The lease is short and renewed while this replica coordinates: a coordinator that dies frees it in LEASE.
+    let store = s.store.clone();
+    let renewal = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LEASE / 5).await;
+            match store.renew(token, LEASE).await {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => tracing::warn!(error = %e, "could not renew the fleet lease"),
+            }
+        }
+    });
     let out = two_phase(s, token, target).await;
+    renewal.abort();
     if let Err(e) = s.store.release(token).await {
         tracing::warn!(error = %e, "could not release the fleet lease (it expires by itself)");
     }
@@ -49,7 +64,10 @@ async fn target_of(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<T
 }
 
 async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<FleetFlipOutcome, AdminError> {
-    let members: Vec<String> = s.store.members().await.map_err(redis)?.into_iter().map(|m| m.id).collect();
+    let present = s.store.members().await.map_err(redis)?;
+    // No member ever sees an epoch it already applied again, even after Redis lost its counter.
+    let floor = present.iter().map(|m| m.epoch).max().unwrap_or(0);
+    let members: Vec<String> = present.into_iter().map(|m| m.id).collect();
     if !members.contains(&s.settings.replica_id) {
         return Err(AdminError::Unavailable(format!(
             "{} has not joined the fleet yet (its startup models are loading, or Redis is unreachable)",
@@ -66,6 +84,7 @@ async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<Flee
         by: by.clone(),
     };
     s.store.start_prepare(&prepare, s.settings.prepare_timeout).await.map_err(redis)?;
+    notify(s).await;
     let acks = loop {
         let mut acks = s.store.acks(&op).await.map_err(redis)?;
         // Only the members counted at the start decide (a replica that is leaving may still answer).
@@ -89,9 +108,10 @@ async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<Flee
     };
     let activate_at_ms = now_ms() + s.settings.activate_delay.as_millis() as u64;
     let t = Target { epoch: 0, live: target.clone(), activate_at_ms, op: op.clone(), by };
-    let epoch = s.store.commit(token, &t).await.map_err(redis)?.ok_or_else(|| {
+    let epoch = s.store.commit(token, &t, floor).await.map_err(redis)?.ok_or_else(|| {
         AdminError::Conflict("the fleet lease was lost before the commit (nothing was committed)".into())
     })?;
+    notify(s).await;
     s.lifecycle.audit.record(Entry {
         action: "fleet_commit",
         outcome: "ok",
@@ -103,6 +123,13 @@ async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<Flee
     let mut acks: Vec<(String, Ack)> = acks.into_iter().collect::<HashMap<_, _>>().into_iter().collect();
     acks.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(FleetFlipOutcome { op, epoch, target, activate_at_ms, acks, converged })
+}
+
+/// Wakes the members (they would also see it at their next poll).
+async fn notify(s: &Shared) {
+    if let Err(e) = s.store.notify().await {
+        tracing::debug!(error = %e, "could not publish a fleet notification (members poll)");
+    }
 }
 
 async fn abort(s: &Shared, op: &str, target: &TargetVersion, why: String) -> Result<FleetFlipOutcome, AdminError> {

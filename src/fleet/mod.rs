@@ -3,8 +3,9 @@
 //! replica prepares every member (each makes sure a slot holds the target version, ready with passed gates,
 //! loading it into its standby if needed, and acknowledges), then commits the target under a fresh epoch with an
 //! activation time a little ahead, so the replicas flip together; any refusal or silence aborts it and nobody
-//! flips. A replica applies only epochs above the one it applied; one that sees the epoch go backwards freezes
-//! and says so. A replica cut off from Redis keeps serving what it has and never flips on its own.
+//! flips. A replica applies only epochs above the one it applied; one that sees the epoch go backwards (or the
+//! target vanish) freezes and says so. A replica cut off from Redis keeps serving what it has and never flips on
+//! its own. A replica reports ready only once it serves the fleet's committed version (a late joiner adopts it).
 //!
 //! This module owns the replica's fleet state (applied epoch, frozen or diverged reason, last contact); the
 //! lifecycle stays the only writer of the live pointer: the fleet asks it to load and flip like an operator.
@@ -25,8 +26,9 @@ use views::{FleetFlipOutcome, FleetView};
 /// How often a replica heartbeats, and how long its heartbeat lives.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
-/// How often a replica reads the fleet's prepare request and target (the notification path: polling bounds how
-/// late a replica learns of a commit, and the activation delay covers it).
+/// How often a replica reads the fleet's prepare request and target. Coordinators also publish a notification
+/// (pub/sub) that wakes every replica at once; pub/sub is at-most-once, so polling bounds how late a replica
+/// learns of a commit, and the activation delay covers it.
 const POLL: Duration = Duration::from_millis(100);
 
 /// The fleet flags, resolved.
@@ -53,6 +55,10 @@ struct Local {
     /// The prepare request being (or last) answered, and the epoch being applied.
     preparing: Option<String>,
     applying: Option<u64>,
+    /// An epoch whose apply failed here, and when to try it again (not on every poll).
+    retry: Option<(u64, Instant)>,
+    /// Whether this replica has adopted the fleet's committed state since it started (readiness waits for it).
+    adopted: bool,
     last_contact: Option<Instant>,
 }
 
@@ -88,6 +94,9 @@ impl Fleet {
     /// Joins the fleet: starts heartbeating and watching it (a late joiner adopts the committed version).
     pub fn start(settings: FleetSettings, lifecycle: Lifecycle, metrics: Metrics) -> Result<Fleet, String> {
         let store = Store::new(&settings.redis_url, &settings.name)?;
+        let why =
+            format!("joining fleet {}: its committed version is not known yet (Redis not reached)", settings.name);
+        lifecycle.health.hold_ready(Some(why));
         let phase = tokio::sync::watch::Sender::new(0);
         let shared =
             Arc::new(Shared { phase, settings, store, lifecycle, metrics, local: Mutex::new(Local::default()) });

@@ -19,16 +19,25 @@ fn err(e: redis::RedisError) -> String {
     format!("redis: {e}")
 }
 
-/// KEYS: lease, epoch, target, op. ARGV: token, target JSON (epoch filled in here). Returns the new epoch, or
-/// -1 when the lease is no longer the caller's.
+/// KEYS: lease, epoch, target, op. ARGV: token, target JSON (epoch filled in here), the highest epoch a member
+/// reported (the counter is raised to it first: a Redis that lost its data never hands out an epoch that a
+/// replica already applied). Returns the new epoch, or -1 when the lease is no longer the caller's.
 const COMMIT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local floor = tonumber(ARGV[3])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < floor then redis.call('SET', KEYS[2], floor) end
 local e = redis.call('INCR', KEYS[2])
 local t = cjson.decode(ARGV[2])
 t['epoch'] = e
 redis.call('SET', KEYS[3], cjson.encode(t))
 redis.call('DEL', KEYS[4])
 return e
+";
+
+/// KEYS: lease. ARGV: token, ttl (ms). Extends the lease only if it is still the caller's; 1 if it was.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 ";
 
 /// KEYS: lease. ARGV: token. Deletes the lease only if it is still the caller's.
@@ -39,6 +48,7 @@ return 0
 
 #[derive(Clone)]
 pub struct Store {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
 }
@@ -53,11 +63,29 @@ impl Store {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = client.get_connection_manager_lazy(config).map_err(err)?;
-        Ok(Store { conn, prefix: format!("teal:fleet:{fleet}:") })
+        Ok(Store { client, conn, prefix: format!("teal:fleet:{fleet}:") })
     }
 
     fn key(&self, k: &str) -> String {
         format!("{}{k}", self.prefix)
+    }
+
+    /// Tells every replica to read the fleet's state now (pub/sub is at-most-once: polling stays the guarantee).
+    pub async fn notify(&self) -> RedisResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.publish(self.key("notify"), "1").await.map_err(err)?;
+        Ok(())
+    }
+
+    /// A subscription to the fleet's notifications; each message means "something changed, read it".
+    pub async fn subscribe(&self) -> RedisResult<redis::aio::PubSubStream> {
+        let connect = self.client.get_async_pubsub();
+        let mut ps = tokio::time::timeout(Duration::from_millis(500), connect)
+            .await
+            .map_err(|_| "redis: timed out subscribing".to_string())?
+            .map_err(err)?;
+        ps.subscribe(self.key("notify")).await.map_err(err)?;
+        Ok(ps.into_on_message())
     }
 
     pub async fn heartbeat(&self, m: &Member, ttl: Duration) -> RedisResult<()> {
@@ -145,6 +173,19 @@ impl Store {
         Ok(ok.map(|_| token))
     }
 
+    /// Extends the lease held with `token`; false when it is no longer held.
+    pub async fn renew(&self, token: u64, ttl: Duration) -> RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::Script::new(RENEW)
+            .key(self.key("lease"))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(n == 1)
+    }
+
     pub async fn release(&self, token: u64) -> RedisResult<()> {
         let mut c = self.conn.clone();
         let _: i64 =
@@ -170,8 +211,8 @@ impl Store {
         Ok(())
     }
 
-    /// Commits `t` under a fresh epoch if `token` still holds the lease; the new epoch, or None.
-    pub async fn commit(&self, token: u64, t: &Target) -> RedisResult<Option<u64>> {
+    /// Commits `t` under a fresh epoch above `floor` if `token` still holds the lease; the new epoch, or None.
+    pub async fn commit(&self, token: u64, t: &Target, floor: u64) -> RedisResult<Option<u64>> {
         let json = serde_json::to_string(t).map_err(|e| e.to_string())?;
         let mut c = self.conn.clone();
         let e: i64 = redis::Script::new(COMMIT)
@@ -181,6 +222,7 @@ impl Store {
             .key(self.key("op"))
             .arg(token)
             .arg(json)
+            .arg(floor)
             .invoke_async(&mut c)
             .await
             .map_err(err)?;

@@ -201,9 +201,24 @@ pub(crate) enum Command {
 pub struct ControllerHealth {
     dead: std::sync::Mutex<Option<String>>,
     notify: tokio::sync::Notify,
+    /// Why the server must not report ready although a slot is live (a fleet replica that has not adopted the
+    /// fleet's committed version yet).
+    hold: std::sync::Mutex<Option<String>>,
 }
 
 impl ControllerHealth {
+    /// Holds readiness back (`Some(why)`) or releases it (`None`).
+    pub fn hold_ready(&self, why: Option<String>) {
+        if let Ok(mut h) = self.hold.lock() {
+            *h = why;
+        }
+    }
+
+    /// Why readiness is held back, if it is.
+    pub fn ready_hold(&self) -> Option<String> {
+        self.hold.lock().ok().and_then(|h| h.clone())
+    }
+
     pub fn alive(&self) -> bool {
         self.dead.lock().map(|d| d.is_none()).unwrap_or(false)
     }
