@@ -22,9 +22,18 @@ fn find(s: &AdminState, id: &str) -> Result<Arc<Run>, ApiError> {
 
 pub async fn start(
     State(s): State<AdminState>,
-    JsonBody(body): JsonBody<serde_json::Value>,
+    JsonBody(mut body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    // In fleet mode a rollout drives every replica's split unless the body says "fleet": false.
+    let fleet = super::fleet_admin::fleet_of(&s, &mut body)?;
+    if let Some((id, driver)) = s.fleet.as_ref().and_then(|f| f.foreign_rollout()) {
+        let why = format!("the fleet's rollout {id} is running; drive it on {driver}, the replica that started it");
+        return Err(crate::lifecycle::AdminError::Conflict(why).into());
+    }
     let view = s.rollouts.start(body).await?;
+    if let Some(f) = fleet {
+        f.drive_rollout(&view.id);
+    }
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 

@@ -2,10 +2,11 @@
 //! activation time. One task per replica; the work of a prepare (maybe a load) and of an apply runs in tasks of
 //! their own so that heartbeats never stop.
 
-use super::views::{Ack, Member, MemberSlot, Prepare, Target, TargetVersion};
+use super::hold::ensure;
+use super::views::{Ack, Member, MemberSlot, Prepare, Target};
 use super::{now_ms, Local, Shared, HEARTBEAT, HEARTBEAT_TTL, POLL};
 use crate::lifecycle::audit::Entry;
-use crate::lifecycle::{FlipRequest, LoadRequest, Status};
+use crate::lifecycle::{FlipRequest, Status};
 use crate::slot::SlotName;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,7 @@ pub(super) async fn run(s: Arc<Shared>) {
                 if let Some(p) = op {
                     on_prepare(&s, p);
                 }
+                s.local().last_target = target.clone();
                 match target {
                     Some(t) => on_target(&s, t),
                     None => on_no_target(&s),
@@ -144,48 +146,6 @@ fn on_prepare(s: &Arc<Shared>, p: Prepare) {
     });
 }
 
-/// The slot that can serve `t` here: live already, or a standby ready with passed gates. Without one, loads `t`
-/// into the standby (warm-up and gates as for any load) and checks again.
-async fn ensure(s: &Shared, t: &TargetVersion) -> Result<SlotName, String> {
-    if let Some(slot) = holding(s, t).await? {
-        return Ok(slot);
-    }
-    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
-    let standby = status.live.map(SlotName::other).unwrap_or(SlotName::Green);
-    let req = LoadRequest { model: t.model.clone(), version: Some(t.version.clone()), ..Default::default() };
-    let op = s.lifecycle.load(standby, req, false, false).await.map_err(|e| format!("loading {}: {e}", t.model))?;
-    s.lifecycle.wait(&op.id).await.map_err(|e| e.to_string())?;
-    if let Some(slot) = holding(s, t).await? {
-        return Ok(slot);
-    }
-    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
-    Err(match &status.slots.get(standby).reason {
-        Some(r) => format!("loading {} into {standby} failed: {r}", t.model),
-        None => format!("{standby} loaded {} but not the digest {}", t.model, t.digest),
-    })
-}
-
-/// The slot holding `t`, if it may serve it; an error when it holds it but must not (gates failed).
-async fn holding(s: &Shared, t: &TargetVersion) -> Result<Option<SlotName>, String> {
-    let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
-    for n in SlotName::ALL {
-        let v = status.slots.get(n);
-        if v.model.as_ref().is_none_or(|m| m.digest != t.digest || m.version != t.version) {
-            continue;
-        }
-        if v.live {
-            return Ok(Some(n));
-        }
-        let gates = v.gates.as_ref().is_some_and(|g| g.passed && !g.forced);
-        return match (v.state.as_str(), gates) {
-            ("ready" | "draining", true) => Ok(Some(n)),
-            ("ready" | "draining", false) => Err(format!("{n} holds {} but its gates did not pass", t.version)),
-            (state, _) => Err(format!("{n} holds {} but is {state}", t.version)),
-        };
-    }
-    Ok(None)
-}
-
 /// Longest a replica waits for an activation time (the default delay is 300 ms).
 const MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(10);
 
@@ -278,13 +238,20 @@ fn on_target(s: &Arc<Shared>, t: Target) {
     });
 }
 
-/// Makes `t` live here: a flip to the slot holding it (never to one whose gates did not pass).
+/// Makes `t` live here: a flip to the slot holding it (never to one whose gates did not pass), then its split.
 async fn apply(s: &Shared, t: &Target) -> Result<(), String> {
+    if t.split.as_ref().is_some_and(|sp| s.rollouts.get(&sp.rollout_id).is_some()) {
+        return Ok(()); // this replica's own rollout drives the split and its promotion flip
+    }
     let slot = ensure(s, &t.live).await?;
     let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
-    if status.live == Some(slot) {
-        return Ok(());
+    if status.live != Some(slot) {
+        flip(s, t, slot).await?;
     }
+    super::follow::apply(s, t).await
+}
+
+async fn flip(s: &Shared, t: &Target, slot: SlotName) -> Result<(), String> {
     let req = FlipRequest { to: Some(slot), ..Default::default() };
     let out = s.lifecycle.flip(req).await.map_err(|e| format!("flip to {slot}: {e}"))?;
     s.lifecycle.audit.record(Entry {

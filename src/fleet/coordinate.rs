@@ -3,12 +3,11 @@
 //! epoch with an activation time (the commit script checks the token, so a coordinator that lost its lease
 //! cannot commit), or abort: nobody flips. Then wait for the members to report the epoch applied.
 
-use super::views::{Ack, FleetFlipOutcome, Prepare, Target, TargetVersion};
+use super::views::{Ack, FleetFlipOutcome, FleetSplit, Prepare, Target, TargetVersion};
 use super::{now_ms, Shared, HEARTBEAT};
 use crate::lifecycle::audit::Entry;
 use crate::lifecycle::AdminError;
 use crate::slot::SlotName;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long the fleet's operation lease lives without renewal.
@@ -20,6 +19,23 @@ fn redis(e: String) -> AdminError {
 
 pub(super) async fn flip(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<FleetFlipOutcome, AdminError> {
     let target = target_of(s, to, rollback).await?;
+    let change = Change { prepare: Some(target.clone()), live: target, split: None, wait: true, at_once: false };
+    commit(s, change).await
+}
+
+/// A state for the whole fleet: `live` everywhere, with `split` on top; every member first prepares `prepare`
+/// (when given: a version not everyone may hold yet); `wait` for every member to report it applied.
+pub(super) struct Change {
+    pub live: TargetVersion,
+    pub split: Option<FleetSplit>,
+    pub prepare: Option<TargetVersion>,
+    pub wait: bool,
+    /// Takes effect at once instead of at a common activation time (traffic taken away from a canary).
+    pub at_once: bool,
+}
+
+/// Takes the fleet's lease, prepares if asked, commits `change` under a new epoch and releases the lease.
+pub(super) async fn commit(s: &Shared, change: Change) -> Result<FleetFlipOutcome, AdminError> {
     let token = s
         .store
         .acquire(LEASE)
@@ -38,7 +54,7 @@ pub(super) async fn flip(s: &Shared, to: Option<SlotName>, rollback: bool) -> Re
             }
         }
     });
-    let out = two_phase(s, token, target).await;
+    let out = two_phase(s, token, change).await;
     renewal.abort();
     if let Err(e) = s.store.release(token).await {
         tracing::warn!(error = %e, "could not release the fleet lease (it expires by itself)");
@@ -63,7 +79,7 @@ async fn target_of(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<T
     Ok(TargetVersion { model: m.name.clone(), version: m.version.clone(), digest: m.digest.clone() })
 }
 
-async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<FleetFlipOutcome, AdminError> {
+async fn two_phase(s: &Shared, token: u64, change: Change) -> Result<FleetFlipOutcome, AdminError> {
     let present = s.store.members().await.map_err(redis)?;
     // No member ever sees an epoch it already applied again, even after Redis lost its counter.
     let floor = present.iter().map(|m| m.epoch).max().unwrap_or(0);
@@ -75,18 +91,51 @@ async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<Flee
         )));
     }
     let op = format!("fop-{:012x}", rand::random::<u64>() >> 16);
-    let deadline = Instant::now() + s.settings.prepare_timeout;
+    let acks = match &change.prepare {
+        Some(v) => prepare(s, &op, &members, v).await?,
+        None => vec![],
+    };
     let by = s.settings.replica_id.clone();
+    let delay = if change.at_once { 0 } else { s.settings.activate_delay.as_millis() as u64 };
+    let activate_at_ms = now_ms() + delay;
+    let target = change.live.clone();
+    let t = Target { epoch: 0, live: change.live, activate_at_ms, op: op.clone(), by, split: change.split };
+    let epoch = s.store.commit(token, &t, floor).await.map_err(redis)?.ok_or_else(|| {
+        AdminError::Conflict("the fleet lease was lost before the commit (nothing was committed)".into())
+    })?;
+    notify(s).await;
+    let weight = t.split.as_ref().map(|sp| sp.weight_bp);
+    s.lifecycle.audit.record(Entry {
+        action: "fleet_commit",
+        outcome: "ok",
+        to_version: Some(target.version.clone()),
+        details: serde_json::json!({"op": op, "epoch": epoch, "members": members, "activate_at_ms": activate_at_ms,
+                                    "split_weight_bp": weight}),
+        ..Default::default()
+    });
+    let converged = !change.wait || converge(s, &members, epoch, activate_at_ms).await;
+    Ok(FleetFlipOutcome { op, epoch, target, activate_at_ms, acks, converged })
+}
+
+/// Asks every member to make sure it can serve `v` and waits for all of them; aborts (nobody flips) on a
+/// refusal or on silence past the prepare timeout.
+async fn prepare(
+    s: &Shared,
+    op: &str,
+    members: &[String],
+    v: &TargetVersion,
+) -> Result<Vec<(String, Ack)>, AdminError> {
+    let deadline = Instant::now() + s.settings.prepare_timeout;
     let prepare = Prepare {
-        op: op.clone(),
-        target: target.clone(),
+        op: op.to_string(),
+        target: v.clone(),
         deadline_ms: now_ms() + s.settings.prepare_timeout.as_millis() as u64,
-        by: by.clone(),
+        by: s.settings.replica_id.clone(),
     };
     s.store.start_prepare(&prepare, s.settings.prepare_timeout).await.map_err(redis)?;
     notify(s).await;
-    let acks = loop {
-        let mut acks = s.store.acks(&op).await.map_err(redis)?;
+    loop {
+        let mut acks = s.store.acks(op).await.map_err(redis)?;
         // Only the members counted at the start decide (a replica that is leaving may still answer).
         acks.retain(|id, _| members.contains(id));
         let refused: Vec<String> = acks
@@ -95,34 +144,19 @@ async fn two_phase(s: &Shared, token: u64, target: TargetVersion) -> Result<Flee
             .map(|(id, a)| format!("{id}: {}", a.reason.clone().unwrap_or_default()))
             .collect();
         if !refused.is_empty() {
-            return abort(s, &op, &target, format!("refused by {}", refused.join("; "))).await;
+            return Err(abort(s, op, v, format!("refused by {}", refused.join("; "))).await);
         }
         if members.iter().all(|m| acks.contains_key(m)) {
-            break acks;
+            let mut acks: Vec<(String, Ack)> = acks.into_iter().collect();
+            acks.sort_by(|a, b| a.0.cmp(&b.0));
+            return Ok(acks);
         }
         if Instant::now() >= deadline {
             let missing: Vec<&str> = members.iter().filter(|m| !acks.contains_key(*m)).map(String::as_str).collect();
-            return abort(s, &op, &target, format!("no answer from {} in time", missing.join(", "))).await;
+            return Err(abort(s, op, v, format!("no answer from {} in time", missing.join(", "))).await);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    let activate_at_ms = now_ms() + s.settings.activate_delay.as_millis() as u64;
-    let t = Target { epoch: 0, live: target.clone(), activate_at_ms, op: op.clone(), by };
-    let epoch = s.store.commit(token, &t, floor).await.map_err(redis)?.ok_or_else(|| {
-        AdminError::Conflict("the fleet lease was lost before the commit (nothing was committed)".into())
-    })?;
-    notify(s).await;
-    s.lifecycle.audit.record(Entry {
-        action: "fleet_commit",
-        outcome: "ok",
-        to_version: Some(target.version.clone()),
-        details: serde_json::json!({"op": op, "epoch": epoch, "members": members, "activate_at_ms": activate_at_ms}),
-        ..Default::default()
-    });
-    let converged = converge(s, &members, epoch, activate_at_ms).await;
-    let mut acks: Vec<(String, Ack)> = acks.into_iter().collect::<HashMap<_, _>>().into_iter().collect();
-    acks.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(FleetFlipOutcome { op, epoch, target, activate_at_ms, acks, converged })
+    }
 }
 
 /// Wakes the members (they would also see it at their next poll).
@@ -132,7 +166,7 @@ async fn notify(s: &Shared) {
     }
 }
 
-async fn abort(s: &Shared, op: &str, target: &TargetVersion, why: String) -> Result<FleetFlipOutcome, AdminError> {
+async fn abort(s: &Shared, op: &str, target: &TargetVersion, why: String) -> AdminError {
     if let Err(e) = s.store.clear_op().await {
         tracing::warn!(error = %e, "could not clear an aborted fleet prepare (it expires by itself)");
     }
@@ -144,7 +178,7 @@ async fn abort(s: &Shared, op: &str, target: &TargetVersion, why: String) -> Res
         details: serde_json::json!({"op": op}),
         ..Default::default()
     });
-    Err(AdminError::Conflict(format!("fleet flip to {} aborted, no replica flipped: {why}", target.version)))
+    AdminError::Conflict(format!("fleet flip to {} aborted, no replica flipped: {why}", target.version))
 }
 
 /// Waits (up to a few heartbeats after activation) for every member to report `epoch` applied.

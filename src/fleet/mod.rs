@@ -12,10 +12,14 @@
 
 mod agent;
 mod coordinate;
+mod follow;
+mod hold;
+mod rollout_sync;
 pub mod store;
 pub mod views;
 
 use crate::lifecycle::{AdminError, Lifecycle};
+use crate::rollout::Rollouts;
 use crate::slot::SlotName;
 use crate::telemetry::Metrics;
 use std::sync::{Arc, Mutex};
@@ -59,6 +63,11 @@ struct Local {
     retry: Option<(u64, Instant)>,
     /// Whether this replica has adopted the fleet's committed state since it started (readiness waits for it).
     adopted: bool,
+    /// The committed target as last read, and the fleet-wide split this replica follows (another's rollout).
+    last_target: Option<views::Target>,
+    followed: Option<views::FleetSplit>,
+    /// The rollout started here that drives the fleet's split, once the admin API asks for it.
+    drive: Option<String>,
     last_contact: Option<Instant>,
 }
 
@@ -68,6 +77,7 @@ pub(crate) struct Shared {
     settings: FleetSettings,
     store: Store,
     lifecycle: Lifecycle,
+    rollouts: Rollouts,
     metrics: Metrics,
     local: Mutex<Local>,
 }
@@ -92,15 +102,21 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Fleet {
     /// Joins the fleet: starts heartbeating and watching it (a late joiner adopts the committed version).
-    pub fn start(settings: FleetSettings, lifecycle: Lifecycle, metrics: Metrics) -> Result<Fleet, String> {
+    pub fn start(
+        settings: FleetSettings,
+        lifecycle: Lifecycle,
+        rollouts: Rollouts,
+        metrics: Metrics,
+    ) -> Result<Fleet, String> {
         let store = Store::new(&settings.redis_url, &settings.name)?;
         let why =
             format!("joining fleet {}: its committed version is not known yet (Redis not reached)", settings.name);
         lifecycle.health.hold_ready(Some(why));
         let phase = tokio::sync::watch::Sender::new(0);
-        let shared =
-            Arc::new(Shared { phase, settings, store, lifecycle, metrics, local: Mutex::new(Local::default()) });
+        let local = Mutex::new(Local::default());
+        let shared = Arc::new(Shared { phase, settings, store, lifecycle, rollouts, metrics, local });
         tokio::spawn(agent::run(shared.clone()));
+        tokio::spawn(rollout_sync::run(shared.clone()));
         Ok(Fleet(shared))
     }
 
@@ -139,6 +155,19 @@ impl Fleet {
             members,
             staleness_s: s.staleness_s(),
         })
+    }
+
+    /// Makes the rollout `id`, just started here, drive every member's split (its weights, promotion and
+    /// rollback become fleet commits).
+    pub fn drive_rollout(&self, id: &str) {
+        self.0.local().drive = Some(id.to_string());
+    }
+
+    /// The fleet-wide rollout another replica drives, if one runs: its id and driver.
+    pub fn foreign_rollout(&self) -> Option<(String, String)> {
+        let l = self.0.local();
+        let sp = l.last_target.as_ref()?.split.as_ref()?;
+        (sp.driver != self.0.settings.replica_id).then(|| (sp.rollout_id.clone(), sp.driver.clone()))
     }
 
     /// Flips every member to the version in this replica's `to` slot (default: the standby), or with

@@ -22,6 +22,21 @@ pub struct Target {
     /// The operation that committed it and the replica that coordinated it.
     pub op: String,
     pub by: String,
+    /// A fleet-wide rollout's split: every replica sends this share of requests to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<FleetSplit>,
+}
+
+/// A rollout's split as every replica applies it: the same rollout id (so a key's bucket, and a session's arm,
+/// are the same on every replica), canary and weight; the replica that started the rollout drives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetSplit {
+    pub rollout_id: String,
+    pub canary: TargetVersion,
+    /// The canary's share in basis points (10000 is all traffic).
+    pub weight_bp: u32,
+    /// The replica whose rollout drives the split.
+    pub driver: String,
 }
 
 /// A prepare request: every member makes sure it can serve `target` and acknowledges.

@@ -128,7 +128,7 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
         Some(f) => {
             tracing::info!(fleet = %f.name, replica = %f.replica_id, "fleet mode");
             Some(
-                crate::fleet::Fleet::start(f.clone(), lifecycle.clone(), metrics.clone())
+                crate::fleet::Fleet::start(f.clone(), lifecycle.clone(), rollouts.clone(), metrics.clone())
                     .map_err(|e| anyhow::anyhow!(e))?,
             )
         }

@@ -90,6 +90,7 @@ async fn chaos_never_serves_an_ungated_version_and_converges() {
     member_failing_gates(&mut f).await;
     partition(&mut f).await;
     restart_after_flip(&mut f).await;
+    rollout_driver_killed(&mut f).await;
 
     let responses = load.stop().await;
     let ok = responses.iter().filter(|r| r.status == 200).count();
@@ -294,4 +295,54 @@ async fn restart_after_flip(f: &mut Fleet) {
         "a replica restarted after a flip: ready on the committed version {:.0} ms after its start",
         t.elapsed().as_secs_f64() * 1e3
     );
+}
+
+/// Step 7: the replica driving a fleet-wide rollout dies. The others fall back to the baseline alone once it has
+/// left the members; restarted, it ends the split it can no longer drive.
+async fn rollout_driver_killed(f: &mut Fleet) {
+    let body = serde_json::json!({"steps": [50, 100], "step_interval_s": 3600, "shadow_rate": 0});
+    let (status, v) = fleet::admin(&f.replicas[0], reqwest::Method::POST, "/admin/rollouts", Some(body)).await;
+    assert_eq!(status, 202, "{v}");
+    let t0 = Instant::now();
+    while f.view(1).await["target"]["split"]["weight_bp"] != 5000 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the split never reached the fleet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(keys_on(&f.replicas[1], "base").await > 0, "the followers split traffic");
+    f.replicas[0].kill();
+    let killed = Instant::now();
+    while keys_on(&f.replicas[1], "base").await + keys_on(&f.replicas[2], "base").await > 0 {
+        assert!(killed.elapsed() < Duration::from_secs(10), "the followers kept the dead driver's split");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fell_back = killed.elapsed();
+    let t = Instant::now();
+    f.replicas[0].restart();
+    wait_ready(&f.replicas[0]).await;
+    f.converge("copy", CONVERGE).await;
+    let t1 = Instant::now();
+    while !f.view(1).await["target"]["split"].is_null() {
+        assert!(t1.elapsed() < CONVERGE, "the restarted driver did not end its split");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a rollout's driver killed at 50%: the followers served the baseline alone {:.0} ms later; restarted, it \
+         ended the split and the fleet converged {:.0} ms after its restart",
+        fell_back.as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// How many of 20 keyed requests to `r` the version `version` answered.
+async fn keys_on(r: &procs::Replica, version: &str) -> usize {
+    let http = reqwest::Client::new();
+    let mut n = 0;
+    for k in 0..20 {
+        let body = serde_json::json!({"model": "story", "prompt": "Once", "max_tokens": 1, "user": format!("u{k}")});
+        if let Ok(resp) = http.post(format!("{}/v1/completions", r.url())).json(&body).send().await {
+            n += usize::from(resp.headers().get("x-teal-model-version").is_some_and(|v| v == version));
+        }
+    }
+    n
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use teal::config::ServeArgs;
 
-async fn replica(root: &Path, redis: &Redis, id: &str) -> TestServer {
+pub(crate) async fn replica(root: &Path, redis: &Redis, id: &str) -> TestServer {
     let s = TestServer::start_args(replica_args(root, redis, id)).await;
     s.wait_slot("green", "ready").await;
     s
@@ -34,18 +34,18 @@ fn replica_args(root: &Path, redis: &Redis, id: &str) -> ServeArgs {
     }
 }
 
-fn root() -> tempfile::TempDir {
+pub(crate) fn root() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     variant(root.path(), "base", |_, _| {});
     variant(root.path(), "copy", |_, c| c["rms_norm_eps"] = json!(2e-5));
     root
 }
 
-async fn fleet_view(s: &TestServer) -> Value {
+pub(crate) async fn fleet_view(s: &TestServer) -> Value {
     s.admin_json("/admin/fleet").await
 }
 
-async fn wait_members(s: &TestServer, n: usize) {
+pub(crate) async fn wait_members(s: &TestServer, n: usize) {
     for _ in 0..200 {
         if fleet_view(s).await["members"].as_array().map(Vec::len) == Some(n) {
             return;
@@ -55,7 +55,7 @@ async fn wait_members(s: &TestServer, n: usize) {
     panic!("the fleet never had {n} members: {}", fleet_view(s).await);
 }
 
-async fn live(s: &TestServer) -> String {
+pub(crate) async fn live(s: &TestServer) -> String {
     let v = s.admin_json("/admin/slots").await;
     ["blue", "green"].into_iter().find(|x| v["slots"][x]["live"] == true).unwrap_or("none").to_string()
 }

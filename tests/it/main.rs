@@ -14,6 +14,7 @@ mod bench;
 mod engine_behaviour;
 mod engine_scoring;
 mod fleet;
+mod fleet_rollout;
 mod gates;
 mod hostile;
 mod http_api;

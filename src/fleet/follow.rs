@@ -1,0 +1,74 @@
+//! A member's side of a fleet-wide rollout: the committed target's split, applied to this replica's router. The
+//! replica that started the rollout drives it (its own rollout owns the split there); every other member
+//! installs a split with the same rollout id, versions and weight, so a key's bucket and a session's arm are the
+//! same whichever replica serves it. A member never routes to a canary that is not ready here with passed gates,
+//! and falls back to the baseline alone when the driving replica has left the fleet (nobody drives the rollout
+//! any more: an operator settles it with a fleet flip or rollback).
+
+use super::hold::ensure;
+use super::views::{FleetSplit, Target};
+use super::Shared;
+use crate::lifecycle::audit::Entry;
+use crate::router::Split;
+use std::sync::Arc;
+
+/// Makes this replica's split what `t` says (none, or `t.split` at its weight).
+pub(super) async fn apply(s: &Shared, t: &Target) -> Result<(), String> {
+    let router = &s.lifecycle.router;
+    let Some(want) = &t.split else {
+        end_follower(s, "the fleet's rollout ended");
+        return Ok(());
+    };
+    if s.rollouts.get(&want.rollout_id).is_some() {
+        return Ok(()); // this replica drives it: its own rollout moves the weight
+    }
+    if let Some(cur) = router.split().filter(|c| c.rollout_id == want.rollout_id && c.ended().is_none()) {
+        cur.set_weight_bp(want.weight_bp);
+        return Ok(());
+    }
+    let slot = ensure(s, &want.canary).await?;
+    let canary = s.lifecycle.ready_standby(slot).await.map_err(|e| format!("the canary {slot}: {e}"))?;
+    let baseline = router.peek().ok_or("no slot is live")?;
+    if baseline.identity.digest != t.live.digest {
+        return Err(format!("{} is live here, not the fleet's baseline {}", baseline.identity.version, t.live.version));
+    }
+    let split = Arc::new(Split::new(want.rollout_id.clone(), baseline, canary));
+    split.set_weight_bp(want.weight_bp);
+    router.install_split(split);
+    audit(s, t, want);
+    Ok(())
+}
+
+/// Ends a split this replica follows (not one its own rollout owns); requests already running keep their slot.
+pub(super) fn end_follower(s: &Shared, why: &str) {
+    let router = &s.lifecycle.router;
+    if let Some(cur) = router.split().filter(|c| s.rollouts.get(&c.rollout_id).is_none()) {
+        cur.end(why);
+        router.remove_split(&cur.rollout_id);
+    }
+}
+
+/// The driver of the split this replica follows has left the fleet: all traffic back to the baseline here.
+pub(super) fn driver_gone(s: &Shared, members: &[String]) {
+    let router = &s.lifecycle.router;
+    let Some(cur) = router.split().filter(|c| s.rollouts.get(&c.rollout_id).is_none()) else { return };
+    let Some(t) = s.local().followed.clone() else { return };
+    if t.rollout_id != cur.rollout_id || members.contains(&t.driver) || cur.weight_bp() == 0 {
+        return;
+    }
+    tracing::warn!(rollout = %t.rollout_id, driver = %t.driver, "the replica driving the fleet's rollout left; serving the baseline only");
+    cur.set_weight_bp(0);
+}
+
+fn audit(s: &Shared, t: &Target, want: &FleetSplit) {
+    s.local().followed = Some(want.clone());
+    s.lifecycle.audit.record(Entry {
+        action: "fleet_split",
+        outcome: "ok",
+        from_version: Some(t.live.version.clone()),
+        to_version: Some(want.canary.version.clone()),
+        details: serde_json::json!({"epoch": t.epoch, "rollout": want.rollout_id, "weight_bp": want.weight_bp,
+                                    "driver": want.driver}),
+        ..Default::default()
+    });
+}
