@@ -26,9 +26,8 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     // In fleet mode a rollout drives every replica's split unless the body says "fleet": false.
     let fleet = super::fleet_admin::fleet_of(&s, &mut body)?;
-    if let Some((id, driver)) = s.fleet.as_ref().and_then(|f| f.foreign_rollout()) {
-        let why = format!("the fleet's rollout {id} is running; drive it on {driver}, the replica that started it");
-        return Err(crate::lifecycle::AdminError::Conflict(why).into());
+    if let Some(f) = &s.fleet {
+        f.check_rollout(fleet.is_some()).await?;
     }
     let view = s.rollouts.start(body).await?;
     if let Some(f) = fleet {

@@ -209,46 +209,75 @@ fn on_target(s: &Arc<Shared>, t: Target) {
             return; // a newer epoch took over while this one waited
         }
         let outcome = apply(&s, &t).await;
-        {
-            let mut l = s.local();
-            if l.applying == Some(t.epoch) {
-                l.applying = None;
-            }
-            match outcome {
-                Ok(()) => {
-                    l.applied = l.applied.max(t.epoch);
-                    l.frozen = None;
-                    l.diverged = None;
-                    l.retry = None;
-                    adopted(&s, &mut l);
-                }
-                Err(why) => {
-                    tracing::warn!(epoch = t.epoch, %why, "could not apply the fleet's target");
-                    if !l.adopted {
-                        let v = &t.live.version;
-                        s.lifecycle.health.hold_ready(Some(format!("cannot adopt the fleet's version {v}: {why}")));
-                    }
-                    l.diverged = Some(why);
-                    l.retry = Some((t.epoch, Instant::now() + RETRY));
-                }
-            }
-        }
+        settle(&s, &t, outcome);
         // Report at once: the coordinator waits for every member's applied epoch.
         heartbeat(&s).await;
     });
 }
 
+/// How applying a target ended.
+enum Applied {
+    Done,
+    /// The live version is in place; the split could not be followed here (this replica serves the baseline).
+    SplitNotFollowed(String),
+    /// A newer epoch took over before this one acted.
+    Superseded,
+}
+
+/// Records how applying `t` ended (a superseded epoch changes nothing: the newer one reports).
+fn settle(s: &Shared, t: &Target, outcome: Result<Applied, String>) {
+    let mut l = s.local();
+    if l.applying == Some(t.epoch) {
+        l.applying = None;
+    }
+    match outcome {
+        Ok(Applied::Superseded) => {}
+        Ok(done) => {
+            l.applied = l.applied.max(t.epoch);
+            l.frozen = None;
+            l.diverged = match done {
+                Applied::SplitNotFollowed(why) => Some(why),
+                _ => None,
+            };
+            l.retry = None;
+            adopted(s, &mut l);
+        }
+        Err(why) => {
+            tracing::warn!(epoch = t.epoch, %why, "could not apply the fleet's target");
+            if !l.adopted {
+                let v = &t.live.version;
+                s.lifecycle.health.hold_ready(Some(format!("cannot adopt the fleet's version {v}: {why}")));
+            }
+            l.diverged = Some(why);
+            l.retry = Some((t.epoch, Instant::now() + RETRY));
+        }
+    }
+}
+
 /// Makes `t` live here: a flip to the slot holding it (never to one whose gates did not pass), then its split.
-async fn apply(s: &Shared, t: &Target) -> Result<(), String> {
+/// What may take long (a load) happens first; the acts (flip, split) happen under the act lock and only if no
+/// newer epoch has taken over meanwhile, so an older target never lands after a newer one.
+async fn apply(s: &Shared, t: &Target) -> Result<Applied, String> {
     if t.split.as_ref().is_some_and(|sp| s.rollouts.get(&sp.rollout_id).is_some()) {
-        return Ok(()); // this replica's own rollout drives the split and its promotion flip
+        return Ok(Applied::Done); // this replica's own rollout drives the split and its promotion flip
     }
     let slot = ensure(s, &t.live).await?;
+    let canary = match &t.split {
+        Some(sp) => Some(super::follow::canary(s, sp).await),
+        None => None,
+    };
+    let _act = s.acting.lock().await;
+    if s.local().applying != Some(t.epoch) {
+        return Ok(Applied::Superseded);
+    }
     let status = s.lifecycle.status().await.map_err(|e| e.to_string())?;
     if status.live != Some(slot) {
         flip(s, t, slot).await?;
     }
-    super::follow::apply(s, t).await
+    Ok(match super::follow::act(s, t, canary) {
+        None => Applied::Done,
+        Some(why) => Applied::SplitNotFollowed(why),
+    })
 }
 
 async fn flip(s: &Shared, t: &Target, slot: SlotName) -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! epoch with an activation time (the commit script checks the token, so a coordinator that lost its lease
 //! cannot commit), or abort: nobody flips. Then wait for the members to report the epoch applied.
 
+use super::lease::Lease;
 use super::views::{Ack, FleetFlipOutcome, FleetSplit, Prepare, Target, TargetVersion};
 use super::{now_ms, Shared, HEARTBEAT};
 use crate::lifecycle::audit::Entry;
@@ -10,8 +11,8 @@ use crate::lifecycle::AdminError;
 use crate::slot::SlotName;
 use std::time::{Duration, Instant};
 
-/// How long the fleet's operation lease lives without renewal.
-const LEASE: Duration = Duration::from_secs(5);
+/// Epochs stay far below 2^53 (Lua numbers are doubles) and print as plain integers.
+const MAX_EPOCH: u64 = 1 << 40;
 
 fn redis(e: String) -> AdminError {
     AdminError::Unavailable(format!("the fleet's Redis: {e}"))
@@ -19,8 +20,8 @@ fn redis(e: String) -> AdminError {
 
 pub(super) async fn flip(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<FleetFlipOutcome, AdminError> {
     let target = target_of(s, to, rollback).await?;
-    let change = Change { prepare: Some(target.clone()), live: target, split: None, wait: true, at_once: false };
-    commit(s, change).await
+    let change = Change { prepare: Some(target.clone()), wait: true, ..Change::new(target, None) };
+    commit(s, change).await.map_err(AdminError::from)
 }
 
 /// A state for the whole fleet: `live` everywhere, with `split` on top; every member first prepares `prepare`
@@ -32,33 +33,67 @@ pub(super) struct Change {
     pub wait: bool,
     /// Takes effect at once instead of at a common activation time (traffic taken away from a canary).
     pub at_once: bool,
+    /// Commit only if the fleet's target is still this epoch (0: none): a change computed from the fleet's
+    /// state must not overwrite a change someone else committed meanwhile. Checked under the lease.
+    pub based_on: Option<u64>,
+    /// Checked after the prepare, before the commit: false when the change no longer stands (the rollout that
+    /// asked for a higher weight was rolled back while the members prepared).
+    pub still: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
-/// Takes the fleet's lease, prepares if asked, commits `change` under a new epoch and releases the lease.
-pub(super) async fn commit(s: &Shared, change: Change) -> Result<FleetFlipOutcome, AdminError> {
-    let token = s
-        .store
-        .acquire(LEASE)
-        .await
-        .map_err(redis)?
-        .ok_or_else(|| AdminError::Conflict("another fleet operation is running".into()))?;
-    // The lease is short and renewed while this replica coordinates: a coordinator that dies frees it in LEASE.
-    let store = s.store.clone();
-    let renewal = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(LEASE / 5).await;
-            match store.renew(token, LEASE).await {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => tracing::warn!(error = %e, "could not renew the fleet lease"),
-            }
-        }
-    });
-    let out = two_phase(s, token, change).await;
-    renewal.abort();
-    if let Err(e) = s.store.release(token).await {
-        tracing::warn!(error = %e, "could not release the fleet lease (it expires by itself)");
+impl Change {
+    pub fn new(live: TargetVersion, split: Option<FleetSplit>) -> Change {
+        Change { live, split, prepare: None, wait: false, at_once: false, based_on: None, still: None }
     }
+}
+
+/// Why a change was not committed.
+#[derive(Debug)]
+pub(super) enum CommitError {
+    /// Another fleet operation holds the lease.
+    Busy,
+    /// The fleet's target is not the one the change was based on (or a fleet-wide rollout runs).
+    Changed(String),
+    /// `still` said no after the prepare.
+    Superseded,
+    Failed(AdminError),
+}
+
+impl From<CommitError> for AdminError {
+    fn from(e: CommitError) -> AdminError {
+        match e {
+            CommitError::Busy => AdminError::Conflict("another fleet operation is running".into()),
+            CommitError::Changed(why) => AdminError::Conflict(why),
+            CommitError::Superseded => AdminError::Conflict("superseded while the members prepared".into()),
+            CommitError::Failed(e) => e,
+        }
+    }
+}
+
+/// Takes the fleet's lease, checks the change still applies, prepares if asked, commits `change` under a new
+/// epoch and releases the lease.
+pub(super) async fn commit(s: &Shared, change: Change) -> Result<FleetFlipOutcome, CommitError> {
+    let max = s.settings.prepare_timeout + Duration::from_secs(60);
+    let lease =
+        Lease::take(&s.store, max).await.map_err(|e| CommitError::Failed(redis(e)))?.ok_or(CommitError::Busy)?;
+    let (_, current) = s.store.poll().await.map_err(|e| CommitError::Failed(redis(e)))?;
+    let epoch = current.as_ref().map(|t| t.epoch).unwrap_or(0);
+    if change.based_on.is_some_and(|e| e != epoch) {
+        return Err(CommitError::Changed(format!("the fleet changed (epoch {epoch}) while this change was made")));
+    }
+    if let Some(sp) = current.as_ref().and_then(|t| t.split.as_ref()).filter(|_| change.based_on.is_none()) {
+        // An operator's flip while a fleet-wide rollout runs would be undone by it; a dead driver's split (its
+        // replica left the fleet) does not hold the fleet hostage.
+        let members = s.store.members().await.map_err(|e| CommitError::Failed(redis(e)))?;
+        if members.iter().any(|m| m.id == sp.driver) {
+            return Err(CommitError::Changed(format!(
+                "the fleet's rollout {} runs (driven by {}): promote or abort it there first",
+                sp.rollout_id, sp.driver
+            )));
+        }
+    }
+    let out = two_phase(s, lease.token(), change).await;
+    lease.release().await;
     out
 }
 
@@ -79,29 +114,36 @@ async fn target_of(s: &Shared, to: Option<SlotName>, rollback: bool) -> Result<T
     Ok(TargetVersion { model: m.name.clone(), version: m.version.clone(), digest: m.digest.clone() })
 }
 
-async fn two_phase(s: &Shared, token: u64, change: Change) -> Result<FleetFlipOutcome, AdminError> {
-    let present = s.store.members().await.map_err(redis)?;
+async fn two_phase(s: &Shared, token: u64, change: Change) -> Result<FleetFlipOutcome, CommitError> {
+    let failed = |e: String| CommitError::Failed(redis(e));
+    let present = s.store.members().await.map_err(failed)?;
     // No member ever sees an epoch it already applied again, even after Redis lost its counter.
-    let floor = present.iter().map(|m| m.epoch).max().unwrap_or(0);
+    // (A heartbeat claiming an absurd epoch is ignored rather than allowed to exhaust the counter.)
+    let floor = present.iter().map(|m| m.epoch).filter(|e| *e < MAX_EPOCH).max().unwrap_or(0);
     let members: Vec<String> = present.into_iter().map(|m| m.id).collect();
     if !members.contains(&s.settings.replica_id) {
-        return Err(AdminError::Unavailable(format!(
+        return Err(CommitError::Failed(AdminError::Unavailable(format!(
             "{} has not joined the fleet yet (its startup models are loading, or Redis is unreachable)",
             s.settings.replica_id
-        )));
+        ))));
     }
     let op = format!("fop-{:012x}", rand::random::<u64>() >> 16);
     let acks = match &change.prepare {
-        Some(v) => prepare(s, &op, &members, v).await?,
+        Some(v) => prepare(s, &op, &members, v).await.map_err(CommitError::Failed)?,
         None => vec![],
     };
+    if change.still.as_ref().is_some_and(|still| !still()) {
+        return Err(CommitError::Superseded);
+    }
     let by = s.settings.replica_id.clone();
     let delay = if change.at_once { 0 } else { s.settings.activate_delay.as_millis() as u64 };
     let activate_at_ms = now_ms() + delay;
     let target = change.live.clone();
     let t = Target { epoch: 0, live: change.live, activate_at_ms, op: op.clone(), by, split: change.split };
-    let epoch = s.store.commit(token, &t, floor).await.map_err(redis)?.ok_or_else(|| {
-        AdminError::Conflict("the fleet lease was lost before the commit (nothing was committed)".into())
+    let epoch = s.store.commit(token, &t, floor).await.map_err(failed)?.ok_or_else(|| {
+        CommitError::Failed(AdminError::Conflict(
+            "the fleet lease was lost before the commit (nothing was committed)".into(),
+        ))
     })?;
     notify(s).await;
     let weight = t.split.as_ref().map(|sp| sp.weight_bp);

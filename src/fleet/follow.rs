@@ -9,34 +9,58 @@ use super::hold::ensure;
 use super::views::{FleetSplit, Target};
 use super::Shared;
 use crate::lifecycle::audit::Entry;
-use crate::router::Split;
+use crate::router::{Resident, Split};
 use std::sync::Arc;
 
-/// Makes this replica's split what `t` says (none, or `t.split` at its weight).
-pub(super) async fn apply(s: &Shared, t: &Target) -> Result<(), String> {
-    let router = &s.lifecycle.router;
-    let Some(want) = &t.split else {
-        end_follower(s, "the fleet's rollout ended");
-        return Ok(());
-    };
-    if s.rollouts.get(&want.rollout_id).is_some() {
-        return Ok(()); // this replica drives it: its own rollout moves the weight
-    }
-    if let Some(cur) = router.split().filter(|c| c.rollout_id == want.rollout_id && c.ended().is_none()) {
-        cur.set_weight_bp(want.weight_bp);
-        return Ok(());
+/// What following `want` needs here, found before acting (it may load the canary): the canary's resident when a
+/// new split must be installed, None when only the weight of the installed one changes.
+pub(super) async fn canary(s: &Shared, want: &FleetSplit) -> Result<Option<Arc<Resident>>, String> {
+    let installed = s.lifecycle.router.split();
+    if installed.is_some_and(|c| c.rollout_id == want.rollout_id && c.ended().is_none()) {
+        return Ok(None);
     }
     let slot = ensure(s, &want.canary).await?;
     let canary = s.lifecycle.ready_standby(slot).await.map_err(|e| format!("the canary {slot}: {e}"))?;
-    let baseline = router.peek().ok_or("no slot is live")?;
+    Ok(Some(canary))
+}
+
+/// Makes this replica's split what `t` says (none, or `t.split` at its weight); `canary` is what `canary()`
+/// found. Returns why the split is not followed here, if it is not (this replica then serves the baseline).
+pub(super) fn act(s: &Shared, t: &Target, canary: Option<Result<Option<Arc<Resident>>, String>>) -> Option<String> {
+    let router = &s.lifecycle.router;
+    let Some(want) = &t.split else {
+        end_follower(s, "the fleet's rollout ended");
+        return None;
+    };
+    // A rollout of this replica's own (started with "fleet": false) keeps its split.
+    if let Some(own) = router.split().filter(|c| s.rollouts.of_split(c).is_some()) {
+        return Some(format!(
+            "the local rollout {} runs here: not following the fleet's {}",
+            own.rollout_id, want.rollout_id
+        ));
+    }
+    if let Some(cur) = router.split().filter(|c| c.rollout_id == want.rollout_id && c.ended().is_none()) {
+        cur.set_weight_bp(want.weight_bp);
+        return None;
+    }
+    end_follower(s, "the fleet's rollout changed");
+    let canary = match canary {
+        Some(Ok(Some(c))) => c,
+        Some(Err(why)) => return Some(format!("not following rollout {}: {why}", want.rollout_id)),
+        _ => return Some(format!("not following rollout {}: its canary is not in place", want.rollout_id)),
+    };
+    let Some(baseline) = router.peek() else { return Some("no slot is live".into()) };
     if baseline.identity.digest != t.live.digest {
-        return Err(format!("{} is live here, not the fleet's baseline {}", baseline.identity.version, t.live.version));
+        return Some(format!(
+            "{} is live here, not the fleet's baseline {}",
+            baseline.identity.version, t.live.version
+        ));
     }
     let split = Arc::new(Split::new(want.rollout_id.clone(), baseline, canary));
     split.set_weight_bp(want.weight_bp);
     router.install_split(split);
     audit(s, t, want);
-    Ok(())
+    None
 }
 
 /// Ends a split this replica follows (not one its own rollout owns); requests already running keep their slot.

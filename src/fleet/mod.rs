@@ -14,6 +14,7 @@ mod agent;
 mod coordinate;
 mod follow;
 mod hold;
+mod lease;
 mod rollout_sync;
 pub mod store;
 pub mod views;
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     rollouts: Rollouts,
     metrics: Metrics,
     local: Mutex<Local>,
+    /// Held while a committed target is acted on (a flip, a split), so that targets land one at a time.
+    acting: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -114,7 +117,8 @@ impl Fleet {
         lifecycle.health.hold_ready(Some(why));
         let phase = tokio::sync::watch::Sender::new(0);
         let local = Mutex::new(Local::default());
-        let shared = Arc::new(Shared { phase, settings, store, lifecycle, rollouts, metrics, local });
+        let acting = tokio::sync::Mutex::new(());
+        let shared = Arc::new(Shared { phase, settings, store, lifecycle, rollouts, metrics, local, acting });
         tokio::spawn(agent::run(shared.clone()));
         tokio::spawn(rollout_sync::run(shared.clone()));
         Ok(Fleet(shared))
@@ -163,11 +167,27 @@ impl Fleet {
         self.0.local().drive = Some(id.to_string());
     }
 
-    /// The fleet-wide rollout another replica drives, if one runs: its id and driver.
-    pub fn foreign_rollout(&self) -> Option<(String, String)> {
-        let l = self.0.local();
-        let sp = l.last_target.as_ref()?.split.as_ref()?;
-        (sp.driver != self.0.settings.replica_id).then(|| (sp.rollout_id.clone(), sp.driver.clone()))
+    /// Whether a rollout may start on this replica: not while the fleet runs one, and a fleet-wide one only
+    /// from the version the fleet has committed (this replica's live one becomes every member's baseline).
+    pub async fn check_rollout(&self, fleet_wide: bool) -> Result<(), AdminError> {
+        let s = &self.0;
+        let (_, target) =
+            s.store.poll().await.map_err(|e| AdminError::Unavailable(format!("the fleet's Redis: {e}")))?;
+        let Some(t) = target else { return Ok(()) };
+        if let Some(sp) = &t.split {
+            return Err(AdminError::Conflict(format!(
+                "the fleet's rollout {} is running; drive it on {}, the replica that started it",
+                sp.rollout_id, sp.driver
+            )));
+        }
+        let live = s.lifecycle.router.peek().map(|r| r.identity.digest.clone());
+        if fleet_wide && live.as_deref() != Some(t.live.digest.as_str()) {
+            return Err(AdminError::Conflict(format!(
+                "this replica does not serve the fleet's committed version {} (epoch {})",
+                t.live.version, t.epoch
+            )));
+        }
+        Ok(())
     }
 
     /// Flips every member to the version in this replica's `to` slot (default: the standby), or with

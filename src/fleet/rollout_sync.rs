@@ -8,7 +8,7 @@
 //! It also ends a split this replica drove before it restarted (the rollout died with the process), and, on a
 //! member, drops to the baseline a split whose driver has left the fleet (follow.rs).
 
-use super::coordinate::{commit, Change};
+use super::coordinate::{commit, Change, CommitError};
 use super::views::{FleetSplit, TargetVersion};
 use super::Shared;
 use crate::lifecycle::audit::Entry;
@@ -35,6 +35,8 @@ struct Driving {
     baseline: TargetVersion,
     canary: TargetVersion,
     committed: Option<Want>,
+    /// The fleet's epoch this driver last saw or committed: its next change is based on it.
+    epoch: u64,
     /// The fleet refused the promotion: the fleet goes back to the baseline whatever the rollout says.
     fall_back: bool,
 }
@@ -78,62 +80,93 @@ fn version(i: &ModelIdentity) -> TargetVersion {
 
 /// The rollout the admin API asked this replica to drive.
 fn take(s: &Shared) -> Option<Driving> {
-    let id = s.local().drive.take()?;
+    let (id, epoch) = {
+        let mut l = s.local();
+        (l.drive.take()?, l.last_target.as_ref().map(|t| t.epoch).unwrap_or(0))
+    };
     let run = s.rollouts.get(&id)?;
     let (baseline, canary) = (version(&run.split.baseline.identity), version(&run.split.canary.identity));
-    Some(Driving { run, baseline, canary, committed: None, fall_back: false })
+    Some(Driving { run, baseline, canary, committed: None, epoch, fall_back: false })
 }
 
-/// One look at the local rollout; true once its end is committed.
-async fn step(s: &Shared, d: &mut Driving) -> bool {
-    let state = d.run.state();
-    let want = match state {
-        _ if d.fall_back => Want::Live(d.baseline.clone()),
-        RolloutState::Promoted => Want::Live(d.canary.clone()),
-        st if st.finished() => Want::Live(d.baseline.clone()),
-        _ => Want::Split(d.run.split.weight_bp()),
-    };
-    let done = state.finished() || d.fall_back;
-    if d.committed.as_ref() == Some(&want) {
-        return done;
+/// What the rollout wants of the fleet now.
+fn wanted(d: &Driving) -> Want {
+    wanted_of(&d.run, d.fall_back, &d.baseline, &d.canary)
+}
+
+fn wanted_of(run: &Run, fall_back: bool, baseline: &TargetVersion, canary: &TargetVersion) -> Want {
+    match run.state() {
+        _ if fall_back => Want::Live(baseline.clone()),
+        RolloutState::Promoted => Want::Live(canary.clone()),
+        st if st.finished() => Want::Live(baseline.clone()),
+        _ => Want::Split(run.split.weight_bp()),
     }
-    let rise = match (&want, &d.committed) {
+}
+
+/// The fleet change for `want`: a rise is prepared by every member and takes effect at the activation time
+/// (and only if the rollout still wants it once they have); a fall takes effect at once.
+fn change(s: &Shared, d: &Driving, want: &Want) -> Change {
+    let rise = match (want, &d.committed) {
         (Want::Split(w), Some(Want::Split(c))) => w > c,
         (Want::Split(w), _) => *w > 0,
         (Want::Live(v), _) => *v == d.canary,
     };
-    let change = match &want {
-        Want::Split(w) => Change {
-            live: d.baseline.clone(),
-            split: Some(FleetSplit {
+    let (live, split) = match want {
+        Want::Split(w) => {
+            let split = FleetSplit {
                 rollout_id: d.run.id.clone(),
                 canary: d.canary.clone(),
                 weight_bp: *w,
                 driver: s.settings.replica_id.clone(),
-            }),
-            prepare: rise.then(|| d.canary.clone()),
-            wait: false,
-            at_once: !rise,
-        },
-        Want::Live(v) => {
-            Change { live: v.clone(), split: None, prepare: rise.then(|| v.clone()), wait: false, at_once: !rise }
+            };
+            (d.baseline.clone(), Some(split))
         }
+        Want::Live(v) => (v.clone(), None),
     };
-    match commit(s, change).await {
-        Ok(_) => {
+    let mut c = Change::new(live, split);
+    c.based_on = Some(d.epoch);
+    c.at_once = !rise;
+    if rise {
+        c.prepare = Some(d.canary.clone());
+        let (run, asked, fall_back) = (d.run.clone(), want.clone(), d.fall_back);
+        let (baseline, canary) = (d.baseline.clone(), d.canary.clone());
+        c.still = Some(Box::new(move || match (wanted_of(&run, fall_back, &baseline, &canary), &asked) {
+            (Want::Split(now), Want::Split(w)) => now >= *w,
+            (now, asked) => now == *asked,
+        }));
+    }
+    c
+}
+
+/// One look at the local rollout; true once its end is committed (or driving it is over).
+async fn step(s: &Shared, d: &mut Driving) -> bool {
+    let want = wanted(d);
+    let done = d.run.state().finished() || d.fall_back;
+    if d.committed.as_ref() == Some(&want) {
+        return done;
+    }
+    match commit(s, change(s, d, &want)).await {
+        Ok(out) => {
             d.committed = Some(want);
+            d.epoch = out.epoch;
             done
         }
-        Err(AdminError::Conflict(m)) if m.contains("another fleet operation") => false,
-        Err(AdminError::Unavailable(m)) => {
+        Err(CommitError::Busy | CommitError::Superseded) => false,
+        Err(CommitError::Changed(why)) => {
+            // Someone else changed the fleet: this rollout no longer describes it. End it here; the fleet keeps
+            // what was committed.
+            let _ = d.run.command(DecisionKind::Abort, &format!("the fleet ({why})"));
+            true
+        }
+        Err(CommitError::Failed(AdminError::Unavailable(m))) => {
             tracing::warn!(rollout = %d.run.id, error = %m, "could not commit the fleet's rollout state; retrying");
             false
         }
-        Err(e) if !state.finished() => {
+        Err(CommitError::Failed(e)) if !done => {
             let _ = d.run.command(DecisionKind::Abort, &format!("the fleet ({e})"));
             false
         }
-        Err(e) => {
+        Err(CommitError::Failed(e)) => {
             tracing::error!(rollout = %d.run.id, error = %e, "the fleet refused the promotion; back to the baseline");
             d.fall_back = true;
             false
@@ -149,7 +182,8 @@ async fn orphan(s: &Shared) {
     if s.rollouts.get(&sp.rollout_id).is_some() {
         return;
     }
-    let change = Change { live: t.live.clone(), split: None, prepare: None, wait: false, at_once: true };
+    let mut change = Change::new(t.live.clone(), None);
+    (change.at_once, change.based_on) = (true, Some(t.epoch));
     if commit(s, change).await.is_ok() {
         s.lifecycle.audit.record(Entry {
             action: "fleet_split_ended",

@@ -24,8 +24,7 @@ fn err(e: redis::RedisError) -> String {
 /// replica already applied). Returns the new epoch, or -1 when the lease is no longer the caller's.
 const COMMIT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local floor = tonumber(ARGV[3])
-if tonumber(redis.call('GET', KEYS[2]) or '0') < floor then redis.call('SET', KEYS[2], floor) end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then redis.call('SET', KEYS[2], ARGV[3]) end
 local e = redis.call('INCR', KEYS[2])
 local t = cjson.decode(ARGV[2])
 t['epoch'] = e
@@ -58,8 +57,8 @@ impl Store {
     pub fn new(url: &str, fleet: &str) -> RedisResult<Self> {
         let client = redis::Client::open(url).map_err(|e| format!("bad fleet redis url: {e}"))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = client.get_connection_manager_lazy(config).map_err(err)?;

@@ -60,6 +60,11 @@ async fn a_rollout_on_one_replica_splits_every_replica_alike_and_promotes_or_abo
     assert_eq!(r.status(), 409, "a second rollout while the fleet's runs");
     let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("fleet's rollout"), "{msg}");
+    // A fleet flip would be undone by the rollout: refused while it runs.
+    let r = reps[2].admin(Method::POST, "/admin/flip", None).await;
+    assert_eq!(r.status(), 409);
+    let msg = r.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("promote or abort it there first"), "{msg}");
     // Each key is served by the same version on every replica; about 30% of keys by the canary.
     let http = reqwest::Client::new();
     let mut canary = 0;
@@ -82,6 +87,7 @@ async fn a_rollout_on_one_replica_splits_every_replica_alike_and_promotes_or_abo
     wait_live(&reps, "green").await;
     wait_split(&reps, None).await;
     // A rollout back to blue from another replica, aborted: all traffic back to green everywhere.
+    reps[1].wait_slot("blue", "ready").await; // drained after the flip
     let id2 =
         start(&reps[1], fast("blue", json!({"steps": [50, 100], "step_interval_s": 3600, "shadow_rate": 0}))).await;
     wait_split(&reps, Some(5000)).await;
