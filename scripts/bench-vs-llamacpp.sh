@@ -12,11 +12,20 @@ cargo build --release --quiet
 
 wait_ready() { for _ in $(seq 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.2; done; echo "not ready: $1" >&2; return 1; }
 
+# The same client for both servers: `teal bench serve`, a different seeded prompt per request (no prefix cache
+# helps either server), pooled connections that the peer closed retried once on a fresh one and counted.
+run_bench() { # label url
+  ./target/release/teal bench serve --url "$2" --model smollm2 --concurrency 1,8 --requests 64 \
+    --input-len 128 --output-len 128 --json "bench-out/$1.json"
+  ./target/release/teal bench serve --url "$2" --model smollm2 --concurrency 1 --requests 16 \
+    --input-len 512 --output-len 1 --json "bench-out/$1-prefill.json"
+}
+
 run_teal() { # label dtype
   ./target/release/teal serve --model models/smollm2 --port 18181 --dtype "$2" --threads "$THREADS" > "bench-out/$1.log" 2>&1 &
   local pid=$!
   wait_ready http://127.0.0.1:18181/health/ready
-  python3 scripts/bench_serving.py --url http://127.0.0.1:18181 --model smollm2 --label "$1" --json "bench-out/$1.json"
+  run_bench "$1" http://127.0.0.1:18181
   kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -26,7 +35,7 @@ if [ -n "${LLAMA_SERVER:-}" ]; then
   "$LLAMA_SERVER" -m "$GGUF" -t "$THREADS" --port 18182 -c 16384 -np 16 --alias smollm2 > bench-out/llama-server.log 2>&1 &
   pid=$!
   wait_ready http://127.0.0.1:18182/health
-  python3 scripts/bench_serving.py --url http://127.0.0.1:18182 --model smollm2 --label llama-server-q4_1 --json bench-out/llama-server-q4_1.json
+  run_bench llama-server-q4_1 http://127.0.0.1:18182
   kill $pid; wait $pid 2>/dev/null || true
 fi
 

@@ -19,6 +19,9 @@ pub struct Record {
     pub error: Option<String>,
     /// `x-teal-slot`, when the server sends it.
     pub slot: Option<String>,
+    /// The first attempt got no response (a pooled keep-alive connection the server had closed): sent again,
+    /// once, on a fresh connection.
+    pub retried: bool,
 }
 
 impl Record {
@@ -38,6 +41,7 @@ impl Record {
             output_tokens: 0,
             error: Some(error),
             slot: None,
+            retried: false,
         }
     }
 }
@@ -52,13 +56,43 @@ pub struct RequestSpec {
     pub ignore_eos: bool,
 }
 
-/// A prompt of about `tokens` tokens: common English words, each one token in the usual BPE vocabularies.
-pub fn synthetic_prompt(tokens: usize, salt: usize) -> String {
-    const WORDS: [&str; 16] = [
-        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "the", "sun", "rises", "in",
-        "the", "east",
-    ];
-    (0..tokens.max(1)).map(|i| WORDS[(i + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+/// Words of one token each in the usual BPE and SentencePiece vocabularies.
+const WORDS: [&str; 64] = [
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "sun", "rises", "in", "east", "and",
+    "river", "runs", "to", "sea", "old", "man", "reads", "book", "by", "fire", "small", "cat", "sleeps", "on", "warm",
+    "mat", "bird", "sings", "tree", "green", "hill", "under", "blue", "sky", "child", "plays", "with", "red", "ball",
+    "near", "house", "door", "open", "wind", "cold", "night", "moon", "light", "star", "far", "away", "ship", "sails",
+    "home", "long", "road", "ends", "at", "town",
+];
+
+/// The prompt of request `i`: about `tokens` words, the first `shared` of them the same for every request of a
+/// run (a shared prefix on purpose), the rest drawn at random per request, seeded by `seed` and `i`, so that no
+/// server's prefix cache makes requests cheaper than they are unless asked to.
+pub fn synthetic_prompt(tokens: usize, shared: usize, seed: u64, i: usize) -> String {
+    use rand::{Rng, SeedableRng};
+    let tokens = tokens.max(1);
+    let shared = shared.min(tokens);
+    let mut common = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5a7e_d000);
+    let mut own =
+        rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 + 1));
+    let word = |r: &mut rand::rngs::StdRng| WORDS[r.random_range(0..WORDS.len())];
+    let mut out: Vec<&str> = (0..shared).map(|_| word(&mut common)).collect();
+    out.extend((shared..tokens).map(|_| word(&mut own)));
+    out.join(" ")
+}
+
+/// Sends `body`; when no response comes at all (most often a keep-alive connection the server closed while it sat
+/// in the pool), sends it once more on a fresh connection. The response, and whether it was the second try.
+async fn send(http: &reqwest::Client, url: &str, body: &Value) -> Result<(reqwest::Response, bool), reqwest::Error> {
+    match http.post(url).json(body).send().await {
+        Ok(r) => Ok((r, false)),
+        Err(_) => fresh_client().post(url).json(body).send().await.map(|r| (r, true)),
+    }
+}
+
+/// A client that opens a new connection for its request (none is kept idle).
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(0).build().unwrap_or_default()
 }
 
 /// Times `texts` tokens that arrived together at `arrived`: the first token ever sets the TTFT; the gap since the
@@ -87,18 +121,34 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
     let start = (t0 - run_start).as_secs_f64();
     let body = json!({"model": spec.model, "prompt": spec.prompt, "max_tokens": spec.max_tokens, "stream": true,
                       "temperature": 0, "ignore_eos": spec.ignore_eos, "stream_options": {"include_usage": true}});
-    let resp = match http.post(format!("{}/v1/completions", spec.url)).json(&body).send().await {
+    let (resp, retried) = match send(http, &format!("{}/v1/completions", spec.url), &body).await {
         Ok(r) => r,
-        Err(e) => return Record::failed(start, t0.elapsed().as_secs_f64(), format!("connect: {e}")),
+        Err(e) => {
+            return Record {
+                retried: true,
+                ..Record::failed(start, t0.elapsed().as_secs_f64(), format!("connect: {e}"))
+            }
+        }
     };
     let status = resp.status();
     let slot = resp.headers().get("x-teal-slot").and_then(|v| v.to_str().ok()).map(String::from);
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
-        return Record::failed(start, t0.elapsed().as_secs_f64(), format!("HTTP {status}: {}", text.trim()));
+        let mut rec = Record::failed(start, t0.elapsed().as_secs_f64(), format!("HTTP {status}: {}", text.trim()));
+        rec.retried = retried;
+        return rec;
     }
-    let mut rec =
-        Record { start, ttft: 0.0, itl: vec![], e2e: 0.0, prompt_tokens: 0, output_tokens: 0, error: None, slot };
+    let mut rec = Record {
+        start,
+        ttft: 0.0,
+        itl: vec![],
+        e2e: 0.0,
+        prompt_tokens: 0,
+        output_tokens: 0,
+        error: None,
+        slot,
+        retried,
+    };
     let (mut last, mut chunks, mut done) = (None::<Instant>, 0usize, false);
     let mut stream = resp.bytes_stream();
     // Bytes, not text: a chunk may end inside a UTF-8 character.
@@ -124,14 +174,7 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
                 continue;
             }
             let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
-            if let Some(e) = v.get("error") {
-                rec.error = Some(format!("error chunk: {e}"));
-            }
-            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-                rec.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-                rec.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
-            }
-            texts += usize::from(v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()));
+            texts += usize::from(read_event(&mut rec, &v));
         }
         record_arrival(&mut rec, t0, &mut last, arrived, texts);
         chunks += texts;
@@ -147,6 +190,18 @@ pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant)
         rec.error = Some("no tokens".into());
     }
     rec
+}
+
+/// Takes one stream event's error and usage into `rec`; whether it carried text.
+fn read_event(rec: &mut Record, v: &Value) -> bool {
+    if let Some(e) = v.get("error") {
+        rec.error = Some(format!("error chunk: {e}"));
+    }
+    if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+        rec.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+        rec.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
+    }
+    v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -172,8 +227,21 @@ mod tests {
 
     #[test]
     fn prompts_have_the_asked_number_of_words() {
-        assert_eq!(synthetic_prompt(5, 0).split(' ').count(), 5);
-        assert_ne!(synthetic_prompt(5, 0), synthetic_prompt(5, 1));
+        assert_eq!(synthetic_prompt(5, 0, 0, 0).split(' ').count(), 5);
+        assert_ne!(synthetic_prompt(5, 0, 0, 0), synthetic_prompt(5, 0, 0, 1));
+        assert_eq!(synthetic_prompt(64, 0, 7, 3), synthetic_prompt(64, 0, 7, 3), "seeded");
+    }
+
+    #[test]
+    fn prompts_are_distinct_unless_a_shared_prefix_is_asked() {
+        let words = |p: String| p.split(' ').map(String::from).collect::<Vec<_>>();
+        let (a, b) = (words(synthetic_prompt(128, 0, 1, 0)), words(synthetic_prompt(128, 0, 1, 1)));
+        // Without a shared prefix, two prompts do not even start alike (one word in 64 by chance at most).
+        assert!(a.iter().zip(&b).take(4).filter(|(x, y)| x == y).count() < 4);
+        let (a, b) = (words(synthetic_prompt(128, 100, 1, 0)), words(synthetic_prompt(128, 100, 1, 1)));
+        assert_eq!(a[..100], b[..100], "the shared prefix");
+        assert_ne!(a[100..], b[100..]);
+        assert_eq!(words(synthetic_prompt(8, 100, 1, 0)).len(), 8, "a prefix longer than the prompt is the prompt");
     }
 
     #[test]
@@ -187,7 +255,36 @@ mod tests {
             output_tokens: 5,
             error: None,
             slot: None,
+            retried: false,
         };
         assert!((r.tpot().unwrap() - 0.1).abs() < 1e-12);
+    }
+
+    /// A server that closes its first connection without answering (as a server closes an idle keep-alive
+    /// connection), then answers a stream: the request is sent again once, on a fresh connection, and counted.
+    #[tokio::test]
+    async fn a_request_that_gets_no_response_is_sent_again_once_and_counted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let _ = first.read(&mut buf).await;
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut buf).await;
+            let events = "data: {\"choices\":[{\"text\":\"hi\"}]}\n\ndata: [DONE]\n\n";
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                events.len()
+            );
+            second.write_all(format!("{head}{events}").as_bytes()).await.unwrap();
+        });
+        let spec = RequestSpec { url, model: "m".into(), prompt: "p".into(), max_tokens: 1, ignore_eos: true };
+        let rec = run(&reqwest::Client::new(), &spec, Instant::now()).await;
+        assert_eq!(rec.error, None);
+        assert!(rec.retried);
+        assert_eq!(rec.output_tokens, 1);
     }
 }

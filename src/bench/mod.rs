@@ -65,8 +65,13 @@ pub struct Common {
     /// Write SVG charts into this directory
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Seed of the prompts' words and of open-loop arrivals
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Words at the start of every prompt that are the same for all requests (a shared system prompt, on
+    /// purpose); by default every prompt is different from its first word, so prefix caches do not help
+    #[arg(long, default_value_t = 0)]
+    pub shared_prefix: usize,
 }
 
 #[derive(Debug, Args)]
@@ -121,12 +126,12 @@ async fn model_name(http: &reqwest::Client, c: &Common) -> anyhow::Result<String
 
 /// The request builder for a run: a different prompt per request.
 fn spec_fn(c: &Common, model: String) -> load::SpecFn {
-    let (url, input, output, ignore_eos, seed) =
-        (c.url.clone(), c.input_len, c.output_len, !c.allow_eos, c.seed as usize);
+    let (url, input, output, ignore_eos, seed, shared) =
+        (c.url.clone(), c.input_len, c.output_len, !c.allow_eos, c.seed, c.shared_prefix);
     Arc::new(move |i| RequestSpec {
         url: url.clone(),
         model: model.clone(),
-        prompt: client::synthetic_prompt(input, seed + i),
+        prompt: client::synthetic_prompt(input, shared, seed, i),
         max_tokens: output,
         ignore_eos,
     })

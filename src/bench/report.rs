@@ -100,6 +100,9 @@ pub fn print_table(rows: &[Summary]) {
         for e in &s.error_samples {
             println!("{:<12} error: {e}", "");
         }
+        if s.retried > 0 {
+            println!("{:<12} {} requests got no response and were sent again on a fresh connection", "", s.retried);
+        }
     }
     println!("(latencies in ms)");
 }

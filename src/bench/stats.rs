@@ -43,6 +43,8 @@ pub struct Summary {
     pub label: String,
     pub requests: usize,
     pub errors: usize,
+    /// Requests sent a second time on a fresh connection (the first got no response): counted, not hidden.
+    pub retried: usize,
     pub duration_s: f64,
     pub request_throughput: f64,
     pub output_token_throughput: f64,
@@ -69,6 +71,7 @@ pub fn summarize(label: &str, records: &[Record], duration: f64) -> Summary {
         label: label.to_string(),
         requests: records.len(),
         errors: records.len() - ok.len(),
+        retried: records.iter().filter(|r| r.retried).count(),
         duration_s: duration,
         request_throughput: ok.len() as f64 / d,
         output_token_throughput: tokens as f64 / d,
@@ -94,6 +97,7 @@ mod tests {
             output_tokens: tokens,
             error: error.map(String::from),
             slot: None,
+            retried: false,
         }
     }
 

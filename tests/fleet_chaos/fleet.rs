@@ -177,22 +177,40 @@ pub async fn live_version(r: &Replica) -> Option<String> {
 
 /// Polls Redis every 2 ms until `key` satisfies `hit`; the wall-clock time it did.
 pub async fn watch_key(url: &str, key: &str, hit: impl Fn(Option<String>) -> bool) -> f64 {
-    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     let t0 = Instant::now();
+    let mut conn = None;
     loop {
-        let v: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
-        if hit(v) {
-            return now_ms();
+        if conn.is_none() {
+            conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match redis::cmd("GET").arg(key).query_async::<Option<String>>(c).await {
+                Ok(v) if hit(v.clone()) => return now_ms(),
+                Ok(_) => {}
+                Err(_) => conn = None, // restarting or loading: reconnect
+            }
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "{key} never changed as expected");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
+/// `key`'s value; None while Redis cannot answer (restarting, loading its file).
+async fn get(url: &str, key: &str) -> Option<Option<String>> {
+    let mut c = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("GET").arg(key).query_async(&mut c).await.ok()
+}
+
+/// The fleet's epoch counter (waits while Redis cannot answer).
 pub async fn epoch(url: &str) -> u64 {
-    let mut c = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let v: Option<u64> = redis::cmd("GET").arg("teal:fleet:chaos:epoch").query_async(&mut c).await.unwrap();
-    v.unwrap_or(0)
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = get(url, "teal:fleet:chaos:epoch").await {
+            return v.and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "Redis never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until no fleet operation holds the lease (a dead coordinator's lease expires by itself); how long.

@@ -63,6 +63,24 @@ impl Redis {
         );
         wait_port(self.port, "redis-server");
         self.child = Some(child);
+        self.wait_loaded();
+    }
+
+    /// Waits until redis-server answers PING with PONG (it accepts connections while it still loads its
+    /// append-only file, and answers LOADING until it has).
+    fn wait_loaded(&self) {
+        use std::io::{Read, Write};
+        for _ in 0..500 {
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut buf = [0u8; 64];
+                let answered = c.write_all(b"PING\r\n").is_ok() && c.read(&mut buf).is_ok_and(|n| n > 0);
+                if answered && buf.starts_with(b"+PONG") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on {} never finished loading", self.port);
     }
 
     /// SIGKILL: nothing is flushed beyond what the append-only file already holds.
