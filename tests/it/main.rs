@@ -1,8 +1,9 @@
 //! Every real-server and real-model test in one binary (one link instead of a dozen): each file is a module named
-//! after what it covers; `cargo test --release --test it MODULE::` runs one of them. Four tests keep their own
+//! after what it covers; `cargo test --release --test it MODULE::` runs one of them. Five tests keep their own
 //! binary: bench_accuracy (it measures time, so nothing else may load the CPU), rollout_aa (its false-alarm
-//! count is only meaningful when no other test shares the CPU with its two engines), fuzz_parsers (it installs a
-//! counting global allocator) and cuda_kernels (it needs a GPU and `--features cuda`).
+//! count is only meaningful when no other test shares the CPU with its two engines), fleet_chaos (it runs teal,
+//! redis-server and haproxy as processes and kills them), fuzz_parsers (it installs a counting global allocator)
+//! and cuda_kernels (it needs a GPU and `--features cuda`).
 
 #[path = "../common/mod.rs"]
 mod common;
