@@ -72,20 +72,24 @@ pub(super) fn end_follower(s: &Shared, why: &str) {
     }
 }
 
+/// The driver of the split this replica follows, if it follows one (a split its own rollout owns is not
+/// followed); the committed target names it.
+pub(super) fn followed_driver(s: &Shared) -> Option<String> {
+    let cur = s.lifecycle.router.split().filter(|c| s.rollouts.get(&c.rollout_id).is_none() && c.weight_bp() > 0)?;
+    let l = s.local();
+    let sp = l.last_target.as_ref()?.split.as_ref()?;
+    (sp.rollout_id == cur.rollout_id).then(|| sp.driver.clone())
+}
+
 /// The driver of the split this replica follows has left the fleet: all traffic back to the baseline here.
-pub(super) fn driver_gone(s: &Shared, members: &[String]) {
-    let router = &s.lifecycle.router;
-    let Some(cur) = router.split().filter(|c| s.rollouts.get(&c.rollout_id).is_none()) else { return };
-    let Some(t) = s.local().followed.clone() else { return };
-    if t.rollout_id != cur.rollout_id || members.contains(&t.driver) || cur.weight_bp() == 0 {
-        return;
+pub(super) fn driver_gone(s: &Shared, driver: &str) {
+    if let Some(cur) = s.lifecycle.router.split().filter(|c| s.rollouts.get(&c.rollout_id).is_none()) {
+        tracing::warn!(rollout = %cur.rollout_id, %driver, "the replica driving the fleet's rollout left; serving the baseline only");
+        cur.set_weight_bp(0);
     }
-    tracing::warn!(rollout = %t.rollout_id, driver = %t.driver, "the replica driving the fleet's rollout left; serving the baseline only");
-    cur.set_weight_bp(0);
 }
 
 fn audit(s: &Shared, t: &Target, want: &FleetSplit) {
-    s.local().followed = Some(want.clone());
     s.lifecycle.audit.record(Entry {
         action: "fleet_split",
         outcome: "ok",

@@ -64,9 +64,8 @@ struct Local {
     retry: Option<(u64, Instant)>,
     /// Whether this replica has adopted the fleet's committed state since it started (readiness waits for it).
     adopted: bool,
-    /// The committed target as last read, and the fleet-wide split this replica follows (another's rollout).
+    /// The committed target as last read.
     last_target: Option<views::Target>,
-    followed: Option<views::FleetSplit>,
     /// The rollout started here that drives the fleet's split, once the admin API asks for it.
     drive: Option<String>,
     last_contact: Option<Instant>,

@@ -64,11 +64,15 @@ pub(super) async fn run(s: Arc<Shared>) {
             }
             None => orphan(&s).await,
         }
+        // Only a replica that follows another's split asks Redis who the members are.
         if checked.elapsed() >= DRIVER_CHECK {
             checked = Instant::now();
-            if let Ok(members) = s.store.members().await {
-                let ids: Vec<String> = members.into_iter().map(|m| m.id).collect();
-                super::follow::driver_gone(&s, &ids);
+            if let Some(driver) = super::follow::followed_driver(&s) {
+                if let Ok(members) = s.store.members().await {
+                    if !members.iter().any(|m| m.id == driver) {
+                        super::follow::driver_gone(&s, &driver);
+                    }
+                }
             }
         }
     }
