@@ -31,8 +31,9 @@ fn sampling(c: &mut Criterion) {
 }
 
 fn scheduler(c: &mut Criterion) {
-    let running: Vec<SeqView> = (0..32).map(|i| SeqView { cached: 100 + i, total: 101 + i, blocks: 8 }).collect();
-    let waiting: Vec<SeqView> = (0..64).map(|i| SeqView { cached: 0, total: 50 + i, blocks: 0 }).collect();
+    let running: Vec<SeqView> =
+        (0..32).map(|i| SeqView { cached: 100 + i, total: 101 + i, blocks: 8, freeable: 8 }).collect();
+    let waiting: Vec<SeqView> = (0..64).map(|i| SeqView { cached: 0, total: 50 + i, blocks: 0, freeable: 0 }).collect();
     let lim = Limits { block_size: 16, max_seqs: 64, max_step_tokens: 512 };
     c.bench_function("scheduler_plan_32_running_64_waiting", |b| b.iter(|| plan(&running, &waiting, 300, lim)));
 }

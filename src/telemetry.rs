@@ -36,6 +36,9 @@ pub struct Metrics {
     pub waiting: IntGaugeVec,
     pub kv_usage: GaugeVec,
     pub prompt_tokens: IntCounterVec,
+    pub prefix_hit_tokens: IntCounterVec,
+    pub prefix_hit_ratio: GaugeVec,
+    pub prefix_cached_blocks: IntGaugeVec,
     pub generation_tokens: IntCounterVec,
     pub preemptions: IntCounterVec,
     pub nonfinite: IntCounterVec,
@@ -128,6 +131,19 @@ impl Metrics {
             waiting: igauge("teal_waiting_requests", "Requests queued for admission"),
             kv_usage,
             prompt_tokens: counter("teal_prompt_tokens_total", "Prompt tokens processed", &ENGINE_LABELS),
+            prefix_hit_tokens: counter(
+                "teal_prefix_cache_hit_tokens_total",
+                "Prompt tokens whose KV came from the prefix cache (not prefilled)",
+                &ENGINE_LABELS,
+            ),
+            prefix_hit_ratio: reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new("teal_prefix_cache_hit_ratio", "Prefix cache hit tokens over prompt tokens, since load"),
+                    &ENGINE_LABELS,
+                ),
+            ),
+            prefix_cached_blocks: igauge("teal_prefix_cache_blocks", "KV blocks holding a cached prefix"),
             generation_tokens: counter("teal_generation_tokens_total", "Tokens generated", &ENGINE_LABELS),
             preemptions: counter("teal_preemptions_total", "Sequences preempted for lack of KV cache", &ENGINE_LABELS),
             nonfinite: counter(
@@ -235,6 +251,8 @@ impl Metrics {
         let _ = self.batch_size.remove_label_values(&l);
         let _ = self.waiting.remove_label_values(&l);
         let _ = self.kv_usage.remove_label_values(&l);
+        let _ = self.prefix_hit_ratio.remove_label_values(&l);
+        let _ = self.prefix_cached_blocks.remove_label_values(&l);
     }
 
     /// The metrics of one engine: a model version in a slot.
@@ -250,6 +268,9 @@ impl Metrics {
             waiting: self.waiting.with_label_values(&l),
             kv_usage: self.kv_usage.with_label_values(&l),
             prompt_tokens: self.prompt_tokens.with_label_values(&l),
+            prefix_hit_tokens: self.prefix_hit_tokens.with_label_values(&l),
+            prefix_hit_ratio: self.prefix_hit_ratio.with_label_values(&l),
+            prefix_cached_blocks: self.prefix_cached_blocks.with_label_values(&l),
             generation_tokens: self.generation_tokens.with_label_values(&l),
             preemptions: self.preemptions.with_label_values(&l),
             nonfinite: self.nonfinite.with_label_values(&l),
@@ -275,6 +296,9 @@ pub struct EngineMetrics {
     pub waiting: IntGauge,
     pub kv_usage: Gauge,
     pub prompt_tokens: IntCounter,
+    pub prefix_hit_tokens: IntCounter,
+    pub prefix_hit_ratio: Gauge,
+    pub prefix_cached_blocks: IntGauge,
     pub generation_tokens: IntCounter,
     pub preemptions: IntCounter,
     pub nonfinite: IntCounter,

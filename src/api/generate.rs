@@ -47,6 +47,13 @@ pub trait Shape: Send + 'static {
     }
 }
 
+/// The whole (non-streamed) body of an endpoint.
+pub trait FullShape {
+    fn full(self, done: Collected) -> serde_json::Value;
+    /// Makes this shape answer as part of `first`'s response (its id and creation time), for `n` > 1.
+    fn join(&mut self, first: &Self);
+}
+
 /// What bounds a request's sampling parameters: the model's longest request, its vocabulary, and the server's
 /// limit on stop ids.
 pub struct Bounds {
@@ -64,6 +71,36 @@ fn range<T: PartialOrd + std::fmt::Display>(param: &'static str, v: Option<T>, l
     }
 }
 
+/// Most choices (`n`) one request may ask for: each is a full generation.
+pub const MAX_N: usize = 16;
+
+/// Most entries in `logit_bias` (OpenAI documents no limit; each costs one add per sampled token).
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// OpenAI's `logit_bias`: token ids (as JSON object keys) to a bias from -100 to 100 added to their logits.
+fn logit_bias(
+    m: Option<&serde_json::Map<String, serde_json::Value>>,
+    vocab: usize,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(m) = m else { return Ok(vec![]) };
+    let bad = |msg: String| ApiError::invalid("logit_bias", msg);
+    if m.len() > MAX_LOGIT_BIAS {
+        return Err(bad(format!("{} entries; at most {MAX_LOGIT_BIAS} are accepted", m.len())));
+    }
+    let mut out = Vec::with_capacity(m.len());
+    for (k, v) in m {
+        let id = k.parse::<u32>().ok().filter(|&id| (id as usize) < vocab).ok_or_else(|| {
+            bad(format!("key {k:?} is not a token id of this model (0 to {})", vocab.saturating_sub(1)))
+        })?;
+        let b = v
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| bad(format!("the bias of token {id} must be a number from -100 to 100, not {v}")))?;
+        out.push((id, b as f32));
+    }
+    Ok(out)
+}
+
 /// Validates the sampling fields and fits max_tokens to the context left after the prompt.
 pub fn sampling_params(
     f: SamplingFields,
@@ -78,12 +115,10 @@ pub fn sampling_params(
     range("frequency_penalty", f.frequency_penalty, -2.0, 2.0)?;
     range("min_p", f.min_p, 0.0, 1.0)?;
     range("repetition_penalty", f.repetition_penalty, f32::MIN_POSITIVE, 10.0)?;
-    if f.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+    if f.n.is_some_and(|n| !(1..=MAX_N as i64).contains(&n)) {
+        return Err(ApiError::invalid("n", format!("n must be between 1 and {}", MAX_N)));
     }
-    if f.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::invalid("logit_bias", "logit_bias is not supported"));
-    }
+    let logit_bias = logit_bias(f.logit_bias.as_ref(), bounds.vocab)?;
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -138,6 +173,7 @@ pub fn sampling_params(
         repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        logit_bias,
         logprobs,
     })
 }
@@ -151,8 +187,9 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiE
                 text.push_str(&t);
                 tokens.push(TokenOut { id, logprob });
             }
-            Event::Done { reason, prompt_tokens, completion_tokens } => {
-                return Ok(Collected { text, tokens, reason, usage: Usage::new(prompt_tokens, completion_tokens) });
+            Event::Done { reason, prompt_tokens, completion_tokens, cached_tokens } => {
+                let usage = Usage::generated(prompt_tokens, completion_tokens, cached_tokens);
+                return Ok(Collected { text, tokens, reason, usage });
             }
             Event::Error(e) => return Err(ApiError::internal(e)),
             Event::Scored(_) => {}
@@ -161,7 +198,7 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiE
     Err(ApiError::internal("engine dropped the request"))
 }
 
-fn sse_json(v: &serde_json::Value) -> SseEvent {
+pub(super) fn sse_json(v: &serde_json::Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
@@ -212,7 +249,7 @@ pub fn stream(
                         yield sse_json(&shape.delta(&text, &[TokenOut { id, logprob }]));
                     }
                 }
-                Event::Done { reason, prompt_tokens, completion_tokens } => {
+                Event::Done { reason, prompt_tokens, completion_tokens, cached_tokens } => {
                     let mut warning = None;
                     if let Some(f) = finisher.take() {
                         match f(std::mem::take(&mut full)).await {
@@ -226,7 +263,7 @@ pub fn stream(
                     }
                     yield sse_json(&shape.finish(reason));
                     if include_usage {
-                        yield sse_json(&shape.usage(Usage::new(prompt_tokens, completion_tokens)));
+                        yield sse_json(&shape.usage(Usage::generated(prompt_tokens, completion_tokens, cached_tokens)));
                     }
                     if let Some(w) = warning {
                         yield sse_json(&shape.warning(&w));
@@ -251,7 +288,7 @@ pub fn stream(
     sse_response(s)
 }
 
-fn sse_response(s: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
+pub(super) fn sse_response(s: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
     use futures::StreamExt;
     Sse::new(s.map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response()
 }
@@ -303,7 +340,8 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tx.send(Event::Token { id: 1, text: "a".into(), logprob: None }).unwrap();
         tx.send(Event::Token { id: 2, text: "b".into(), logprob: None }).unwrap();
-        tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1 }).unwrap();
+        tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 2, completion_tokens: 1, cached_tokens: 0 })
+            .unwrap();
         let text = body(stream(rx, Plain, true, None, ShutdownSignal::never())).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(
@@ -312,7 +350,7 @@ mod tests {
                 r#"{"text":"a"}"#,
                 r#"{"text":"b"}"#,
                 r#"{"finish":"stop"}"#,
-                r#"{"usage":{"completion_tokens":1,"prompt_tokens":2,"total_tokens":3}}"#,
+                r#"{"usage":{"completion_tokens":1,"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":0},"total_tokens":3}}"#,
                 "[DONE]"
             ]
         );

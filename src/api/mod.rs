@@ -9,6 +9,7 @@
 pub mod admin;
 mod admin_state;
 pub mod body;
+mod choices;
 mod embeddings;
 pub mod error;
 mod fleet_admin;
@@ -23,6 +24,7 @@ mod rollout_admin;
 mod rollout_tap;
 pub mod sessions;
 mod shadow;
+mod unsupported;
 
 use crate::lifecycle::ControllerHealth;
 use crate::net::shutdown::ShutdownSignal;

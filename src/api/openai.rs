@@ -6,10 +6,10 @@
 
 use super::body::RequestId;
 use super::error::ApiError;
-use super::generate::{self, Collected, Shape, TokenOut};
+use super::generate::{self, Collected, FullShape, Shape, TokenOut};
 use super::openai_types::*;
 use super::shadow::ShadowPrompt;
-use super::{prompt, rollout_tap, sessions, AppState, JsonBody};
+use super::{choices, prompt, rollout_tap, sessions, unsupported, AppState, JsonBody};
 
 /// Most messages in one chat request.
 const MAX_MESSAGES: usize = 4096;
@@ -58,6 +58,36 @@ async fn respond(
     Ok(resp)
 }
 
+/// Finishes a generation with `n` > 1 choices (no session: nothing is stored).
+async fn respond_choices<S: Shape + FullShape>(
+    state: &AppState,
+    served: super::ServedBy,
+    rxs: Vec<tokio::sync::mpsc::UnboundedReceiver<crate::engine::request::Event>>,
+    shapes: Vec<S>,
+    stream: Option<bool>,
+) -> Result<Response, ApiError> {
+    let mut resp = match stream {
+        Some(include_usage) => choices::stream(rxs, shapes, include_usage, state.shutdown.clone()),
+        None => Json(choices::full(rxs, shapes).await?).into_response(),
+    };
+    resp.extensions_mut().insert(served);
+    Ok(resp)
+}
+
+/// `n` shapes answering as one response, the first holding `lease`, the others their own lease on its slot.
+fn shapes_for<S: FullShape>(n: usize, lease: SlotLease, make: impl Fn(SlotLease) -> S) -> Vec<S> {
+    let others: Vec<SlotLease> = (1..n).map(|_| lease.resident().lease()).collect();
+    let first = make(lease);
+    let mut rest: Vec<S> = others.into_iter().map(&make).collect();
+    rest.iter_mut().for_each(|s| s.join(&first));
+    std::iter::once(first).chain(rest).collect()
+}
+
+/// The `n` a request asks for (validated with the other sampling fields).
+fn choices_of(f: &SamplingFields) -> usize {
+    f.n.unwrap_or(1).clamp(1, generate::MAX_N as i64) as usize
+}
+
 /// What bounds this engine's sampling parameters.
 fn bounds(state: &AppState, engine: &Engine) -> generate::Bounds {
     generate::Bounds {
@@ -72,13 +102,9 @@ fn replayed(text: String) -> tokio::sync::mpsc::UnboundedReceiver<crate::engine:
     use crate::engine::request::Event;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let _ = tx.send(Event::Token { id: 0, text, logprob: None });
-    let _ = tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 0, completion_tokens: 0 });
+    let _ =
+        tx.send(Event::Done { reason: FinishReason::Stop, prompt_tokens: 0, completion_tokens: 0, cached_tokens: 0 });
     rx
-}
-
-/// The whole (non-streamed) body of an endpoint.
-trait FullShape {
-    fn full(self, done: Collected) -> Value;
 }
 
 fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
@@ -116,6 +142,7 @@ pub async fn chat(
     let arrived = std::time::Instant::now();
     let requested = sessions::requested(&headers, req.session_id.take(), req.session)?;
     check_model(&state, &req.model)?;
+    unsupported::refuse_tools(&req)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -210,6 +237,10 @@ async fn chat_on(
         tracing::info!(messages = ?messages, "chat request");
     }
     let replay = observed.map(|_| messages.clone());
+    let n = choices_of(&sampling);
+    if n > 1 && session.is_some() {
+        return Err(ApiError::invalid("n", "a session stores one answer per turn: n must be 1"));
+    }
     let prompt = prompt::chat_tokens(state, engine, messages).await.map_err(|e| with_history_note(e, stored))?;
     let mut params = generate::sampling_params(sampling, top, prompt.len(), &bounds(state, engine))
         .map_err(|e| with_history_note(e, stored))?;
@@ -217,11 +248,17 @@ async fn chat_on(
         (Some(o), Some(m)) => o.shadow(state, engine.queued(), &mut params, ShadowPrompt::Chat(m), &prompt),
         _ => None,
     };
-    let mut rx = engine.submit(prompt, params)?;
+    let mut rxs = choices::submit(engine, prompt, params, n).await?;
+    let mut rx = rxs.remove(0);
     if let Some(o) = observed {
         rx = o.tap(rx, shadow);
     }
     let served = super::ServedBy::of(&lease);
+    if n > 1 {
+        let (name, logprobs) = (state.served_name(&lease), top.is_some());
+        let shapes = shapes_for(n, lease, |l| ChatShape::new(name.clone(), l, model.clone(), logprobs));
+        return respond_choices(state, served, std::iter::once(rx).chain(rxs).collect(), shapes, stream).await;
+    }
     let finisher = session.as_ref().map(|s| {
         let (state, active, hold) = (state.clone(), s.clone_for_store(), lease.resident().lease());
         let finish: generate::Finisher = Box::new(move |text: String| {
@@ -299,6 +336,10 @@ impl ChatShape {
 }
 
 impl FullShape for ChatShape {
+    fn join(&mut self, first: &Self) {
+        (self.id, self.created) = (first.id.clone(), first.created);
+    }
+
     fn full(self, done: Collected) -> Value {
         let logprobs = self.logprobs.then(|| chat_logprobs(&self.llm.tokenizer, &done.tokens));
         json!({"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
@@ -338,9 +379,10 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
     check_model(&state, &req.model)?;
-    if req.echo {
-        return Err(ApiError::invalid("echo", "echo is not supported"));
+    if req.echo && req.logprobs.is_some() {
+        return Err(ApiError::invalid("echo", "echo together with logprobs is not supported"));
     }
+    unsupported::refuse_constrained(req.response_format.as_ref())?;
     if req.suffix.is_some() {
         return Err(ApiError::invalid("suffix", "suffix is not supported"));
     }
@@ -381,28 +423,46 @@ async fn completion_on(
     let engine = llm(&lease, "/v1/completions")?;
     let model = engine.model().clone();
     let replay = observed.map(|_| req.prompt.clone());
+    let echo_text = match (&req.prompt, req.echo) {
+        (Prompt::Text(t), true) => Some(t.clone()),
+        (Prompt::Texts(v), true) => v.first().cloned(),
+        _ => None,
+    };
     let prompt = prompt::completion_tokens(state, engine, req.prompt).await?;
+    let echo = match (req.echo, echo_text) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t),
+        (true, None) => Some(model.tokenizer.decode(&prompt)?),
+    };
+    let n = choices_of(&req.sampling);
     let mut params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(state, engine))?;
     let shadow = match (observed, replay) {
         (Some(o), Some(p)) => o.shadow(state, engine.queued(), &mut params, ShadowPrompt::Completion(p), &prompt),
         _ => None,
     };
-    let mut rx = engine.submit(prompt, params)?;
+    let mut rxs = choices::submit(engine, prompt, params, n).await?;
+    let mut rx = rxs.remove(0);
     if let Some(o) = observed {
         rx = o.tap(rx, shadow);
     }
     let served = super::ServedBy::of(&lease);
-    let shape = CompletionShape {
+    let name = state.served_name(&lease);
+    let shape = |l: SlotLease| CompletionShape {
         id: generate::new_id("cmpl"),
         created: generate::unix_now(),
-        model: state.served_name(&lease),
-        _lease: lease,
-        llm: model,
+        model: name.clone(),
+        _lease: l,
+        llm: model.clone(),
         logprobs: top.is_some(),
         offset: 0,
+        echo: echo.clone(),
     };
     let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    respond(state, served, rx, shape, stream, None).await
+    if n > 1 {
+        let shapes = shapes_for(n, lease, shape);
+        return respond_choices(state, served, std::iter::once(rx).chain(rxs).collect(), shapes, stream).await;
+    }
+    respond(state, served, rx, shape(lease), stream, None).await
 }
 
 struct CompletionShape {
@@ -415,6 +475,8 @@ struct CompletionShape {
     logprobs: bool,
     /// Bytes of text sent so far (text_offset of the next token).
     offset: usize,
+    /// `echo`: the prompt, sent before the completion.
+    echo: Option<String>,
 }
 
 impl CompletionShape {
@@ -443,16 +505,26 @@ impl CompletionShape {
 }
 
 impl FullShape for CompletionShape {
+    fn join(&mut self, first: &Self) {
+        (self.id, self.created) = (first.id.clone(), first.created);
+    }
+
     fn full(mut self, done: Collected) -> Value {
         let lp = self.logprobs(&done.tokens);
+        let text = self.echo.take().unwrap_or_default() + &done.text;
         self.chunk(
-            json!([{"index": 0, "text": done.text, "logprobs": lp, "finish_reason": done.reason.as_str()}]),
+            json!([{"index": 0, "text": text, "logprobs": lp, "finish_reason": done.reason.as_str()}]),
             Some(done.usage),
         )
     }
 }
 
 impl Shape for CompletionShape {
+    fn start(&mut self) -> Option<Value> {
+        let echo = self.echo.take()?;
+        Some(self.chunk(json!([{"index": 0, "text": echo, "logprobs": null, "finish_reason": null}]), None))
+    }
+
     fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> Value {
         let lp = self.logprobs(tokens);
         self.chunk(json!([{"index": 0, "text": text, "logprobs": lp, "finish_reason": null}]), None)

@@ -85,6 +85,12 @@ pub struct ChatCompletionRequest {
     /// teal sessions: with no id, `true` starts a new session and returns its id.
     #[serde(default)]
     pub session: bool,
+    /// Read only to refuse them: tool calling and structured output are not supported yet.
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -110,6 +116,8 @@ pub struct CompletionRequest {
     pub echo: bool,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
+    /// An extension (as vLLM accepts it); read only to refuse anything but text.
+    pub response_format: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -119,11 +127,32 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// OpenAI's breakdown of the prompt tokens: how many came from the prefix cache.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl Usage {
     pub fn new(prompt: usize, completion: usize) -> Self {
-        Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: None,
+        }
+    }
+
+    /// The usage of a generation, with its prefix cache hits.
+    pub fn generated(prompt: usize, completion: usize, cached: usize) -> Self {
+        Usage {
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: cached }),
+            ..Usage::new(prompt, completion)
+        }
     }
 }
 

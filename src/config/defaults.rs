@@ -29,6 +29,7 @@ pub fn defaults() -> ServeArgs {
         max_batch_size: Some(e.max_batch_size),
         max_step_tokens: Some(e.max_step_tokens),
         max_queue: Some(e.max_queue),
+        no_prefix_cache: Some(!e.prefix_cache),
         block_size: Some(e.block_size),
         max_body_bytes: Some(l.max_body_bytes),
         shutdown_timeout: Some(30),

@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Most new tokens per engine step; longer prompts are prefilled in chunks
     #[arg(long, env = "TEAL_MAX_STEP_TOKENS")]
     pub max_step_tokens: Option<usize>,
+    /// Turn off prefix caching (on by default: full KV blocks of finished requests are kept and reused by
+    /// later prompts that start with the same tokens, per slot)
+    #[arg(long, env = "TEAL_NO_PREFIX_CACHE", num_args = 0..=1, default_missing_value = "true")]
+    pub no_prefix_cache: Option<bool>,
     /// Most requests waiting for a place in the batch; more get 429
     #[arg(long, env = "TEAL_MAX_QUEUE")]
     pub max_queue: Option<usize>,
@@ -276,6 +280,7 @@ impl ServeArgs {
             max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),
             max_step_tokens: self.max_step_tokens.unwrap_or(d.max_step_tokens),
             max_queue: self.max_queue.unwrap_or(d.max_queue),
+            prefix_cache: !self.no_prefix_cache.unwrap_or(!d.prefix_cache),
         };
         if engine.block_size == 0 || engine.max_batch_size == 0 || engine.max_step_tokens == 0 {
             return Err(TealError::Config("block size, batch size and step tokens must be positive".into()));
@@ -492,7 +497,7 @@ mod tests {
         }
         let sample = |id: &str| match id {
             "memory_budget" => "[\"cpu=1GiB\"]".to_string(),
-            "session_fail_open" | "log_prompts" => "true".into(),
+            "session_fail_open" | "log_prompts" | "no_prefix_cache" => "true".into(),
             "batch_delay_ms" | "body_timeout" | "header_timeout" | "write_timeout" => "1.5".into(),
             "model" | "blue" | "green" | "state_dir" | "models_dir" | "admin_token_file" => "\"/x\"".into(),
             "host" | "admin_host" | "device" | "blue_device" | "green_device" | "dtype" | "served_model_name"

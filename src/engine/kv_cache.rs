@@ -1,109 +1,11 @@
 //! The KV cache pool: per-layer key and value tensors preallocated at load (`max_total_tokens` slots), handed
-//! out to sequences in fixed-size blocks. A sequence's `BlockTable` returns its blocks when dropped, so a
-//! finished, cancelled or preempted sequence can never leak cache.
+//! out to sequences in fixed-size blocks by a `BlockAllocator` (blocks.rs: free blocks, the tables sequences
+//! hold, the prefix cache).
 
+pub use super::blocks::{BlockAllocator, BlockTable};
 use crate::error::Result;
 use crate::models::llama::KvView;
 use candle_core::{DType, Device, Tensor};
-use std::sync::{Arc, Mutex};
-
-/// Free-list of block ids, shared by the pool and every live `BlockTable`.
-#[derive(Debug)]
-struct FreeList {
-    free: Vec<u32>,
-}
-
-#[derive(Debug, Clone)]
-pub struct BlockAllocator {
-    free: Arc<Mutex<FreeList>>,
-    total: usize,
-    pub block_size: usize,
-}
-
-impl BlockAllocator {
-    pub fn new(num_blocks: usize, block_size: usize) -> Self {
-        // Reverse so blocks are handed out in ascending order (easier to read in tests and dumps).
-        let free = (0..num_blocks as u32).rev().collect();
-        BlockAllocator { free: Arc::new(Mutex::new(FreeList { free })), total: num_blocks, block_size }
-    }
-
-    pub fn total_blocks(&self) -> usize {
-        self.total
-    }
-
-    pub fn free_blocks(&self) -> usize {
-        self.lock().free.len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, FreeList> {
-        // The free list is a plain Vec: a panic elsewhere cannot leave it inconsistent, so poisoning is ignored.
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Blocks needed to hold `tokens` positions.
-    pub fn blocks_for(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.block_size)
-    }
-
-    /// An empty table bound to this pool.
-    pub fn table(&self) -> BlockTable {
-        BlockTable { ids: vec![], alloc: self.clone() }
-    }
-}
-
-/// The blocks one sequence holds, in position order. Dropping it frees them.
-#[derive(Debug)]
-pub struct BlockTable {
-    ids: Vec<u32>,
-    alloc: BlockAllocator,
-}
-
-impl BlockTable {
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// Grows the table to hold `tokens` positions; false (and nothing taken) if the pool is short.
-    pub fn reserve(&mut self, tokens: usize) -> bool {
-        let need = self.alloc.blocks_for(tokens).saturating_sub(self.ids.len());
-        if need == 0 {
-            return true;
-        }
-        let mut fl = self.alloc.lock();
-        if fl.free.len() < need {
-            return false;
-        }
-        let at = fl.free.len() - need;
-        self.ids.extend(fl.free.drain(at..).rev());
-        true
-    }
-
-    /// The pool slot of position `pos`.
-    pub fn slot(&self, pos: usize) -> u32 {
-        let bs = self.alloc.block_size;
-        self.ids[pos / bs] * bs as u32 + (pos % bs) as u32
-    }
-
-    pub fn release(&mut self) {
-        if !self.ids.is_empty() {
-            self.alloc.lock().free.append(&mut self.ids);
-        }
-    }
-}
-
-impl Drop for BlockTable {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
 
 /// Slots of a pool for `max_tokens` tokens: whole blocks, rounded up.
 pub fn pool_slots(max_tokens: usize, block_size: usize) -> usize {
@@ -151,7 +53,13 @@ impl KvPool {
             k.push(mk()?);
             v.push(mk()?);
         }
-        Ok(KvPool { k, v, alloc: BlockAllocator::new(num_blocks, block_size) })
+        Ok(KvPool { k, v, alloc: BlockAllocator::new(num_blocks, block_size, false) })
+    }
+
+    /// Turns the prefix cache on or off (off after `new`). Call before any block is handed out.
+    pub fn with_prefix_cache(mut self, on: bool) -> Self {
+        self.alloc = BlockAllocator::new(self.alloc.total_blocks(), self.alloc.block_size, on);
+        self
     }
 
     pub fn bytes(&self) -> usize {
@@ -170,28 +78,5 @@ impl KvPool {
 impl KvView for KvPool {
     fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
         (&self.k[i], &self.v[i])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_reserve_and_free_on_drop() {
-        let a = BlockAllocator::new(4, 16);
-        let mut t1 = a.table();
-        assert!(t1.reserve(17));
-        assert_eq!(t1.ids(), &[0, 1]);
-        assert_eq!(t1.slot(17), 17);
-        let mut t2 = a.table();
-        assert!(!t2.reserve(49), "needs 4 blocks, only 2 free");
-        assert_eq!(a.free_blocks(), 2, "a failed reserve takes nothing");
-        assert!(t2.reserve(32));
-        assert_eq!(a.free_blocks(), 0);
-        drop(t1);
-        assert_eq!(a.free_blocks(), 2);
-        drop(t2);
-        assert_eq!(a.free_blocks(), 4);
     }
 }

@@ -2,6 +2,7 @@
 //! continuous batching over a preallocated paged KV pool. Each engine owns its model, pool and device, so two
 //! engines (blue and green) can live in one process.
 
+pub mod blocks;
 pub mod kv_cache;
 pub mod request;
 pub mod sampling;
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub max_step_tokens: usize,
     /// Most requests waiting for admission; past it, `submit` refuses (HTTP 429).
     pub max_queue: usize,
+    /// Keep full KV blocks after a request and reuse them for prompts that share the prefix (blocks.rs).
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +45,7 @@ impl Default for EngineConfig {
             max_batch_size: 32,
             max_step_tokens: 512,
             max_queue: 256,
+            prefix_cache: true,
         }
     }
 }
@@ -86,7 +90,8 @@ impl Engine {
             config.max_total_tokens,
             config.block_size,
             model.llama.device(),
-        )?;
+        )?
+        .with_prefix_cache(config.prefix_cache);
         let (kv_capacity, kv_bytes) = (pool.capacity_tokens(), pool.bytes());
         let (tx, rx) = std::sync::mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));

@@ -25,6 +25,8 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// `Some(n)`: report the chosen token's logprob and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// OpenAI's logit_bias: added to these tokens' logits before penalties and sampling (ids in the vocabulary).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -43,6 +45,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logprobs: None,
+            logit_bias: vec![],
         }
     }
 }
@@ -97,8 +100,9 @@ pub enum Event {
     /// One generated token and the text it completed (may be empty: held back or an incomplete character;
     /// the last token before `Done` carries everything held back).
     Token { id: u32, text: String, logprob: Option<TokenLogprob> },
-    /// The end (all text was sent in the tokens before it): why it ended and the token counts.
-    Done { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The end (all text was sent in the tokens before it): why it ended and the token counts
+    /// (`cached_tokens`: prompt tokens whose KV came from the prefix cache).
+    Done { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize },
     /// A scoring request's result, one entry per scored token; `Done` follows.
     Scored(Vec<PositionScore>),
     /// The engine failed this request (the message is safe to show).

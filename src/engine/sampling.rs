@@ -29,6 +29,11 @@ impl Sampler {
         output_start: usize,
     ) -> (u32, Option<TokenLogprob>) {
         let logprobs = params.logprobs.map(|_| log_softmax(logits));
+        for &(id, bias) in &params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         apply_penalties(logits, params, context, output_start);
         let id = if params.temperature <= 0.0 || params.top_k == 1 {
             argmax(logits)

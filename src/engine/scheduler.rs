@@ -11,12 +11,16 @@
 /// What the scheduler needs to know about one sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqView {
-    /// Positions already in the KV cache.
+    /// Positions already in the KV cache; for a waiting sequence, the prefix the prefix cache holds for it.
     pub cached: usize,
     /// Positions known (prompt plus generated tokens).
     pub total: usize,
-    /// Blocks held now.
+    /// Blocks held now; for a waiting sequence, the blocks of its cached prefix that running sequences hold
+    /// (reusing them takes nothing from the free blocks).
     pub blocks: usize,
+    /// Of `blocks`, those no other sequence holds: what preempting this one gives back (a prefix shared with
+    /// others stays held).
+    pub freeable: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,11 +73,11 @@ pub fn plan(running: &[SeqView], waiting: &[SeqView], free_blocks: usize, lim: L
         while need > free && alive.len() > i + 1 {
             let victim = alive.pop().unwrap_or_default();
             decisions[victim] = Decision::Preempt;
-            free += running[victim].blocks;
+            free += running[victim].freeable;
         }
         if need > free {
             decisions[alive[i]] = Decision::Preempt;
-            free += s.blocks;
+            free += s.freeable;
             alive.remove(i);
             continue;
         }
@@ -88,11 +92,11 @@ pub fn plan(running: &[SeqView], waiting: &[SeqView], free_blocks: usize, lim: L
             break;
         }
         // The whole prompt plus the first generated token, so an admitted prefill never stalls half-way.
-        let need = blocks_for(w.total + 1, bs);
+        let need = blocks_for(w.total + 1, bs).saturating_sub(w.blocks);
         if need > free {
             break;
         }
-        let n = w.total.min(budget);
+        let n = w.total.saturating_sub(w.cached).min(budget);
         free -= need;
         budget -= n;
         admit.push(n);
@@ -108,10 +112,11 @@ mod tests {
     const LIM: Limits = Limits { block_size: 4, max_seqs: 8, max_step_tokens: 64 };
 
     fn decoding(len: usize) -> SeqView {
-        SeqView { cached: len - 1, total: len, blocks: (len - 1).div_ceil(4).max(1) }
+        let blocks = (len - 1).div_ceil(4).max(1);
+        SeqView { cached: len - 1, total: len, blocks, freeable: blocks }
     }
     fn waiting(len: usize) -> SeqView {
-        SeqView { cached: 0, total: len, blocks: 0 }
+        SeqView { cached: 0, total: len, blocks: 0, freeable: 0 }
     }
 
     #[test]
@@ -119,6 +124,15 @@ mod tests {
         let p = plan(&[decoding(5), decoding(9)], &[waiting(10), waiting(3)], 10, LIM);
         assert_eq!(p.running, vec![Run(1), Run(1)]);
         assert_eq!(p.admit, vec![10, 3]);
+    }
+
+    #[test]
+    fn a_cached_prefix_shortens_the_prefill_and_shared_blocks_cost_nothing() {
+        // 20 tokens, 16 cached (4 blocks, 3 of them held by running sequences): 4 to run; 6 blocks for 21
+        // positions, 3 already held elsewhere, so 3 must be free.
+        let w = SeqView { cached: 16, total: 20, blocks: 3, freeable: 0 };
+        assert_eq!(plan(&[], &[w], 3, LIM).admit, vec![4]);
+        assert!(plan(&[], &[w], 2, LIM).admit.is_empty());
     }
 
     #[test]
@@ -140,7 +154,7 @@ mod tests {
 
     #[test]
     fn chunked_prefill_continues_without_new_blocks() {
-        let s = SeqView { cached: 16, total: 40, blocks: 11 };
+        let s = SeqView { cached: 16, total: 40, blocks: 11, freeable: 11 };
         let lim = Limits { max_step_tokens: 16, ..LIM };
         let p = plan(&[s], &[], 0, lim);
         assert_eq!(p.running, vec![Run(16)]);
@@ -149,23 +163,33 @@ mod tests {
     #[test]
     fn preempts_newest_to_grow_oldest() {
         // Both at a block boundary: each needs one new block; none free.
-        let a = SeqView { cached: 8, total: 9, blocks: 2 };
-        let b = SeqView { cached: 4, total: 5, blocks: 1 };
+        let a = SeqView { cached: 8, total: 9, blocks: 2, freeable: 2 };
+        let b = SeqView { cached: 4, total: 5, blocks: 1, freeable: 1 };
         let p = plan(&[a, b], &[], 0, LIM);
         assert_eq!(p.running, vec![Run(1), Preempt]);
     }
 
     #[test]
+    fn preempting_a_sequence_frees_only_the_blocks_it_holds_alone() {
+        // b shares both its blocks with a: preempting it frees nothing, so a cannot grow either.
+        let a = SeqView { cached: 8, total: 9, blocks: 2, freeable: 0 };
+        let b = SeqView { cached: 8, total: 9, blocks: 2, freeable: 0 };
+        let p = plan(&[a, b], &[waiting(1)], 0, LIM);
+        assert_eq!(p.running, vec![Preempt, Preempt]);
+        assert!(p.admit.is_empty());
+    }
+
+    #[test]
     fn a_lone_sequence_that_cannot_grow_is_preempted() {
-        let a = SeqView { cached: 8, total: 9, blocks: 2 };
+        let a = SeqView { cached: 8, total: 9, blocks: 2, freeable: 2 };
         let p = plan(&[a], &[], 0, LIM);
         assert_eq!(p.running, vec![Preempt]);
     }
 
     #[test]
     fn preempted_blocks_do_not_admit_new_work_past_them() {
-        let a = SeqView { cached: 8, total: 9, blocks: 2 };
-        let b = SeqView { cached: 4, total: 5, blocks: 1 };
+        let a = SeqView { cached: 8, total: 9, blocks: 2, freeable: 2 };
+        let b = SeqView { cached: 4, total: 5, blocks: 1, freeable: 1 };
         let p = plan(&[a, b], &[waiting(1)], 0, LIM);
         // b's freed block went to a; nothing is left for the newcomer.
         assert_eq!(p.running, vec![Run(1), Preempt]);

@@ -15,6 +15,8 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Positions whose keys and values are in the KV pool.
     pub cached: usize,
+    /// Prompt positions the prefix cache supplied when the sequence was first admitted (reported to the client).
+    pub cached_prompt: Option<usize>,
     pub blocks: BlockTable,
     pub params: SamplingParams,
     sampler: Sampler,
@@ -55,6 +57,7 @@ impl Sequence {
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
             cached: 0,
+            cached_prompt: None,
             blocks,
             sampler: Sampler::new(req.params.seed),
             params: req.params,
@@ -127,9 +130,38 @@ impl Sequence {
                 reason,
                 prompt_tokens: self.prompt_len,
                 completion_tokens: self.generated(),
+                cached_tokens: self.cached_prompt.unwrap_or_default(),
             });
         }
         Step { finished, inter_token, first_token_latency }
+    }
+
+    /// Positions the prefix cache may supply: all but the last known token (whose logits the next step needs),
+    /// and for a scoring sequence nothing from the first position whose logits score a token.
+    fn prefix_limit(&self) -> usize {
+        let last = self.tokens.len().saturating_sub(1);
+        match &self.score {
+            Some(sc) => last.min(sc.from.saturating_sub(1)),
+            None => last,
+        }
+    }
+
+    /// What the prefix cache holds for this (waiting) sequence: positions and blocks others hold.
+    pub fn peek_prefix(&mut self) -> (usize, usize) {
+        let limit = self.prefix_limit();
+        let p = self.blocks.peek_prefix(&self.tokens, limit);
+        (p.blocks * self.blocks.block_size(), p.held)
+    }
+
+    /// On admission: takes the cached prefix (nothing if the cache is off or the table holds blocks already).
+    /// Returns the positions reused.
+    pub fn adopt_prefix(&mut self) -> usize {
+        if self.cached > 0 {
+            return 0;
+        }
+        let limit = self.prefix_limit();
+        self.cached = self.blocks.adopt_prefix(&self.tokens, limit);
+        self.cached
     }
 
     /// Forgets the cache (blocks freed) so the sequence can be recomputed from its tokens later.
@@ -154,6 +186,7 @@ impl Sequence {
             reason: FinishReason::Stop,
             prompt_tokens: self.prompt_len,
             completion_tokens: 0,
+            cached_tokens: self.cached_prompt.unwrap_or_default(),
         });
     }
 }

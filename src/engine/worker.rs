@@ -100,9 +100,20 @@ impl Worker {
     }
 
     fn step(&mut self) -> Result<()> {
-        let view = |s: &Sequence| SeqView { cached: s.cached, total: s.tokens.len(), blocks: s.blocks.len() };
+        let view = |s: &Sequence| SeqView {
+            cached: s.cached,
+            total: s.tokens.len(),
+            blocks: s.blocks.len(),
+            freeable: s.blocks.exclusive(),
+        };
         let running: Vec<SeqView> = self.running.iter().map(view).collect();
-        let waiting: Vec<SeqView> = self.waiting.iter().map(|q| view(&q.seq)).collect();
+        // Only the first `max_seqs` can be admitted this step; each is seen with the prefix the cache holds.
+        let waiting: Vec<SeqView> = (self.waiting.iter_mut().take(self.limits.max_seqs))
+            .map(|q| {
+                let (cached, held) = q.seq.peek_prefix();
+                SeqView { cached, total: q.seq.tokens.len(), blocks: held, freeable: 0 }
+            })
+            .collect();
         let plan = scheduler::plan(&running, &waiting, self.pool.alloc.free_blocks(), self.limits);
         let mut batch: Vec<(Sequence, usize)> = Vec::with_capacity(running.len() + plan.admit.len());
         let mut preempted = vec![];
@@ -121,7 +132,9 @@ impl Worker {
             let Some(mut q) = self.waiting.pop_front() else {
                 break;
             };
+            let reused = q.seq.adopt_prefix();
             if !q.seq.blocks.reserve(q.seq.tokens.len() + 1) {
+                q.seq.preempt(); // gives the adopted prefix back
                 self.waiting.push_front(q);
                 break;
             }
@@ -130,17 +143,43 @@ impl Worker {
             }
             if q.seq.first_scheduled.is_none() {
                 q.seq.first_scheduled = Some(Instant::now());
+                q.seq.cached_prompt = Some(reused.min(q.seq.prompt_len));
                 if !q.seq.internal {
                     self.metrics.queue_time.observe(q.seq.arrived.elapsed().as_secs_f64());
                     self.metrics.prompt_tokens.inc_by(q.seq.prompt_len as u64);
+                    self.metrics.prefix_hit_tokens.inc_by(reused.min(q.seq.prompt_len) as u64);
                 }
             }
+            let n = n.min(q.seq.tokens.len() - q.seq.cached);
             batch.push((q.seq, n));
         }
+        let batch = self.grow(batch, &mut preempted);
         for seq in preempted.into_iter().rev() {
             self.waiting.push_front(Queued { seq, fresh: false });
         }
         self.execute(batch)
+    }
+
+    /// Grows every table to hold its step's tokens. The plan counted blocks, but a prefix shared between
+    /// sequences frees nothing when one of them is preempted: a sequence the pool cannot grow now is preempted
+    /// here (newest first) rather than failing the batch.
+    fn grow(&mut self, batch: Vec<(Sequence, usize)>, preempted: &mut Vec<Sequence>) -> Vec<(Sequence, usize)> {
+        let mut batch = batch;
+        let mut victims = vec![];
+        let mut i = 0;
+        while let Some((seq, n)) = batch.get_mut(i) {
+            if *n == 0 || seq.blocks.reserve(seq.cached + *n) {
+                i += 1;
+                continue;
+            }
+            // Take the newest sequence (the last of the batch; possibly this one) out, and try again.
+            let Some((mut victim, _)) = batch.pop() else { break };
+            victim.preempt();
+            self.metrics.preemptions.inc();
+            victims.insert(0, victim);
+        }
+        preempted.extend(victims);
+        batch
     }
 
     /// Runs the forward pass for the scheduled tokens and samples where a sequence reached its end (or scores
@@ -187,6 +226,7 @@ impl Worker {
         };
         for (seq, n) in batch.iter_mut() {
             seq.cached += *n;
+            seq.blocks.publish(&seq.tokens, seq.cached);
         }
         let mut finished = vec![false; batch.len()];
         for (mut row, use_) in logits.into_iter().zip(uses) {
@@ -244,6 +284,11 @@ impl Worker {
         self.metrics.running_requests.set(self.running.len() as i64);
         self.metrics.waiting.set(self.waiting.len() as i64);
         self.metrics.kv_usage.set(self.pool.usage());
+        self.metrics.prefix_cached_blocks.set(self.pool.alloc.cached_blocks() as i64);
+        let prompt = self.metrics.prompt_tokens.get();
+        if prompt > 0 {
+            self.metrics.prefix_hit_ratio.set(self.metrics.prefix_hit_tokens.get() as f64 / prompt as f64);
+        }
     }
 }
 

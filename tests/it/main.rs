@@ -21,6 +21,8 @@ mod hostile;
 mod http_api;
 mod memory;
 mod model_loading;
+mod openai_fields;
+mod prefix_cache;
 mod process;
 mod reference_outputs;
 mod rollouts;

@@ -70,6 +70,50 @@ def seed():
     assert a.choices[0].text == b.choices[0].text
 
 
+def n_choices():
+    msgs = [{"role": "user", "content": "Once upon a time"}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=3, n=3,
+                                       extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2], r.choices
+    assert r.usage.completion_tokens == 24, r.usage
+    assert len({c.message.content for c in r.choices}) > 1, "seeded choices differ from each other"
+    texts, finishes = {}, {}
+    for chunk in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=3, n=3,
+                                                stream=True, extra_body={"ignore_eos": True}):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            finishes[c.index] = c.finish_reason or finishes.get(c.index)
+    assert [texts[i] for i in range(3)] == [c.message.content for c in r.choices], (texts, r.choices)
+    assert all(finishes[i] for i in range(3)), finishes
+    c = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, n=2)
+    assert [x.index for x in c.choices] == [0, 1] and c.choices[0].text == c.choices[1].text
+
+
+def cached_tokens_bias_and_echo():
+    prompt = "Once upon a time, there was a little girl named Lily. She liked to play outside in the sun."
+    client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+    assert r.usage.prompt_tokens_details.cached_tokens >= 16, r.usage
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, logprobs=0)
+    biased = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, logprobs=0,
+                                       logit_bias={"300": 100})
+    tokens = biased.choices[0].logprobs.tokens
+    assert len(tokens) == 3 and len(set(tokens)) == 1, tokens
+    assert plain.choices[0].logprobs.tokens != tokens, (plain.choices[0].logprobs.tokens, tokens)
+    e = client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True)
+    assert e.choices[0].text.startswith(prompt), e.choices[0].text
+
+
+def unsupported_fields_are_refused():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    for kwargs, param in [({"tools": tools}, "tools"), ({"response_format": {"type": "json_object"}}, "response_format")]:
+        try:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, **kwargs)
+            raise AssertionError(f"{param} was accepted")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == param, e.body
+
+
 def models():
     assert [m.id for m in client.models.list().data] == [MODEL]
 
@@ -97,7 +141,8 @@ def slot_headers():
 
 wait_ready()
 for name, fn in [("slot_headers", slot_headers), ("chat", chat), ("chat_stream", chat_stream), ("completion_and_logprobs", completion_and_logprobs),
-                 ("seed", seed), ("models", models), ("errors", errors)]:
+                 ("seed", seed), ("n_choices", n_choices), ("cached_tokens_bias_and_echo", cached_tokens_bias_and_echo),
+                 ("unsupported_fields_are_refused", unsupported_fields_are_refused), ("models", models), ("errors", errors)]:
     check(name, fn)
 failed = sum(1 for _, e in results if e)
 print(f"{len(results) - failed} passed, {failed} failed")

@@ -33,11 +33,21 @@ pub struct WarmupConfig {
     /// Length of the long-prefill request; default: the engine's max step tokens (one full prefill chunk),
     /// at most 256.
     pub prefill_tokens: Option<usize>,
+    /// Prompts read whole at the end of warm-up and left in the slot's prefix cache (a system prompt, a shared
+    /// instruction): the first requests after a flip that start with them skip that prefill.
+    pub cache_prompts: Vec<ProbePrompt>,
 }
 
 impl Default for WarmupConfig {
     fn default() -> Self {
-        WarmupConfig { enabled: true, prompts: vec![], batch_sizes: vec![], max_tokens: 4, prefill_tokens: None }
+        WarmupConfig {
+            enabled: true,
+            prompts: vec![],
+            batch_sizes: vec![],
+            max_tokens: 4,
+            prefill_tokens: None,
+            cache_prompts: vec![],
+        }
     }
 }
 
@@ -45,6 +55,7 @@ impl WarmupConfig {
     /// Caps, so a load request cannot make warm-up run unbounded work (the stage timeout is the backstop).
     pub fn validate(&self) -> Result<(), String> {
         crate::lifecycle::caps::cap("warmup.prompts", self.prompts.len(), 64)?;
+        crate::lifecycle::caps::cap("warmup.cache_prompts", self.cache_prompts.len(), 64)?;
         crate::lifecycle::caps::cap("warmup.batch_sizes", self.batch_sizes.len(), 32)?;
         crate::lifecycle::caps::cap("warmup.batch_sizes[]", self.batch_sizes.iter().copied().max().unwrap_or(0), 4096)?;
         crate::lifecycle::caps::cap("warmup.max_tokens", self.max_tokens, 4096)?;

@@ -266,6 +266,17 @@ impl Subject for LlmSubject<'_> {
         Ok(prefill)
     }
 
+    fn cache_prefixes(&self, prompts: &[ProbePrompt]) -> std::result::Result<usize, String> {
+        let mut read = 0;
+        for (i, p) in prompts.iter().enumerate() {
+            let why = |e: TealError| format!("warm-up: cache prompt {i}: {e}");
+            let tokens = p.tokens(self.engine).map_err(why)?;
+            read += tokens.len();
+            generate(self.engine, tokens, greedy(1, false)).map_err(why)?;
+        }
+        Ok(read)
+    }
+
     fn golden(&self, cfg: &GatesConfig) -> Option<Golden> {
         let g = &cfg.golden;
         if g.cases.is_empty() {

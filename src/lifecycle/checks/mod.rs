@@ -79,6 +79,8 @@ pub fn warm(s: &dyn Subject, cfg: &WarmupConfig, progress: &dyn Fn(f64)) -> Resu
     progress((steps - 1) as f64 / steps as f64);
     report.first_request_warm = Some(timing(&s.request(Purpose::Warm, 0)?));
     report.requests += 1;
+    report.cached_prompt_tokens = s.cache_prefixes(&cfg.cache_prompts)?;
+    report.requests += cfg.cache_prompts.len();
     report.seconds = t0.elapsed().as_secs_f64();
     progress(1.0);
     Ok(report)

@@ -25,6 +25,9 @@ pub struct WarmupReport {
     /// The first request the slot ever served (before warm-up) and the same request after it.
     pub first_request_cold: Option<Timing>,
     pub first_request_warm: Option<Timing>,
+    /// Tokens of `warmup.cache_prompts` read into the prefix cache.
+    #[serde(default)]
+    pub cached_prompt_tokens: usize,
 }
 
 impl WarmupReport {
@@ -39,6 +42,7 @@ impl WarmupReport {
             kernels_loaded: vec![],
             first_request_cold: None,
             first_request_warm: None,
+            cached_prompt_tokens: 0,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! warm a batch size, what its golden cases are and what a well-formed answer looks like; everything else (the
 //! order of the warm-up, the gates, their numbers and verdicts) is written once in checks/mod.rs.
 
-use super::config::{GatesConfig, WarmupConfig};
+use super::config::{GatesConfig, ProbePrompt, WarmupConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -60,6 +60,12 @@ pub trait Subject: Sync {
     /// The largest single piece of work (an LLM's prefill chunk, a text model's longest input); returns its size,
     /// or 0 when the kind has none.
     fn largest(&self, cfg: &WarmupConfig) -> Result<usize, String>;
+    /// Reads each prompt whole so its KV blocks stay in the prefix cache; returns the tokens read (0 for a kind
+    /// without one).
+    fn cache_prefixes(&self, prompts: &[ProbePrompt]) -> Result<usize, String> {
+        let _ = prompts;
+        Ok(0)
+    }
     /// The kind's golden cases, or None when none are configured for it.
     fn golden(&self, cfg: &GatesConfig) -> Option<Golden>;
     /// How many inputs the agreement gate compares (0: the kind is not compared).
