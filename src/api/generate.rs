@@ -119,6 +119,9 @@ pub fn sampling_params(
         return Err(ApiError::invalid("n", format!("n must be between 1 and {}", MAX_N)));
     }
     let logit_bias = logit_bias(f.logit_bias.as_ref(), bounds.vocab)?;
+    if f.cache_salt.as_ref().is_some_and(|s| s.is_empty() || s.len() > 256) {
+        return Err(ApiError::invalid("cache_salt", "cache_salt must be 1 to 256 bytes"));
+    }
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -174,6 +177,7 @@ pub fn sampling_params(
         presence_penalty: f.presence_penalty.unwrap_or(0.0),
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
         logit_bias,
+        cache_salt: f.cache_salt,
         logprobs,
     })
 }

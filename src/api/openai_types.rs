@@ -40,6 +40,8 @@ pub struct SamplingFields {
     #[serde(default)]
     pub ignore_eos: bool,
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// vLLM's extension: prefix-cache blocks are shared only between requests with the same salt.
+    pub cache_salt: Option<String>,
     /// The end user (OpenAI's field): the key a rollout's canary split is sticky on when there is no session.
     pub user: Option<String>,
 }

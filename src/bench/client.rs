@@ -83,7 +83,11 @@ pub fn synthetic_prompt(tokens: usize, shared: usize, seed: u64, i: usize) -> St
 
 /// Sends `body`; when no response comes at all (most often a keep-alive connection the server closed while it sat
 /// in the pool), sends it once more on a fresh connection. The response, and whether it was the second try.
-async fn send(http: &reqwest::Client, url: &str, body: &Value) -> Result<(reqwest::Response, bool), reqwest::Error> {
+pub(super) async fn send(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<(reqwest::Response, bool), reqwest::Error> {
     match http.post(url).json(body).send().await {
         Ok(r) => Ok((r, false)),
         Err(_) => fresh_client().post(url).json(body).send().await.map(|r| (r, true)),

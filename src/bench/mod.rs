@@ -5,12 +5,15 @@
 //!   before, during and after.
 //! - `cold-warm` (flips.rs): the first requests after a flip to a standby loaded with and without warm-up,
 //!   against steady state.
+//! - `chat` (conversations.rs): multi-turn conversations, the time to first token of each turn (what a prefix
+//!   cache changes).
 //!
 //! client.rs sends and times one request, load.rs generates load, stats.rs summarizes, report.rs prints the
 //! table and writes JSON (with the machine), charts.rs draws SVG.
 
 pub mod charts;
 pub mod client;
+mod conversations;
 mod flips;
 pub mod load;
 pub mod report;
@@ -39,6 +42,8 @@ pub enum BenchCommand {
     Flip(flips::FlipBench),
     /// First requests after a flip to a standby loaded with and without warm-up, against steady state
     ColdWarm(flips::ColdWarmBench),
+    /// Multi-turn conversations (the whole history each turn): time to first token per turn, cached tokens
+    Chat(conversations::ChatBench),
 }
 
 /// Options every benchmark shares.
@@ -97,6 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             BenchCommand::Serve(b) => serve(b).await,
             BenchCommand::Flip(b) => flips::flip(b).await,
             BenchCommand::ColdWarm(b) => flips::cold_warm(b).await,
+            BenchCommand::Chat(b) => conversations::chat(b).await,
         }
     })
 }

@@ -151,7 +151,7 @@ impl BlockAllocator {
 
     /// An empty table bound to this pool.
     pub fn table(&self) -> BlockTable {
-        BlockTable { ids: vec![], keys: vec![], published: 0, alloc: self.clone() }
+        BlockTable { ids: vec![], keys: vec![], published: 0, root: None, alloc: self.clone() }
     }
 
     /// How many of `keys` (a prompt's block keys, in order) the cache holds as a leading run.
@@ -179,6 +179,9 @@ pub struct BlockTable {
     keys: Vec<BlockHash>,
     /// Leading blocks already offered to the cache.
     published: usize,
+    /// What the first block's key chains from: nothing, or a request's cache salt (only requests with the same
+    /// salt share blocks).
+    root: Option<BlockHash>,
     alloc: BlockAllocator,
 }
 
@@ -224,6 +227,16 @@ impl BlockTable {
         self.alloc.block_size
     }
 
+    /// Keys this table's blocks under `salt` (before any key is computed): its blocks are shared only with
+    /// tables of the same salt.
+    pub fn salt(&mut self, salt: &str) {
+        self.keys.clear();
+        let mut h = Sha256::new();
+        h.update(b"teal prefix cache salt\0");
+        h.update(salt.as_bytes());
+        self.root = Some(h.finalize().into());
+    }
+
     /// The pool slot of position `pos`.
     pub fn slot(&self, pos: usize) -> u32 {
         let bs = self.alloc.block_size;
@@ -237,7 +250,7 @@ impl BlockTable {
         let want = (tokens.len() / bs).min(max_blocks);
         while self.keys.len() < want {
             let i = self.keys.len();
-            let k = chain_hash(self.keys.last(), &tokens[i * bs..(i + 1) * bs]);
+            let k = chain_hash(self.keys.last().or(self.root.as_ref()), &tokens[i * bs..(i + 1) * bs]);
             self.keys.push(k);
         }
         &self.keys[..want.min(self.keys.len())]
@@ -407,6 +420,24 @@ mod tests {
         drop(written(&a, &[1, 2, 3, 4]));
         assert_eq!(a.cached_blocks(), 0);
         assert_eq!(a.table().adopt_prefix(&[1, 2, 3, 4, 5], 4), 0);
+    }
+
+    #[test]
+    fn a_salt_keeps_blocks_apart() {
+        let a = BlockAllocator::new(8, 2, true);
+        drop(written(&a, &[1, 2, 3, 4]));
+        let mut salted = a.table();
+        salted.salt("tenant-a");
+        assert_eq!(salted.adopt_prefix(&[1, 2, 3, 4, 5], 4), 0, "unsalted blocks are not shared with a salt");
+        assert!(salted.reserve(5));
+        salted.publish(&[1, 2, 3, 4, 5], 4);
+        drop(salted);
+        let mut same = a.table();
+        same.salt("tenant-a");
+        assert_eq!(same.adopt_prefix(&[1, 2, 3, 4, 5], 4), 4);
+        let mut other = a.table();
+        other.salt("tenant-b");
+        assert_eq!(other.adopt_prefix(&[1, 2, 3, 4, 5], 4), 0);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// OpenAI's logit_bias: added to these tokens' logits before penalties and sampling (ids in the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
+    /// vLLM's cache_salt: the request shares prefix-cache blocks only with requests of the same salt.
+    pub cache_salt: Option<String>,
 }
 
 impl Default for SamplingParams {
@@ -46,6 +48,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logprobs: None,
             logit_bias: vec![],
+            cache_salt: None,
         }
     }
 }

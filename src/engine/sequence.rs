@@ -48,7 +48,10 @@ pub struct Step {
 }
 
 impl Sequence {
-    pub fn new(req: GenRequest, blocks: BlockTable, eos_ids: &[u32]) -> Self {
+    pub fn new(req: GenRequest, mut blocks: BlockTable, eos_ids: &[u32]) -> Self {
+        if let Some(salt) = &req.params.cache_salt {
+            blocks.salt(salt);
+        }
         let mut stop_ids = req.params.stop_token_ids.clone();
         if !req.params.ignore_eos {
             stop_ids.extend_from_slice(eos_ids);

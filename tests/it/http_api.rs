@@ -168,7 +168,7 @@ async fn errors_have_the_openai_shape_and_status() {
     expect_error(&s, chat, msg(r#","temperature":5"#).into(), 400, "temperature").await;
     expect_error(&s, chat, msg(r#","top_p":0"#).into(), 400, "top_p").await;
     expect_error(&s, chat, msg(r#","max_tokens":0"#).into(), 400, "max_tokens").await;
-    expect_error(&s, chat, msg(r#","n":2"#).into(), 400, "n").await;
+    expect_error(&s, chat, msg(r#","n":17"#).into(), 400, "n").await;
     expect_error(&s, chat, msg(r#","top_logprobs":3"#).into(), 400, "top_logprobs").await;
     let v = expect_error(&s, chat, msg(r#","max_tokens":100000"#).into(), 400, "context_length_exceeded").await;
     assert!(v["error"]["message"].as_str().unwrap().contains("maximum context length is 512"));

@@ -173,3 +173,26 @@ async fn warm_up_leaves_the_configured_system_prompt_in_the_standby_cache() {
     let v: Value = s.post("/v1/chat/completions", body).await.json().await.unwrap();
     assert!(cached(&v["usage"]) >= 16, "the first request after the flip found the system prompt: {v}");
 }
+
+#[tokio::test]
+async fn a_cache_salt_shares_blocks_only_with_the_same_salt() {
+    let s = TestServer::start(common::stories_dir(), ServeArgs { block_size: Some(16), ..Default::default() }).await;
+    let p: Vec<u32> = (0..40).map(|i| 200 + i).collect();
+    let ask = |salt: Option<&str>| {
+        let mut b = json!({"model": "stories260K", "prompt": p, "max_tokens": 2, "temperature": 0});
+        if let Some(salt) = salt {
+            b["cache_salt"] = json!(salt);
+        }
+        b
+    };
+    let usage = |b: Value| async { s.post("/v1/completions", b).await.json::<Value>().await.unwrap()["usage"].clone() };
+    assert_eq!(cached(&usage(ask(Some("tenant-a"))).await), 0);
+    assert_eq!(cached(&usage(ask(Some("tenant-a"))).await), 32, "the same salt shares");
+    assert_eq!(cached(&usage(ask(Some("tenant-b"))).await), 0, "another salt does not");
+    assert_eq!(cached(&usage(ask(None)).await), 0, "nor does no salt");
+    let r = s.post("/v1/completions", ask(Some(""))).await;
+    assert_eq!(r.status(), 400);
+    let long = "x".repeat(257);
+    let r = s.post("/v1/completions", ask(Some(&long))).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "cache_salt");
+}
