@@ -72,19 +72,7 @@ async fn every_bench_runs_end_to_end_against_teal() {
     assert_eq!(circles, 3 * 6, "a point per concurrency level per series");
     assert!(texts.iter().any(|t| t == "concurrent requests"), "{texts:?}");
 
-    let mut args: Vec<String> =
-        "chat --turns 3 --conversations 2 --concurrency 2 --shared-prefix 24".split(' ').map(String::from).collect();
-    args.extend(common("chat.json"));
-    let (ok, text) = bench(args).await;
-    assert!(ok, "{text}");
-    assert!(text.contains("TTFT p50 ms"), "{text}");
-    let v = read_json(&out.path().join("chat.json"));
-    let turns = v["results"].as_array().unwrap();
-    assert_eq!(turns.len(), 3, "{v}");
-    assert!(turns.iter().all(|t| t["errors"] == 0 && t["ttft_ms"]["p50"].as_f64().unwrap() > 0.0), "{v}");
-    let cached = |t: usize| turns[t]["cached_tokens_mean"].as_f64().unwrap();
-    let prompt = |t: usize| turns[t]["prompt_tokens_mean"].as_f64().unwrap();
-    assert!(prompt(2) > prompt(0) && cached(2) >= 16.0, "turn 3 re-reads turns 1 and 2 from the cache: {v}");
+    chat_bench(common("chat.json"), out.path()).await;
 
     let flip = "flip --concurrency 4 --duration-s 1.5 --flip-every-ms 100 --settle-s 0.5";
     let mut args: Vec<String> = flip.split(' ').map(String::from).collect();
@@ -120,4 +108,21 @@ async fn every_bench_runs_end_to_end_against_teal() {
     let slots = srv.admin_json("/admin/slots").await;
     assert_eq!(slots["live"].as_str(), Some(live_before.as_str()));
     assert_eq!(slots["slots"][standby]["state"], "empty");
+}
+
+/// `teal bench chat`: three turns of two conversations; the third turn finds the first two in the cache.
+async fn chat_bench(common: Vec<String>, out: &Path) {
+    let mut args: Vec<String> =
+        "chat --turns 3 --conversations 2 --concurrency 2 --shared-prefix 24".split(' ').map(String::from).collect();
+    args.extend(common);
+    let (ok, text) = bench(args).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("TTFT p50 ms"), "{text}");
+    let v = read_json(&out.join("chat.json"));
+    let turns = v["results"].as_array().unwrap();
+    assert_eq!(turns.len(), 3, "{v}");
+    assert!(turns.iter().all(|t| t["errors"] == 0 && t["ttft_ms"]["p50"].as_f64().unwrap() > 0.0), "{v}");
+    let cached = |t: usize| turns[t]["cached_tokens_mean"].as_f64().unwrap();
+    let prompt = |t: usize| turns[t]["prompt_tokens_mean"].as_f64().unwrap();
+    assert!(prompt(2) > prompt(0) && cached(2) >= 16.0, "turn 3 re-reads turns 1 and 2 from the cache: {v}");
 }
