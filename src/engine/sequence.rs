@@ -103,7 +103,7 @@ impl Sequence {
         let first_token_latency = self.last_token_at.is_none().then(|| (now - self.arrived).as_secs_f64());
         self.last_token_at = Some(now);
         self.tokens.push(id);
-        let mut finished = None;
+        let (mut finished, mut cut) = (None, false);
         if self.stop_ids.contains(&id) {
             finished = Some(FinishReason::Stop);
         } else {
@@ -114,11 +114,15 @@ impl Sequence {
             self.text.push_str(&delta);
             if let Some(at) = find_stop(&self.text, self.sent, &self.params.stop) {
                 self.text.truncate(at);
-                finished = Some(FinishReason::Stop);
+                (finished, cut) = (Some(FinishReason::Stop), true);
             }
         }
         if finished.is_none() && (self.generated() >= self.params.max_tokens || self.tokens.len() >= max_context) {
             finished = Some(FinishReason::Length);
+        }
+        if let (Some(_), false, Some(decoder)) = (finished, cut, self.decoder.as_mut()) {
+            // The end: bytes held back for an incomplete character are text now (as in the whole decode).
+            self.text.push_str(&decoder.finish(tok).unwrap_or_default());
         }
         let visible = if finished.is_some() {
             self.text.len()

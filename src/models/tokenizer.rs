@@ -83,18 +83,28 @@ pub struct IncrementalDecoder {
 
 /// Prompt tokens a decoder starts from: enough context for the first new token's leading space.
 const CONTEXT_TOKENS: usize = 4;
+/// The longest context tried when the last tokens end inside characters written as byte tokens (a CJK word in a
+/// vocabulary without it takes 3 byte tokens a character).
+const MAX_CONTEXT_TOKENS: usize = 24;
 
 impl IncrementalDecoder {
     /// A decoder whose text continues `prompt`: its last few tokens are the first window's context, so the first
     /// new token is written as it reads after the prompt (" he" after "because", not "he"). Without context
     /// (empty prompt, or a tail that ends inside a character) it starts from nothing.
     pub fn after(tok: &TextTokenizer, prompt: &[u32]) -> Self {
-        let tail = prompt.get(prompt.len().saturating_sub(CONTEXT_TOKENS)..).unwrap_or_default();
-        match tok.decode(tail) {
-            Ok(t) if !t.ends_with('\u{FFFD}') => {
-                IncrementalDecoder { ids: tail.to_vec(), prefix_offset: 0, read_offset: tail.len() }
-            }
-            _ => IncrementalDecoder::default(),
+        // The shortest tail of at least CONTEXT_TOKENS that decodes cleanly: a tail that starts inside a character
+        // written as byte tokens decodes to replacement characters, and would lose the leading space.
+        let clean = (CONTEXT_TOKENS..=MAX_CONTEXT_TOKENS.min(prompt.len()).max(CONTEXT_TOKENS)).find_map(|k| {
+            let tail = prompt.get(prompt.len().saturating_sub(k)..)?;
+            tok.decode(tail).ok().filter(|t| !t.contains('\u{FFFD}')).map(|_| tail)
+        });
+        let fallback = || {
+            let tail = prompt.get(prompt.len().saturating_sub(CONTEXT_TOKENS)..).unwrap_or_default();
+            tok.decode(tail).ok().filter(|t| !t.ends_with('\u{FFFD}')).map(|_| tail)
+        };
+        match clean.or_else(fallback) {
+            Some(tail) => IncrementalDecoder { ids: tail.to_vec(), prefix_offset: 0, read_offset: tail.len() },
+            None => IncrementalDecoder::default(),
         }
     }
 
@@ -115,6 +125,25 @@ impl IncrementalDecoder {
             return Ok(delta);
         }
         Ok(String::new())
+    }
+
+    /// At the end of generation: whatever is still held back (an incomplete character at the very end decodes
+    /// to the replacement character, as it does in the whole text).
+    pub fn finish(&mut self, tok: &TextTokenizer) -> Result<String> {
+        if self.read_offset >= self.ids.len() {
+            return Ok(String::new());
+        }
+        let prefix = tok.decode(self.ids.get(self.prefix_offset..self.read_offset).unwrap_or_default())?;
+        let full = tok.decode(self.ids.get(self.prefix_offset..).unwrap_or_default())?;
+        match full.get(prefix.len()..) {
+            Some(d) if full.starts_with(&prefix) => {
+                let d = d.to_string();
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.ids.len();
+                Ok(d)
+            }
+            _ => self.resync(tok),
+        }
     }
 
     fn resync(&mut self, tok: &TextTokenizer) -> Result<String> {
