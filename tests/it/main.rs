@@ -18,6 +18,8 @@ mod engine_scoring;
 mod fleet;
 mod fleet_rollout;
 mod gates;
+mod gemma3;
+mod gguf_tokenizer;
 mod hostile;
 mod http_api;
 mod memory;

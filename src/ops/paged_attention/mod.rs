@@ -81,6 +81,8 @@ struct PagedAttention {
     num_kv_heads: usize,
     head_dim: usize,
     scale: f32,
+    /// Local attention: a query at position q sees only positions above q - window.
+    window: Option<usize>,
 }
 
 /// Most query tokens one work item handles: each key/value row read from the pool serves this many tokens
@@ -122,10 +124,12 @@ impl PagedAttention {
         let offsets =
             table.iter().flat_map(|&b| (0..bs).map(move |o| ((b as usize * bs + o) * nkv + kvh) * hd)).take(n);
         let mut scores = vec![f32::NEG_INFINITY; queries.len() * n];
+        let window = self.window.unwrap_or(usize::MAX);
         for (p, off) in offsets.clone().enumerate() {
             let k = &kp[off..off + hd];
             for (j, qv) in queries.iter().enumerate() {
-                if p <= first + j / group {
+                let at = first + j / group;
+                if p <= at && at - p < window {
                     scores[j * n + p] = dot(qv, k) * self.scale;
                 }
             }
@@ -222,6 +226,13 @@ impl CustomOp3 for PagedAttention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if let Some(w) = self.window {
+            if self.meta.token_pos.iter().any(|&p| p as usize >= w) {
+                candle_core::bail!(
+                    "local (sliding-window) attention past {w} positions is not implemented on CUDA yet"
+                );
+            }
+        }
         let shape = cuda::AttnShape {
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
@@ -241,9 +252,21 @@ pub fn paged_attention(
     meta: &Arc<AttnMeta>,
     num_kv_heads: usize,
 ) -> Result<Tensor> {
+    paged_attention_windowed(q, k_pool, v_pool, meta, num_kv_heads, None)
+}
+
+/// `paged_attention` where each query sees only the last `window` positions (itself included) when one is given.
+pub fn paged_attention_windowed(
+    q: &Tensor,
+    k_pool: &Tensor,
+    v_pool: &Tensor,
+    meta: &Arc<AttnMeta>,
+    num_kv_heads: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let (_, num_heads, _, head_dim) = q.dims4()?;
-    let op =
-        PagedAttention { meta: meta.clone(), num_heads, num_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt() };
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let op = PagedAttention { meta: meta.clone(), num_heads, num_kv_heads, head_dim, scale, window };
     q.contiguous()?.apply_op3_no_bwd(k_pool, v_pool, &op)
 }
 
@@ -254,6 +277,11 @@ mod tests {
 
     /// Dense causal attention with repeated kv heads, the textbook formula, as the reference.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, group: usize) -> Tensor {
+        reference_windowed(q, k, v, group, usize::MAX)
+    }
+
+    /// The same where query i sees only positions j with i - window < j <= i.
+    fn reference_windowed(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, window: usize) -> Tensor {
         // q: [T, nh, hd], k/v: [T, nkv, hd]
         let (t, _nh, hd) = q.dims3().unwrap();
         let k = k.repeat_interleave_heads(group);
@@ -262,8 +290,9 @@ mod tests {
         let k = k.transpose(0, 1).unwrap().contiguous().unwrap();
         let v = v.transpose(0, 1).unwrap().contiguous().unwrap();
         let att = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
-        let mask: Vec<f32> =
-            (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j <= i && i - j < window { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
         let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
         let att = att.broadcast_add(&mask).unwrap();
         let att = candle_nn::ops::softmax(&att, D::Minus1).unwrap();
@@ -333,6 +362,15 @@ mod tests {
 
     #[test]
     fn matches_dense_causal_attention_with_scattered_blocks() {
+        check_scattered(None);
+    }
+
+    #[test]
+    fn a_window_limits_each_query_to_its_last_positions() {
+        check_scattered(Some(5));
+    }
+
+    fn check_scattered(window: Option<usize>) {
         let dev = Device::Cpu;
         let (t, nh, nkv, hd, bs) = (13, 6, 2, 8, 4);
         let q = Tensor::randn(0f32, 1.0, (t, nh, hd), &dev).unwrap();
@@ -352,8 +390,9 @@ mod tests {
         let vp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();
         write_kv(&kp, &k, &meta).unwrap();
         write_kv(&vp, &v, &meta).unwrap();
-        let got = paged_attention(&q.unsqueeze(2).unwrap(), &kp, &vp, &meta, nkv).unwrap();
-        let want = reference(&q, &k, &v, nh / nkv).reshape((t, nh * hd)).unwrap();
+        let got = paged_attention_windowed(&q.unsqueeze(2).unwrap(), &kp, &vp, &meta, nkv, window).unwrap();
+        let want =
+            reference_windowed(&q, &k, &v, nh / nkv, window.unwrap_or(usize::MAX)).reshape((t, nh * hd)).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "max diff {diff}");
     }
