@@ -93,8 +93,11 @@ async fn a_numerically_perturbed_version_fails_shadow_agreement_and_is_never_pro
             }
         }
     };
-    // The latency and length comparisons are loosened so that only agreement can judge this version.
-    let extra = json!({"analysis": {"latency_regression_pct": 1000, "output_length_change_pct": 1000}});
+    // The latency and length comparisons are loosened, and the answer-shape guards (empty, repeating, length-cut
+    // answers) need more answers than the test sends, so that only agreement can judge this version: the noise
+    // often makes it repeat itself, which the repetition guard would otherwise catch first.
+    let extra = json!({"analysis": {"latency_regression_pct": 1000, "output_length_change_pct": 1000,
+                                    "guards": {"window": 10000, "min_bad": 10000}}});
     let (v, _, _) = roll("perturbed", noisy, extra).await;
     let d = rollback(&v);
     let metric = d["metric"].as_str().unwrap();
