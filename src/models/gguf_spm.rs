@@ -19,6 +19,9 @@ const USER_DEFINED: i64 = 4;
 
 /// The longest piece split into merges: longer pieces (rare) are reached through their shorter splits.
 const MAX_PIECE_CHARS: usize = 64;
+/// Most merges a vocabulary may imply (Gemma 3's 262,144 pieces need far fewer): a file whose every piece splits
+/// every way into other pieces is refused before it costs gigabytes.
+const MAX_MERGES: usize = 8 << 20;
 
 /// What the GGUF says about a SentencePiece vocabulary.
 pub struct SpmVocab {
@@ -31,7 +34,7 @@ pub struct SpmVocab {
 
 /// The merges implied by the vocabulary: for each normal piece, each split into two pieces of the vocabulary,
 /// ordered by the piece's score (then by id, then by the split point, so the order is total and stable).
-fn merges(v: &SpmVocab, vocab: &ahash::AHashMap<String, u32>) -> Vec<(String, String)> {
+fn merges(v: &SpmVocab, vocab: &ahash::AHashMap<String, u32>, max: usize) -> Result<Vec<(String, String)>> {
     let mut ranked: Vec<(f32, u32, usize, String, String)> = vec![];
     for (id, piece) in v.tokens.iter().enumerate() {
         let kind = v.types.get(id).copied().unwrap_or(1);
@@ -42,12 +45,17 @@ fn merges(v: &SpmVocab, vocab: &ahash::AHashMap<String, u32>) -> Vec<(String, St
         for (at, _) in piece.char_indices().skip(1) {
             let (left, right) = piece.split_at(at);
             if vocab.contains_key(left) && vocab.contains_key(right) {
+                if ranked.len() >= max {
+                    return Err(TealError::InvalidModel(format!(
+                        "GGUF tokenizer: the vocabulary implies more than {max} merges"
+                    )));
+                }
                 ranked.push((score, id as u32, at, left.to_string(), right.to_string()));
             }
         }
     }
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+    Ok(ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect())
 }
 
 /// The Hugging Face tokenizer for a SentencePiece vocabulary.
@@ -60,7 +68,7 @@ pub fn tokenizer(v: &SpmVocab) -> Result<Tokenizer> {
         )));
     }
     let vocab: ahash::AHashMap<String, u32> = v.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let merges = merges(v, &vocab);
+    let merges = merges(v, &vocab, MAX_MERGES)?;
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = v.unk.and_then(|i| v.tokens.get(i as usize)) {
         builder = builder.unk_token(unk.clone());
@@ -88,4 +96,35 @@ pub fn tokenizer(v: &SpmVocab) -> Result<Tokenizer> {
     tok.add_special_tokens(&of_type(CONTROL));
     tok.add_tokens(&of_type(USER_DEFINED));
     Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(pieces: &[&str]) -> SpmVocab {
+        SpmVocab {
+            tokens: pieces.iter().map(|p| p.to_string()).collect(),
+            scores: (0..pieces.len()).map(|i| -(i as f32)).collect(),
+            types: vec![NORMAL; pieces.len()],
+            add_space_prefix: false,
+            unk: None,
+        }
+    }
+
+    #[test]
+    fn merges_follow_scores_and_their_number_is_bounded() {
+        let v = vocab(&["a", "b", "c", "ab", "abc", "bc"]);
+        let map: ahash::AHashMap<String, u32> =
+            v.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let m = merges(&v, &map, 100).unwrap();
+        // "ab" (score -3) before "abc"'s splits (-4) before "bc" (-5).
+        assert_eq!(m.first(), Some(&("a".to_string(), "b".to_string())));
+        assert_eq!(m.len(), 4, "{m:?}");
+        let err = merges(&v, &map, 3).unwrap_err().to_string();
+        assert!(err.contains("more than 3 merges"), "{err}");
+        let tok = tokenizer(&v).unwrap();
+        let ids = tok.encode("abcab", false).unwrap();
+        assert_eq!(ids.get_ids(), [4, 3], "abc then ab");
+    }
 }
