@@ -276,8 +276,16 @@ fn chat_templates() {
         let Ok(src) = std::str::from_utf8(b) else { return };
         let Ok(t) = teal::models::chat_template::ChatTemplate::new(src.to_string()) else { return };
         let msgs = vec![
-            teal::models::chat_template::ChatMessage { role: "user".into(), content: "hello".into() },
-            teal::models::chat_template::ChatMessage { role: "assistant".into(), content: "hi".into() },
+            teal::models::chat_template::ChatMessage {
+                role: "user".into(),
+                content: "hello".into(),
+                ..Default::default()
+            },
+            teal::models::chat_template::ChatMessage {
+                role: "assistant".into(),
+                content: "hi".into(),
+                ..Default::default()
+            },
         ];
         if let Ok(out) = t.render(&msgs, "<s>", "</s>", 1 << 20) {
             assert!(out.len() <= 1 << 20);

@@ -179,6 +179,7 @@ pub fn sampling_params(
         logit_bias,
         cache_salt: f.cache_salt,
         logprobs,
+        constraint: None,
     })
 }
 
@@ -354,7 +355,7 @@ mod tests {
                 r#"{"text":"a"}"#,
                 r#"{"text":"b"}"#,
                 r#"{"finish":"stop"}"#,
-                r#"{"usage":{"completion_tokens":1,"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":0},"total_tokens":3}}"#,
+                r#"{"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":0}}}"#,
                 "[DONE]"
             ]
         );

@@ -9,6 +9,7 @@
 pub mod admin;
 mod admin_state;
 pub mod body;
+mod chat_shape;
 mod choices;
 mod embeddings;
 pub mod error;
@@ -24,6 +25,9 @@ mod rollout_admin;
 mod rollout_tap;
 pub mod sessions;
 mod shadow;
+mod structured;
+mod tool_stream;
+mod tools;
 mod unsupported;
 
 use crate::lifecycle::ControllerHealth;

@@ -5,18 +5,19 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::body::RequestId;
+use super::chat_shape::{ChatShape, ToolView};
 use super::error::ApiError;
 use super::generate::{self, Collected, FullShape, Shape, TokenOut};
 use super::openai_types::*;
 use super::shadow::ShadowPrompt;
-use super::{choices, prompt, rollout_tap, sessions, unsupported, AppState, JsonBody};
+use super::{choices, prompt, rollout_tap, sessions, structured, tools, unsupported, AppState, JsonBody};
 
 /// Most messages in one chat request.
 const MAX_MESSAGES: usize = 4096;
 use crate::engine::request::FinishReason;
 use crate::engine::Engine;
 use crate::models::chat_template::ChatMessage;
-use crate::models::tokenizer::TextTokenizer;
+use crate::models::grammar::Grammar;
 use crate::models::LanguageModel;
 use crate::router::SlotLease;
 use axum::extract::State;
@@ -130,7 +131,11 @@ fn message_text(m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
     if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer" | "tool") {
         return Err(ApiError::invalid("messages", format!("unknown role '{}'", m.role)));
     }
-    Ok(ChatMessage { role: m.role, content })
+    let tool_calls = m.tool_calls.filter(|c| !c.is_null());
+    if tool_calls.as_ref().is_some_and(|c| !c.is_array() || m.role != "assistant") {
+        return Err(ApiError::invalid("messages", "tool_calls must be an array, on an assistant message"));
+    }
+    Ok(ChatMessage { role: m.role, content, tool_calls, tool_call_id: m.tool_call_id })
 }
 
 pub async fn chat(
@@ -142,7 +147,15 @@ pub async fn chat(
     let arrived = std::time::Instant::now();
     let requested = sessions::requested(&headers, req.session_id.take(), req.session)?;
     check_model(&state, &req.model)?;
-    unsupported::refuse_tools(&req)?;
+    unsupported::refuse_functions(&req)?;
+    let grammar = structured::response_grammar(req.response_format.as_ref())?;
+    let tools = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls)?;
+    if grammar.is_some() && tools.as_ref().is_some_and(|t| tools::forced_grammar(t, tools::Format::Hermes).is_some()) {
+        return Err(ApiError::invalid(
+            "response_format",
+            "response_format cannot be combined with a forced tool_choice",
+        ));
+    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -180,7 +193,7 @@ pub async fn chat(
     let observed = rollout_tap::Observed::of(&state, routed.as_ref(), arrived);
     let tag = routed.as_ref().map(|(split, arm)| rollout_tap::tag(&split.rollout_id, *arm));
     let stream = req.stream.then(|| req.stream_options.unwrap_or_default().include_usage);
-    let turn = ChatTurn { session, new_messages, top, stream, sampling: req.sampling, tag };
+    let turn = ChatTurn { session, new_messages, top, stream, sampling: req.sampling, tag, grammar, tools };
     let out = chat_on(&state, lease, turn, observed.as_ref()).await;
     if let (Err(e), Some(o)) = (&out, &observed) {
         o.error(e);
@@ -207,6 +220,9 @@ struct ChatTurn {
     sampling: SamplingFields,
     /// The rollout arm that serves it, stored with the session's reply.
     tag: Option<String>,
+    /// What the answer must follow (response_format).
+    grammar: Option<Grammar>,
+    tools: Option<tools::Tools>,
 }
 
 /// Generates a chat answer on `lease` (the arm the router chose) and stores the session turn.
@@ -216,12 +232,13 @@ async fn chat_on(
     turn: ChatTurn,
     observed: Option<&rollout_tap::Observed>,
 ) -> Result<Response, ApiError> {
-    let ChatTurn { session, new_messages, top, stream, sampling, tag } = turn;
+    let ChatTurn { session, new_messages, top, stream, sampling, tag, grammar, tools } = turn;
     let engine = llm(&lease, "/v1/chat/completions")?;
     let model = engine.model().clone();
     if let Some(s) = session.as_ref().filter(|s| s.replay.is_some()) {
         // A retry of a turn that is stored already: the same answer again, stored once.
         let shape = ChatShape::new(state.served_name(&lease), lease.resident().lease(), model, false);
+        let shape = shape.with_tools(None);
         let rx = replayed(s.replay.clone().unwrap_or_default());
         let mut resp = respond(state, super::ServedBy::of(&lease), rx, shape, stream, None).await?;
         s.stamp(&mut resp);
@@ -241,9 +258,15 @@ async fn chat_on(
     if n > 1 && session.is_some() {
         return Err(ApiError::invalid("n", "a session stores one answer per turn: n must be 1"));
     }
-    let prompt = prompt::chat_tokens(state, engine, messages).await.map_err(|e| with_history_note(e, stored))?;
+    let (messages, template_tools, view, grammar) = with_tools(tools.as_ref(), &model, messages, grammar);
+    let prompt =
+        prompt::chat_tokens(state, engine, messages, template_tools).await.map_err(|e| with_history_note(e, stored))?;
     let mut params = generate::sampling_params(sampling, top, prompt.len(), &bounds(state, engine))
         .map_err(|e| with_history_note(e, stored))?;
+    if let Some(g) = grammar {
+        let param = if view.is_some_and(|v| v.forced) { "tool_choice" } else { "response_format" };
+        params.constraint = Some(structured::compile(state, engine, g, param).await?);
+    }
     let shadow = match (observed, replay) {
         (Some(o), Some(m)) => o.shadow(state, engine.queued(), &mut params, ShadowPrompt::Chat(m), &prompt),
         _ => None,
@@ -256,7 +279,8 @@ async fn chat_on(
     let served = super::ServedBy::of(&lease);
     if n > 1 {
         let (name, logprobs) = (state.served_name(&lease), top.is_some());
-        let shapes = shapes_for(n, lease, |l| ChatShape::new(name.clone(), l, model.clone(), logprobs));
+        let shapes =
+            shapes_for(n, lease, |l| ChatShape::new(name.clone(), l, model.clone(), logprobs).with_tools(view));
         return respond_choices(state, served, std::iter::once(rx).chain(rxs).collect(), shapes, stream).await;
     }
     let finisher = session.as_ref().map(|s| {
@@ -266,12 +290,33 @@ async fn chat_on(
         });
         finish
     });
-    let shape = ChatShape::new(state.served_name(&lease), lease, model, top.is_some());
+    let shape = ChatShape::new(state.served_name(&lease), lease, model, top.is_some()).with_tools(view);
     let mut resp = respond(state, served, rx, shape, stream, finisher).await?;
     if let Some(s) = &session {
         s.stamp(&mut resp);
     }
     Ok(resp)
+}
+
+/// A request with tools: its messages as the template takes them, the template's `tools`, how to read calls out
+/// of the answer, and the grammar (a forced call's, else the response format's).
+fn with_tools(
+    tools: Option<&tools::Tools>,
+    model: &LanguageModel,
+    messages: Vec<ChatMessage>,
+    grammar: Option<Grammar>,
+) -> (Vec<ChatMessage>, Option<Value>, Option<ToolView>, Option<Grammar>) {
+    let (Some(t), Some(tmpl)) = (tools, model.chat_template.as_ref()) else {
+        return (messages, None, None, grammar);
+    };
+    let (format, native) = tools::format_of(tmpl);
+    let forced = tools::forced_grammar(t, format);
+    let view = (t.choice != tools::Choice::None).then_some(ToolView { format, forced: forced.is_some() });
+    let grammar = forced.or(grammar);
+    match native {
+        true => (tools::native_messages(messages), Some(t.raw.clone()), view, grammar),
+        false => (tools::fallback_messages(t, messages), None, view, grammar),
+    }
 }
 
 /// Says that a context overflow includes the session's stored history.
@@ -285,93 +330,6 @@ fn with_history_note(mut e: ApiError, stored: usize) -> ApiError {
     e
 }
 
-fn chat_logprobs(tok: &TextTokenizer, tokens: &[TokenOut]) -> ChatLogprobs {
-    let entry = |id: u32, lp: f32| {
-        let t = tok.token_text(id);
-        TopLogprob { bytes: t.as_bytes().to_vec(), token: t, logprob: lp }
-    };
-    let content = tokens
-        .iter()
-        .filter_map(|t| {
-            let lp = t.logprob.as_ref()?;
-            let e = entry(t.id, lp.logprob);
-            Some(ChatTokenLogprob {
-                token: e.token,
-                logprob: e.logprob,
-                bytes: e.bytes,
-                top_logprobs: lp.top.iter().map(|&(id, l)| entry(id, l)).collect(),
-            })
-        })
-        .collect();
-    ChatLogprobs { content }
-}
-
-struct ChatShape {
-    id: String,
-    created: u64,
-    model: String,
-    /// Held until the response ends: the slot this request started on.
-    _lease: SlotLease,
-    /// The leased model (its tokenizer renders logprobs).
-    llm: Arc<LanguageModel>,
-    logprobs: bool,
-}
-
-impl ChatShape {
-    fn new(model: String, lease: SlotLease, llm: Arc<LanguageModel>, logprobs: bool) -> Self {
-        ChatShape {
-            id: generate::new_id("chatcmpl"),
-            created: generate::unix_now(),
-            model,
-            _lease: lease,
-            llm,
-            logprobs,
-        }
-    }
-
-    fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
-        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "system_fingerprint": Value::Null, "choices": choices, "usage": usage})
-    }
-}
-
-impl FullShape for ChatShape {
-    fn join(&mut self, first: &Self) {
-        (self.id, self.created) = (first.id.clone(), first.created);
-    }
-
-    fn full(self, done: Collected) -> Value {
-        let logprobs = self.logprobs.then(|| chat_logprobs(&self.llm.tokenizer, &done.tokens));
-        json!({"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-               "system_fingerprint": Value::Null,
-               "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                            "logprobs": logprobs, "finish_reason": done.reason.as_str()}],
-               "usage": done.usage})
-    }
-}
-
-impl Shape for ChatShape {
-    fn start(&mut self) -> Option<Value> {
-        Some(self.chunk(
-            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
-            None,
-        ))
-    }
-
-    fn delta(&mut self, text: &str, tokens: &[TokenOut]) -> Value {
-        let lp = self.logprobs.then(|| chat_logprobs(&self.llm.tokenizer, tokens));
-        self.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]), None)
-    }
-
-    fn finish(&mut self, reason: FinishReason) -> Value {
-        self.chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]), None)
-    }
-
-    fn usage(&mut self, usage: Usage) -> Value {
-        self.chunk(json!([]), Some(usage))
-    }
-}
-
 pub async fn completions(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -382,7 +340,6 @@ pub async fn completions(
     if req.echo && req.logprobs.is_some() {
         return Err(ApiError::invalid("echo", "echo together with logprobs is not supported"));
     }
-    unsupported::refuse_constrained(req.response_format.as_ref())?;
     if req.suffix.is_some() {
         return Err(ApiError::invalid("suffix", "suffix is not supported"));
     }
@@ -435,7 +392,11 @@ async fn completion_on(
         (true, None) => Some(model.tokenizer.decode(&prompt)?),
     };
     let n = choices_of(&req.sampling);
+    let grammar = structured::response_grammar(req.response_format.as_ref())?;
     let mut params = generate::sampling_params(req.sampling, top, prompt.len(), &bounds(state, engine))?;
+    if let Some(g) = grammar {
+        params.constraint = Some(structured::compile(state, engine, g, "response_format").await?);
+    }
     let shadow = match (observed, replay) {
         (Some(o), Some(p)) => o.shadow(state, engine.queued(), &mut params, ShadowPrompt::Completion(p), &prompt),
         _ => None,

@@ -70,6 +70,10 @@ pub struct ContentPart {
 pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
+    /// An assistant turn's tool calls (sent back in the history).
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,9 +91,10 @@ pub struct ChatCompletionRequest {
     /// teal sessions: with no id, `true` starts a new session and returns its id.
     #[serde(default)]
     pub session: bool,
-    /// Read only to refuse them: tool calling and structured output are not supported yet.
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// The legacy function calling, read only to refuse it (use tools).
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
@@ -118,7 +123,7 @@ pub struct CompletionRequest {
     pub echo: bool,
     pub suffix: Option<String>,
     pub best_of: Option<i64>,
-    /// An extension (as vLLM accepts it); read only to refuse anything but text.
+    /// An extension (as vLLM accepts it): structured output as in chat.
     pub response_format: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: SamplingFields,

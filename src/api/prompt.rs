@@ -45,7 +45,13 @@ fn too_long(param: &'static str, bytes: usize, limit: usize) -> ApiError {
 }
 
 /// Renders the conversation with the model's own chat template and tokenizes it, after checking its size.
-pub async fn chat_tokens(state: &AppState, engine: &Engine, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
+/// `tools` is what the template's `tools` variable gets (None for no tools, or a template that knows none).
+pub async fn chat_tokens(
+    state: &AppState,
+    engine: &Engine,
+    messages: Vec<ChatMessage>,
+    tools: Option<serde_json::Value>,
+) -> Result<Vec<u32>, ApiError> {
     let limit = max_prompt_bytes(state, engine);
     let bytes: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
     if bytes > limit {
@@ -62,7 +68,8 @@ pub async fn chat_tokens(state: &AppState, engine: &Engine, messages: Vec<ChatMe
                 .as_ref()
                 .ok_or_else(|| ApiError::invalid("messages", "this model has no chat template; use /v1/completions"))?;
             let tok = &model.tokenizer;
-            let text = tmpl.render(&messages, &tok.bos_token, &tok.eos_token, rendered_cap)?;
+            let text =
+                tmpl.render_with_tools(&messages, tools.as_ref(), &tok.bos_token, &tok.eos_token, rendered_cap)?;
             Ok(tok.encode(&text, false)?)
         })
         .await?

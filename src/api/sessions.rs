@@ -50,7 +50,10 @@ impl ActiveSession {
     }
 
     pub fn history_messages(&self) -> Vec<ChatMessage> {
-        self.history.iter().map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect()
+        self.history
+            .iter()
+            .map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone(), ..Default::default() })
+            .collect()
     }
 
     /// The session headers of the response.

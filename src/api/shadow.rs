@@ -104,7 +104,7 @@ impl Shadow {
         let Some(engine) = lease.engine() else { return };
         let work = async {
             let tokens = match prompt {
-                ShadowPrompt::Chat(m) => prompt::chat_tokens(&state, engine, m).await,
+                ShadowPrompt::Chat(m) => prompt::chat_tokens(&state, engine, m, None).await,
                 ShadowPrompt::Completion(p) => prompt::completion_tokens(&state, engine, p).await,
             }
             .ok()?;

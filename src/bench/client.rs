@@ -54,6 +54,8 @@ pub struct RequestSpec {
     pub prompt: String,
     pub max_tokens: usize,
     pub ignore_eos: bool,
+    /// Structured output asked of every answer (the completions endpoint takes it as an extension).
+    pub response_format: Option<serde_json::Value>,
 }
 
 /// Words of one token each in the usual BPE and SentencePiece vocabularies.
@@ -123,8 +125,11 @@ fn record_arrival(rec: &mut Record, t0: Instant, last: &mut Option<Instant>, arr
 pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant) -> Record {
     let t0 = Instant::now();
     let start = (t0 - run_start).as_secs_f64();
-    let body = json!({"model": spec.model, "prompt": spec.prompt, "max_tokens": spec.max_tokens, "stream": true,
-                      "temperature": 0, "ignore_eos": spec.ignore_eos, "stream_options": {"include_usage": true}});
+    let mut body = json!({"model": spec.model, "prompt": spec.prompt, "max_tokens": spec.max_tokens, "stream": true,
+                          "temperature": 0, "ignore_eos": spec.ignore_eos, "stream_options": {"include_usage": true}});
+    if let (Some(f), Some(o)) = (&spec.response_format, body.as_object_mut()) {
+        o.insert("response_format".into(), f.clone());
+    }
     let (resp, retried) = match send(http, &format!("{}/v1/completions", spec.url), &body).await {
         Ok(r) => r,
         Err(e) => {
@@ -285,7 +290,14 @@ mod tests {
             );
             second.write_all(format!("{head}{events}").as_bytes()).await.unwrap();
         });
-        let spec = RequestSpec { url, model: "m".into(), prompt: "p".into(), max_tokens: 1, ignore_eos: true };
+        let spec = RequestSpec {
+            url,
+            model: "m".into(),
+            prompt: "p".into(),
+            max_tokens: 1,
+            ignore_eos: true,
+            response_format: None,
+        };
         let rec = run(&reqwest::Client::new(), &spec, Instant::now()).await;
         assert_eq!(rec.error, None);
         assert!(rec.retried);

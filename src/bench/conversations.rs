@@ -52,6 +52,7 @@ pub struct TurnRow {
 
 pub async fn chat(b: ChatBench) -> anyhow::Result<()> {
     let http = http_client()?;
+    super::response_format(b.common.response_format.as_deref())?; // a bad schema file fails here, not per turn
     let model = model_name(&http, &b.common).await?;
     let pb = super::progress((b.conversations * b.turns) as u64, "turns");
     let runs: Vec<Vec<Turn>> = futures::stream::iter(0..b.conversations)
@@ -120,8 +121,11 @@ async fn conversation(
     for t in 0..b.turns {
         let user = synthetic_prompt(c.input_len, 0, c.seed, 1 + i * b.turns + t);
         messages.push(json!({"role": "user", "content": user}));
-        let body = json!({"model": model, "messages": messages, "max_tokens": c.output_len, "stream": true,
-                          "temperature": 0, "ignore_eos": !c.allow_eos, "stream_options": {"include_usage": true}});
+        let mut body = json!({"model": model, "messages": messages, "max_tokens": c.output_len, "stream": true,
+                              "temperature": 0, "ignore_eos": !c.allow_eos, "stream_options": {"include_usage": true}});
+        if let (Ok(Some(f)), Some(o)) = (super::response_format(c.response_format.as_deref()), body.as_object_mut()) {
+            o.insert("response_format".into(), f);
+        }
         let turn = one_turn(http, &format!("{}/v1/chat/completions", c.url), &body).await;
         pb.inc(1);
         let failed = turn.error.is_some();

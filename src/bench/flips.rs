@@ -104,7 +104,7 @@ pub async fn flip(b: FlipBench) -> anyhow::Result<()> {
     check_both_ready(&admin).await?;
     let http = super::http_client()?;
     let model = model_name(&http, &b.common).await?;
-    let spec = spec_fn(&b.common, model.clone());
+    let spec = spec_fn(&b.common, model.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     let run_start = Instant::now();
     let loader = {
@@ -236,7 +236,7 @@ async fn one_mode(
     let flip_at = run_start.elapsed().as_secs_f64();
     let http = super::http_client()?;
     let model = model_name(&http, &b.common).await?;
-    let spec = spec_fn(&b.common, model);
+    let spec = spec_fn(&b.common, model)?;
     let label = if warm { "warm" } else { "cold" };
     let pb = progress(2 * b.requests as u64, label);
     let first = load::closed_loop(&http, spec.clone(), b.concurrency, b.requests, run_start, &pb).await;

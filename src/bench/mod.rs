@@ -77,6 +77,10 @@ pub struct Common {
     /// purpose); by default every prompt is different from its first word, so prefix caches do not help
     #[arg(long, default_value_t = 0)]
     pub shared_prefix: usize,
+    /// Constrain every answer (structured output): `json_object`, or a file holding a JSON schema; measures
+    /// what constrained decoding costs beside a run without it
+    #[arg(long)]
+    pub response_format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,16 +135,32 @@ async fn model_name(http: &reqwest::Client, c: &Common) -> anyhow::Result<String
 }
 
 /// The request builder for a run: a different prompt per request.
-fn spec_fn(c: &Common, model: String) -> load::SpecFn {
+fn spec_fn(c: &Common, model: String) -> anyhow::Result<load::SpecFn> {
     let (url, input, output, ignore_eos, seed, shared) =
         (c.url.clone(), c.input_len, c.output_len, !c.allow_eos, c.seed, c.shared_prefix);
-    Arc::new(move |i| RequestSpec {
+    let format = response_format(c.response_format.as_deref())?;
+    Ok(Arc::new(move |i| RequestSpec {
         url: url.clone(),
         model: model.clone(),
         prompt: client::synthetic_prompt(input, shared, seed, i),
         max_tokens: output,
         ignore_eos,
-    })
+        response_format: format.clone(),
+    }))
+}
+
+/// `--response-format`: `json_object`, or a JSON schema file (sent as a strict `json_schema`).
+pub(crate) fn response_format(arg: Option<&str>) -> anyhow::Result<Option<serde_json::Value>> {
+    match arg {
+        None => Ok(None),
+        Some("json_object") => Ok(Some(serde_json::json!({"type": "json_object"}))),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the schema {path}"))?;
+            let schema: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {path}"))?;
+            Ok(Some(serde_json::json!({"type": "json_schema",
+                                       "json_schema": {"name": "bench", "schema": schema, "strict": true}})))
+        }
+    }
 }
 
 fn progress(total: u64, label: &str) -> ProgressBar {
@@ -157,7 +177,7 @@ fn progress(total: u64, label: &str) -> ProgressBar {
 async fn serve(b: ServeBench) -> anyhow::Result<()> {
     let http = http_client()?;
     let model = model_name(&http, &b.common).await?;
-    let spec = spec_fn(&b.common, model.clone());
+    let spec = spec_fn(&b.common, model.clone())?;
     let (mut rows, mut closed_x) = (vec![], vec![]);
     for &c in &b.concurrency {
         let label = format!("c={c}");

@@ -3,6 +3,7 @@
 //! engines (blue and green) can live in one process.
 
 pub mod blocks;
+pub mod constraint;
 pub mod kv_cache;
 pub mod request;
 pub mod sampling;

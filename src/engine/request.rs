@@ -29,6 +29,8 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// vLLM's cache_salt: the request shares prefix-cache blocks only with requests of the same salt.
     pub cache_salt: Option<String>,
+    /// Constrained decoding: a compiled grammar every token must follow (structured output, tool calls).
+    pub constraint: Option<super::constraint::Prepared>,
 }
 
 impl Default for SamplingParams {
@@ -49,13 +51,14 @@ impl Default for SamplingParams {
             logprobs: None,
             logit_bias: vec![],
             cache_salt: None,
+            constraint: None,
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// An eos/stop token or a stop string.
+    /// An eos/stop token, a stop string, or the end of the output's grammar.
     Stop,
     /// max_tokens or the context length.
     Length,

@@ -28,7 +28,21 @@ impl Sampler {
         context: &[u32],
         output_start: usize,
     ) -> (u32, Option<TokenLogprob>) {
+        self.sample_masked(logits, params, context, output_start, |_| {})
+    }
+
+    /// `sample` with `mask` applied to the logits after the logprobs are taken (a grammar's mask: logprobs
+    /// stay those of the model's own distribution).
+    pub fn sample_masked(
+        &mut self,
+        logits: &mut [f32],
+        params: &SamplingParams,
+        context: &[u32],
+        output_start: usize,
+        mask: impl FnOnce(&mut [f32]),
+    ) -> (u32, Option<TokenLogprob>) {
         let logprobs = params.logprobs.map(|_| log_softmax(logits));
+        mask(logits);
         for &(id, bias) in &params.logit_bias {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l += bias;

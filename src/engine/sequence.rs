@@ -1,6 +1,7 @@
 //! One request inside the engine: its tokens, KV blocks, sampler and the text it has produced. Turns each new
 //! token into the text the client may see now, holding back anything that could still become a stop string.
 
+use super::constraint::Constraint;
 use super::kv_cache::BlockTable;
 use super::request::{Event, FinishReason, GenRequest, PositionScore, SamplingParams, Scoring, TokenLogprob};
 use super::sampling::Sampler;
@@ -37,6 +38,8 @@ pub struct Sequence {
     /// A scoring sequence (teacher forcing) and the scores it has so far.
     pub score: Option<Scoring>,
     scores: Vec<PositionScore>,
+    /// The grammar the output follows (constrained decoding), with its next mask.
+    constraint: Option<Constraint>,
 }
 
 /// What happened when a token was added.
@@ -56,7 +59,9 @@ impl Sequence {
         if !req.params.ignore_eos {
             stop_ids.extend_from_slice(eos_ids);
         }
+        let constraint = req.params.constraint.as_ref().filter(|_| req.score.is_none()).map(Constraint::start);
         Sequence {
+            constraint,
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
             cached: 0,
@@ -93,11 +98,42 @@ impl Sequence {
 
     /// Samples the next token from this sequence's logits row and reports it to the client.
     pub fn sample(&mut self, logits: &mut [f32], tok: &TextTokenizer, max_context: usize) -> Step {
-        let (id, lp) = self.sampler.sample(logits, &self.params, &self.tokens, self.prompt_len);
-        self.push(id, lp, tok, max_context)
+        let Some(c) = self.constraint.as_mut() else {
+            let (id, lp) = self.sampler.sample(logits, &self.params, &self.tokens, self.prompt_len);
+            return self.push(id, lp, tok, max_context, false);
+        };
+        // Near the end of the budget the output is steered to its end, so that it is complete when it stops.
+        let generated = self.tokens.len() - self.prompt_len;
+        let left = self.params.max_tokens.min(max_context.saturating_sub(self.prompt_len)).saturating_sub(generated);
+        let closing = left <= c.reserve();
+        let mut masked = Ok(());
+        let (id, lp) = self
+            .sampler
+            .sample_masked(logits, &self.params, &self.tokens, self.prompt_len, |l| masked = c.apply(l, closing));
+        let complete = match masked {
+            Ok(()) if self.stop_ids.contains(&id) => Ok(true),
+            Ok(()) => c.advance(id),
+            Err(e) => Err(e),
+        };
+        match complete {
+            Ok(complete) => self.push(id, lp, tok, max_context, complete),
+            Err(e) => {
+                tracing::warn!(error = %e, "constrained decoding failed");
+                self.send_error(&format!("constrained decoding failed: {e}"));
+                Step { finished: Some(FinishReason::Stop), inter_token: None, first_token_latency: None }
+            }
+        }
     }
 
-    fn push(&mut self, id: u32, lp: Option<TokenLogprob>, tok: &TextTokenizer, max_context: usize) -> Step {
+    /// Adds token `id`; `complete`: the output's grammar allows nothing after it.
+    fn push(
+        &mut self,
+        id: u32,
+        lp: Option<TokenLogprob>,
+        tok: &TextTokenizer,
+        max_context: usize,
+        complete: bool,
+    ) -> Step {
         let now = Instant::now();
         let inter_token = self.last_token_at.map(|t| (now - t).as_secs_f64());
         let first_token_latency = self.last_token_at.is_none().then(|| (now - self.arrived).as_secs_f64());
@@ -116,6 +152,9 @@ impl Sequence {
                 self.text.truncate(at);
                 (finished, cut) = (Some(FinishReason::Stop), true);
             }
+        }
+        if finished.is_none() && complete {
+            finished = Some(FinishReason::Stop);
         }
         if finished.is_none() && (self.generated() >= self.params.max_tokens || self.tokens.len() >= max_context) {
             finished = Some(FinishReason::Length);

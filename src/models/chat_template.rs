@@ -7,10 +7,16 @@ use crate::error::{Result, TealError};
 use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls, as OpenAI shapes them (templates that know tools render them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool result's call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 /// Work one render may do: minijinja's fuel (about one unit per instruction and per byte written). A long real
@@ -63,11 +69,29 @@ impl ChatTemplate {
         Ok(ChatTemplate { env })
     }
 
+    /// Whether the template's source contains `needle` (what a template knows: tools, a call markup).
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.env.get_template("chat").is_ok_and(|t| t.source().contains(needle))
+    }
+
     /// Renders the conversation, within the fuel budget and at most `max_bytes` of output.
     pub fn render(&self, messages: &[ChatMessage], bos: &str, eos: &str, max_bytes: usize) -> Result<String> {
+        self.render_with_tools(messages, None, bos, eos, max_bytes)
+    }
+
+    /// `render` with the request's tools in the template's `tools` variable.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        bos: &str,
+        eos: &str,
+        max_bytes: usize,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| TealError::Template(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             add_generation_prompt => true,
             bos_token => bos,
             eos_token => eos,
@@ -97,7 +121,9 @@ mod tests {
                 .into(),
         )
         .unwrap();
-        let out = t.render(&[ChatMessage { role: "user".into(), content: " hi ".into() }], "", "", 1000).unwrap();
+        let out = t
+            .render(&[ChatMessage { role: "user".into(), content: " hi ".into(), ..Default::default() }], "", "", 1000)
+            .unwrap();
         assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     }
 

@@ -59,7 +59,9 @@ impl LlamaConfig {
     pub fn window(&self, l: usize) -> Option<usize> {
         match self.family {
             Family::Llama => None,
-            Family::Gemma3 { window, global_every, .. } => ((l + 1) % global_every.max(1) != 0).then_some(window),
+            Family::Gemma3 { window, global_every, .. } => {
+                (!(l + 1).is_multiple_of(global_every.max(1))).then_some(window)
+            }
         }
     }
 }
@@ -154,13 +156,13 @@ impl LlamaConfig {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_layers == 0 || self.hidden_size == 0 {
             return bad("config has a zero dimension".into());
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return bad(format!("head_dim {} must be even", self.head_dim));
         }
         if self.vocab_size == 0 || self.max_position_embeddings == 0 {

@@ -47,7 +47,7 @@ struct Q8_1 {
 
 impl QuantMatrix {
     pub fn new(format: Format, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
-        if cols % QK != 0 || data.len() != rows * cols / QK * format.block_bytes() {
+        if !cols.is_multiple_of(QK) || data.len() != rows * cols / QK * format.block_bytes() {
             candle_core::bail!("{format:?} matrix [{rows}, {cols}] with {} bytes is malformed", data.len());
         }
         Ok(QuantMatrix { format, data, rows, cols })

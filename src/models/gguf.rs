@@ -224,7 +224,7 @@ fn tensor_info<R: Read>(s: &mut Source<R>, v1: bool) -> Result<(String, TensorIn
     let code = s.u32(&name)?;
     let dtype = ggml_dtype(code).ok_or_else(|| bad(format!("tensor {name}: unknown type {code}")))?;
     let block = dtype.block_size() as u64;
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return Err(bad(format!("tensor {name}: {elems} elements are not a whole number of {block}-blocks")));
     }
     let bytes = elems / block * dtype.type_size() as u64;

@@ -13,6 +13,7 @@ pub mod files;
 pub mod gguf;
 mod gguf_meta;
 mod gguf_spm;
+pub mod grammar;
 pub mod image;
 pub mod linear;
 pub mod llama;

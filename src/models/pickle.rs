@@ -234,7 +234,7 @@ impl<'a> Vm<'a> {
 
     /// Sets items of the dict on top of the stack (an OrderedDict is built as a dict).
     fn set_items(&mut self, items: Vec<Id>) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of objects".into());
         }
         self.count(items.len() / 2)?;

@@ -4,6 +4,7 @@
 
 #![deny(clippy::indexing_slicing)]
 
+use super::grammar::GrammarEnv;
 use crate::error::{Result, TealError};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -20,6 +21,8 @@ pub struct TextTokenizer {
     /// The longest token's text in bytes: a text longer than `tokens * max_token_bytes` needs more than
     /// `tokens` tokens, so prompts can be refused by length before they are tokenized.
     pub max_token_bytes: usize,
+    /// The vocabulary as a grammar engine sees it, built at the first constrained request.
+    grammar: std::sync::OnceLock<std::result::Result<std::sync::Arc<GrammarEnv>, String>>,
 }
 
 impl TextTokenizer {
@@ -30,7 +33,16 @@ impl TextTokenizer {
         // The vocabulary's strings are at least as long as the text they stand for (byte-level BPE maps each
         // byte to a character of one or two bytes; SentencePiece pieces are the text itself).
         let max_token_bytes = inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
-        TextTokenizer { inner, bos_id, eos_ids, add_bos, bos_token, eos_token, max_token_bytes }
+        TextTokenizer {
+            inner,
+            bos_id,
+            eos_ids,
+            add_bos,
+            bos_token,
+            eos_token,
+            max_token_bytes,
+            grammar: Default::default(),
+        }
     }
 
     /// A tokenizer.json, read under the size cap for tokenizer files.
@@ -42,6 +54,15 @@ impl TextTokenizer {
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| TealError::Tokenizer(e.to_string()))?;
         Ok(tok)
+    }
+
+    /// The grammar engine's view of this vocabulary for a model with `vocab` logits (built once; an error when
+    /// the tokenizer's kind cannot be constrained).
+    pub fn grammar(&self, vocab: usize) -> Result<std::sync::Arc<GrammarEnv>> {
+        let env = self.grammar.get_or_init(|| {
+            GrammarEnv::new(&self.inner, vocab, &self.eos_ids).map(std::sync::Arc::new).map_err(|e| e.to_string())
+        });
+        env.clone().map_err(TealError::InvalidModel)
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -32,4 +32,5 @@ mod rollouts;
 mod session_turns;
 mod sessions;
 mod slots;
+mod structured;
 mod vision_embeddings;

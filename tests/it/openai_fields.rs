@@ -1,6 +1,6 @@
 //! The OpenAI fields that change an answer: `n` (choices share the prompt's KV blocks), `logit_bias`, `echo`,
-//! and the refusals of what teal does not do yet (tools, structured output): a 400 naming the field, never a
-//! silently ignored field.
+//! and the refusals of what is malformed or not done (the legacy functions, bad tools and schemas): a 400
+//! naming the field, never a silently ignored field.
 
 use crate::common;
 
@@ -126,28 +126,36 @@ async fn echo_puts_the_prompt_before_the_completion() {
 }
 
 #[tokio::test]
-async fn tools_structured_output_and_bad_n_are_refused_by_name() {
+async fn legacy_functions_bad_tools_bad_formats_and_bad_n_are_refused_by_name() {
     let s = TestServer::start(common::stories_dir(), ServeArgs::default()).await;
     let chat = |extra: Value| {
         let mut b = json!({"model": "stories260K", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
         b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         b
     };
+    let path = "/v1/chat/completions";
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
-    refused(&s, "/v1/chat/completions", chat(json!({"tools": tool})), "tools").await;
-    refused(&s, "/v1/chat/completions", chat(json!({"functions": [{"name": "f"}]})), "functions").await;
-    refused(&s, "/v1/chat/completions", chat(json!({"tool_choice": "required"})), "tool_choice").await;
-    refused(&s, "/v1/chat/completions", chat(json!({"response_format": {"type": "json_object"}})), "response_format")
-        .await;
-    let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}});
-    refused(&s, "/v1/chat/completions", chat(json!({"response_format": schema})), "response_format").await;
-    let completion = json!({"model": "stories260K", "prompt": "Hi", "max_tokens": 2,
-                            "response_format": {"type": "json_object"}});
-    refused(&s, "/v1/completions", completion, "response_format").await;
-    refused(&s, "/v1/chat/completions", chat(json!({"n": 17})), "n").await;
-    refused(&s, "/v1/chat/completions", chat(json!({"n": 0})), "n").await;
+    refused(&s, path, chat(json!({"functions": [{"name": "f"}]})), "functions").await;
+    refused(&s, path, chat(json!({"function_call": {"name": "f"}})), "function_call").await;
+    refused(&s, path, chat(json!({"tool_choice": "required"})), "tool_choice").await;
+    refused(&s, path, chat(json!({"tools": {"f": 1}})), "tools").await;
+    refused(&s, path, chat(json!({"tools": [{"type": "function", "function": {"name": "a b"}}]})), "tools").await;
+    refused(&s, path, chat(json!({"tools": [{"type": "code_interpreter"}]})), "tools").await;
+    let named = |n: &str| json!({"type": "function", "function": {"name": n}});
+    refused(&s, path, chat(json!({"tools": tool, "tool_choice": named("g")})), "tool_choice").await;
+    let forced = json!({"tools": tool, "tool_choice": "required", "response_format": {"type": "json_object"}});
+    refused(&s, path, chat(forced), "response_format").await;
+    refused(&s, path, chat(json!({"response_format": {"type": "xml"}})), "response_format").await;
+    let bad_schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+                            "properties": {"a": {"type": "no-such-type"}}}}});
+    let msg = refused(&s, path, chat(json!({"response_format": bad_schema})), "response_format").await;
+    assert!(msg.contains("grammar"), "{msg}");
+    let bad_params = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]);
+    refused(&s, path, chat(json!({"tools": bad_params, "tool_choice": named("f")})), "tool_choice").await;
+    refused(&s, path, chat(json!({"n": 17})), "n").await;
+    refused(&s, path, chat(json!({"n": 0})), "n").await;
     // What changes nothing is accepted: no tools, tool_choice none, a text response format, n = 1.
     let fine = chat(json!({"tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "n": 1}));
-    let (status, v) = post(&s, "/v1/chat/completions", fine).await;
+    let (status, v) = post(&s, path, fine).await;
     assert_eq!(status, 200, "{v}");
 }

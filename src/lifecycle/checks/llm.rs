@@ -39,7 +39,7 @@ impl ProbePrompt {
             ProbePrompt::Text(t) => model.tokenizer.encode(t, true),
             ProbePrompt::Instruction(t) if model.chat_template.is_none() => model.tokenizer.encode(t, true),
             ProbePrompt::Instruction(t) => {
-                let messages = vec![ChatMessage { role: "user".into(), content: t.clone() }];
+                let messages = vec![ChatMessage { role: "user".into(), content: t.clone(), ..Default::default() }];
                 ProbePrompt::Chat { messages }.tokens(engine)
             }
             ProbePrompt::Chat { messages } => {
@@ -212,7 +212,7 @@ impl Subject for LlmSubject<'_> {
         if self.engine.model().chat_template.is_some() {
             // A template that cannot render one user message (it loops past its budget, raises, explodes) makes
             // the model useless for chat: fail the load with the template's reason rather than every request.
-            let hello = vec![ChatMessage { role: "user".into(), content: "Hello".into() }];
+            let hello = vec![ChatMessage { role: "user".into(), content: "Hello".into(), ..Default::default() }];
             ProbePrompt::Chat { messages: hello }
                 .tokens(self.engine)
                 .map_err(|e| format!("the chat template cannot render a user message: {e}"))?;

@@ -89,7 +89,7 @@ pub fn write_kv(
     let (ps, pe) = contiguous(pool_l, "kv pool")?;
     let (ss, se) = contiguous(src_l, "kv source")?;
     let row = (se - ss) / n;
-    if row == 0 || row * n != se - ss || (pe - ps) % row != 0 {
+    if row == 0 || row * n != se - ss || !(pe - ps).is_multiple_of(row) {
         candle_core::bail!("kv source of {} values does not split into {n} rows of the pool's width", se - ss);
     }
     let dev = pool.device().clone();
@@ -128,7 +128,7 @@ pub fn paged_attention(
     s: &AttnShape,
 ) -> Result<CudaStorage> {
     let (n, nh, nkv, hd) = (meta.num_tokens(), s.num_heads, s.num_kv_heads, s.head_dim);
-    if hd > MAX_HEAD_DIM || nkv == 0 || nh % nkv != 0 || n > 65_535 {
+    if hd > MAX_HEAD_DIM || nkv == 0 || !nh.is_multiple_of(nkv) || n > 65_535 {
         candle_core::bail!(
             "paged attention: unsupported shape ({nh} heads, {nkv} kv heads, head_dim {hd}, {n} tokens)"
         );
