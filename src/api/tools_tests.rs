@@ -84,3 +84,56 @@ fn fallback_puts_tools_in_the_system_message_and_results_in_user_turns() {
     assert!(out[2].content.contains("\"city\":\"Paris\""), "{}", out[2].content);
     assert_eq!((out[3].role.as_str(), out[3].content.as_str()), ("user", "<tool_response>\nsunny\n</tool_response>"));
 }
+
+/// A template in the style of Qwen 2.5's: it lists `tools` itself and renders earlier calls from `tool_calls`.
+const QWEN_STYLE: &str = r#"{%- if tools %}<|im_start|>system
+# Tools
+<tools>{% for tool in tools %}
+{{ tool | tojson }}{% endfor %}
+</tools>
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags<|im_end|>
+{% endif %}{%- for message in messages %}{%- if message.role == "assistant" and message.tool_calls %}<|im_start|>assistant
+{%- for tool_call in message.tool_calls %}{%- set tool_call = tool_call.function %}
+<tool_call>
+{"name": "{{ tool_call.name }}", "arguments": {{ tool_call.arguments | tojson }}}
+</tool_call>{%- endfor %}<|im_end|>
+{% elif message.role == "tool" %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}{%- endfor %}<|im_start|>assistant
+"#;
+
+#[test]
+fn a_template_that_knows_tools_renders_them_and_the_calls_with_object_arguments() {
+    let tmpl = ChatTemplate::new(QWEN_STYLE.into()).unwrap();
+    assert_eq!(format_of(&tmpl), (Format::Hermes, true));
+    let t = tools(json!("auto"));
+    let msgs = native_messages(vec![
+        ChatMessage { role: "user".into(), content: "weather?".into(), ..Default::default() },
+        ChatMessage {
+            role: "assistant".into(),
+            tool_calls: Some(json!([{"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}])),
+            ..Default::default()
+        },
+        ChatMessage {
+            role: "tool".into(),
+            content: "sunny".into(),
+            tool_call_id: Some("c1".into()),
+            ..Default::default()
+        },
+    ]);
+    let out = tmpl.render_with_tools(&msgs, Some(&t.raw), "", "", 1 << 20).unwrap();
+    assert!(out.contains("<tools>\n{\"function\": {\"name\": \"get_weather\""), "{out}");
+    assert!(out.contains("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"), "{out}");
+    assert!(out.contains("<tool_response>\nsunny\n</tool_response>"), "{out}");
+    let plain = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}".into()).unwrap();
+    assert_eq!(format_of(&plain), (Format::Hermes, false));
+    let llama = ChatTemplate::new("{{ tools }}<|python_tag|>".into()).unwrap();
+    assert_eq!(format_of(&llama), (Format::Llama3, true));
+    let mistral = ChatTemplate::new("{{ tools }}[TOOL_CALLS]".into()).unwrap();
+    assert_eq!(format_of(&mistral), (Format::Mistral, true));
+}

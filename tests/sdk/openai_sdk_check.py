@@ -104,9 +104,12 @@ def cached_tokens_bias_and_echo():
     assert e.choices[0].text.startswith(prompt), e.choices[0].text
 
 
-def unsupported_fields_are_refused():
+def bad_fields_are_refused():
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
-    for kwargs, param in [({"tools": tools}, "tools"), ({"response_format": {"type": "json_object"}}, "response_format")]:
+    named = {"type": "function", "function": {"name": "g"}}
+    for kwargs, param in [({"functions": [{"name": "f"}]}, "functions"),
+                          ({"tools": tools, "tool_choice": named}, "tool_choice"),
+                          ({"response_format": {"type": "xml"}}, "response_format")]:
         try:
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, **kwargs)
             raise AssertionError(f"{param} was accepted")
@@ -142,7 +145,7 @@ def slot_headers():
 wait_ready()
 for name, fn in [("slot_headers", slot_headers), ("chat", chat), ("chat_stream", chat_stream), ("completion_and_logprobs", completion_and_logprobs),
                  ("seed", seed), ("n_choices", n_choices), ("cached_tokens_bias_and_echo", cached_tokens_bias_and_echo),
-                 ("unsupported_fields_are_refused", unsupported_fields_are_refused), ("models", models), ("errors", errors)]:
+                 ("bad_fields_are_refused", bad_fields_are_refused), ("models", models), ("errors", errors)]:
     check(name, fn)
 failed = sum(1 for _, e in results if e)
 print(f"{len(results) - failed} passed, {failed} failed")

@@ -44,12 +44,13 @@ def prompt(i):
 
 
 def wait_ready():
-    for _ in range(300):
+    for _ in range(1200):
         try:
-            client.models.list()
-            return
+            if any(m.id == MODEL for m in client.models.list().data):
+                return
         except Exception:  # noqa: BLE001
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise SystemExit("server never became ready")
 
 
