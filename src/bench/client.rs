@@ -121,15 +121,24 @@ fn record_arrival(rec: &mut Record, t0: Instant, last: &mut Option<Instant>, arr
     *last = Some(arrived);
 }
 
-/// Sends one streamed completion and records it; never panics, errors land in the record.
-pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant) -> Record {
-    let t0 = Instant::now();
-    let start = (t0 - run_start).as_secs_f64();
+/// The completion request `spec` describes (streamed, greedy).
+fn request_body(spec: &RequestSpec) -> serde_json::Value {
     let mut body = json!({"model": spec.model, "prompt": spec.prompt, "max_tokens": spec.max_tokens, "stream": true,
                           "temperature": 0, "ignore_eos": spec.ignore_eos, "stream_options": {"include_usage": true}});
     if let (Some(f), Some(o)) = (&spec.response_format, body.as_object_mut()) {
         o.insert("response_format".into(), f.clone());
+        // llama-server's completions endpoint reads the schema from `json_schema` instead (teal ignores it).
+        let schema = f.pointer("/json_schema/schema").cloned().unwrap_or_else(|| json!({"type": "object"}));
+        o.insert("json_schema".into(), schema);
     }
+    body
+}
+
+/// Sends one streamed completion and records it; never panics, errors land in the record.
+pub async fn run(http: &reqwest::Client, spec: &RequestSpec, run_start: Instant) -> Record {
+    let t0 = Instant::now();
+    let start = (t0 - run_start).as_secs_f64();
+    let body = request_body(spec);
     let (resp, retried) = match send(http, &format!("{}/v1/completions", spec.url), &body).await {
         Ok(r) => r,
         Err(e) => {
@@ -239,6 +248,26 @@ mod tests {
         assert_eq!(synthetic_prompt(5, 0, 0, 0).split(' ').count(), 5);
         assert_ne!(synthetic_prompt(5, 0, 0, 0), synthetic_prompt(5, 0, 0, 1));
         assert_eq!(synthetic_prompt(64, 0, 7, 3), synthetic_prompt(64, 0, 7, 3), "seeded");
+    }
+
+    #[test]
+    fn a_response_format_goes_out_for_teal_and_as_json_schema_for_llama_server() {
+        let spec = |f: Option<serde_json::Value>| RequestSpec {
+            url: String::new(),
+            model: "m".into(),
+            prompt: "p".into(),
+            max_tokens: 4,
+            ignore_eos: false,
+            response_format: f,
+        };
+        assert!(request_body(&spec(None)).get("response_format").is_none());
+        let b = request_body(&spec(Some(json!({"type": "json_object"}))));
+        assert_eq!(
+            (b["response_format"]["type"].as_str(), &b["json_schema"]),
+            (Some("json_object"), &json!({"type": "object"}))
+        );
+        let f = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}});
+        assert_eq!(request_body(&spec(Some(f)))["json_schema"], json!({"type": "integer"}));
     }
 
     #[test]

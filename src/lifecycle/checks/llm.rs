@@ -217,6 +217,12 @@ impl Subject for LlmSubject<'_> {
                 .tokens(self.engine)
                 .map_err(|e| format!("the chat template cannot render a user message: {e}"))?;
         }
+        // The grammar engine's view of the vocabulary, built here so that the first structured-output request
+        // after a flip does not pay for it (a tokenizer that cannot be constrained only refuses such requests).
+        let model = self.engine.model();
+        if let Err(e) = model.tokenizer.grammar(model.llama.config().vocab_size) {
+            tracing::info!(reason = %e, "constrained decoding is not available for this model");
+        }
         crate::ops::preload(self.engine.model().llama.device()).map_err(|e| format!("loading teal's kernels: {e}"))
     }
 
