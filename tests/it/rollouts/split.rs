@@ -57,7 +57,9 @@ async fn the_realised_share_follows_the_weight_and_every_key_stays_on_one_versio
         let green = first.values().filter(|v| *v == "green").count();
         let share = green as f64 / keys.len() as f64 * 100.0;
         eprintln!("weight {pct}%: {green} of 2000 requests on the canary ({share:.2}%)");
-        assert!((share - pct).abs() <= 3.0, "weight {pct}%: realised {share:.2}%");
+        // Keys hash with the rollout's own (random) id: at 50% one standard deviation over 2,000 keys is 1.1 points,
+        // so 4 points is 3.6 of them (3 points failed about one run in 150).
+        assert!((share - pct).abs() <= 4.0, "weight {pct}%: realised {share:.2}%");
         // The same keys again: every key on the version it had.
         let again = send(&s, &keys[..300]).await;
         for (k, slot) in &again {
