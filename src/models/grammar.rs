@@ -41,8 +41,12 @@ const MAX_CLOSE_STEPS: usize = 256;
 /// value when the closing bracket is not allowed yet. With them, any JSON value reaches its end in a few
 /// tokens per open level, so output that must parse does parse within `max_tokens`.
 pub struct Closing {
-    closers: Vec<bool>,
-    commas: Vec<bool>,
+    /// Closers that start with `"` (end a string; outside one, start an empty one).
+    quotes: Vec<u32>,
+    /// Closers that start with `]` or `}`.
+    brackets: Vec<u32>,
+    /// `,` and `, `.
+    commas: Vec<u32>,
     eos: Vec<u32>,
     /// Each token's bytes (to follow how deep the output is nested).
     words: Vec<Vec<u8>>,
@@ -50,15 +54,18 @@ pub struct Closing {
 
 impl Closing {
     fn new(words: &[Vec<u8>], eos: &[u32]) -> Self {
-        let only = |w: &Vec<u8>, set: &[u8]| !w.is_empty() && w.iter().all(|b| set.contains(b));
-        let closers = words.iter().map(|w| only(w, b"\"]} ") && w.iter().any(|&b| b != b' ')).collect();
-        let commas = words.iter().map(|w| w.first() == Some(&b',') && only(w, b", ")).collect();
-        Closing { closers, commas, eos: eos.to_vec(), words: words.to_vec() }
-    }
-
-    /// The bytes token `t` stands for (empty for an unknown id).
-    pub fn bytes(&self, t: u32) -> &[u8] {
-        self.words.get(t as usize).map(Vec::as_slice).unwrap_or_default()
+        let only = |w: &[u8], set: &[u8]| !w.is_empty() && w.iter().all(|b| set.contains(b));
+        let closer = |w: &[u8]| only(w, b"\"]} ") && w.iter().any(|&b| b != b' ');
+        let ids = |keep: &dyn Fn(&[u8]) -> bool| -> Vec<u32> {
+            words.iter().enumerate().filter(|(_, w)| keep(w)).map(|(i, _)| i as u32).collect()
+        };
+        Closing {
+            quotes: ids(&|w| closer(w) && w.first() == Some(&b'"')),
+            brackets: ids(&|w| closer(w) && matches!(w.first(), Some(b']' | b'}'))),
+            commas: ids(&|w| w.first() == Some(&b',') && only(w, b", ")),
+            eos: eos.to_vec(),
+            words: words.to_vec(),
+        }
     }
 
     /// Narrows `allowed` (a grammar's mask, as a predicate) to the fastest way to the end: an end-of-sequence
@@ -66,26 +73,20 @@ impl Closing {
     /// closer that starts an empty string; else a comma; else anything allowed. Returns the ids kept, or None
     /// to keep all.
     pub fn narrow(&self, allowed: impl Fn(u32) -> bool, in_string: bool) -> Option<Vec<u32>> {
-        let eos: Vec<u32> = self.eos.iter().copied().filter(|&t| allowed(t)).collect();
-        if !eos.is_empty() {
-            return Some(eos);
-        }
-        let starts = |i: usize, set: &[u8]| self.words.get(i).and_then(|w| w.first()).is_some_and(|b| set.contains(b));
-        let ends: &[u8] = if in_string { b"\"" } else { b"]}" };
-        let quote: &[u8] = if in_string { b"" } else { b"\"" };
-        let sets: [&dyn Fn(usize) -> bool; 3] = [
-            &|i| self.closers.get(i) == Some(&true) && starts(i, ends),
-            &|i| self.closers.get(i) == Some(&true) && starts(i, quote),
-            &|i| !in_string && self.commas.get(i) == Some(&true),
-        ];
-        for set in sets {
-            let ids: Vec<u32> =
-                (0..self.words.len()).filter(|&i| set(i) && allowed(i as u32)).map(|i| i as u32).collect();
-            if !ids.is_empty() {
-                return Some(ids);
-            }
-        }
-        None
+        let order: [&[u32]; 4] = if in_string {
+            [&self.eos, &self.quotes, &[], &[]]
+        } else {
+            [&self.eos, &self.brackets, &self.quotes, &self.commas]
+        };
+        order
+            .into_iter()
+            .map(|set| set.iter().copied().filter(|&t| allowed(t)).collect::<Vec<u32>>())
+            .find(|ids| !ids.is_empty())
+    }
+
+    /// The bytes token `t` stands for (empty for an unknown id).
+    pub fn bytes(&self, t: u32) -> &[u8] {
+        self.words.get(t as usize).map(Vec::as_slice).unwrap_or_default()
     }
 }
 
@@ -293,6 +294,20 @@ mod tests {
         assert_eq!(m.get(&'Ġ'), Some(&b' '));
         assert_eq!(m.get(&'Ċ'), Some(&b'\n'));
         assert_eq!(m.get(&'a'), Some(&b'a'));
+    }
+
+    #[test]
+    fn closing_prefers_the_end_then_what_closes_then_a_comma() {
+        let words: Vec<Vec<u8>> =
+            ["a", "\"", "}", "\"}", ",", ", ", " ", "x}"].iter().map(|w| w.as_bytes().to_vec()).collect();
+        let c = Closing::new(&words, &[0]);
+        let all = |_: u32| true;
+        assert_eq!(c.narrow(all, false), Some(vec![0]), "end of sequence first");
+        let no_eos = |t: u32| t != 0;
+        assert_eq!(c.narrow(no_eos, false), Some(vec![2]), "outside a string: a bracket");
+        assert_eq!(c.narrow(no_eos, true), Some(vec![1, 3]), "inside: a quote, never a bracket or a comma");
+        assert_eq!(c.narrow(|t| t == 4 || t == 5 || t == 7, false), Some(vec![4, 5]));
+        assert_eq!(c.narrow(|t| t == 7 || t == 6, false), None, "nothing that closes: the model chooses");
     }
 
     #[test]
