@@ -1,6 +1,7 @@
-//! The admin API, served on its own listener (loopback by default). Every route needs `Authorization: Bearer
-//! <token>` (compared in constant time). Handlers only translate HTTP to lifecycle commands and back; the
-//! lifecycle controller decides everything.
+//! The admin API, served on its own listener (loopback by default). Every route needs the operator token (or,
+//! to look only, the viewer token) as `Authorization: Bearer <token>` or a dashboard session (dashboard/auth.rs
+//! decides who may do what). Handlers only translate HTTP to lifecycle commands and back; the lifecycle
+//! controller decides everything.
 
 #![deny(clippy::indexing_slicing)]
 
@@ -20,7 +21,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::time::Instant;
-use subtle::ConstantTimeEq;
 
 pub use super::admin_state::AdminState;
 
@@ -38,27 +38,6 @@ impl From<AdminError> for ApiError {
         };
         ApiError::new(status, kind, e.to_string())
     }
-}
-
-/// True when `header` is exactly `Bearer <token>`.
-pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else { return false };
-    !token.is_empty() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
-}
-
-async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !bearer_matches(header, &state.token) {
-        let mut resp = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API needs Authorization: Bearer <token> with the server's admin token",
-        )
-        .into_response();
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
-        return resp;
-    }
-    next.run(req).await
 }
 
 fn slot(name: &str) -> Result<SlotName, ApiError> {
@@ -240,28 +219,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/rollouts/{id}", get(super::rollout_admin::get))
         .route("/admin/rollouts/{id}/report", get(super::rollout_admin::report))
         .route("/admin/rollouts/{id}/{action}", post(super::rollout_admin::command))
+        .merge(super::dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(body_rules))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), super::dashboard::auth::authorize))
         .layer(DefaultBodyLimit::max(1 << 20))
         .layer(middleware::from_fn(super::body::json_errors))
         .layer(middleware::from_fn(super::body::request_id))
         .with_state(state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
-        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
-        assert!(!bearer_matches(Some("Bearer s3cret "), "s3cret"));
-        assert!(!bearer_matches(Some("bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
-        assert!(!bearer_matches(None, "s3cret"));
-        assert!(!bearer_matches(Some("Bearer "), ""), "an empty token never matches");
-    }
 }

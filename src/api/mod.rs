@@ -1,6 +1,6 @@
 //! The public HTTP API: OpenAI-compatible routes (openai.rs, embeddings.rs), KServe v2 for image classifiers
 //! (kserve.rs), health and metrics; and, on its own listener, the
-//! admin API (admin.rs). `router()` and `admin::router()` build the axum Routers that `server::run` serves.
+//! admin API (admin.rs) and the operator's dashboard (dashboard/). `router()` and `admin::router()` build the axum Routers that `server::run` serves.
 //! Every generation request leases the live slot once (router.rs); every response names the slot and version
 //! that served it in `x-teal-slot` / `x-teal-model-version`.
 
@@ -11,6 +11,7 @@ mod admin_state;
 pub mod body;
 mod chat_shape;
 mod choices;
+pub mod dashboard;
 mod embeddings;
 pub mod error;
 mod fleet_admin;

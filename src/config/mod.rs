@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// File holding the admin API bearer token
     #[arg(long, env = "TEAL_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// A second admin token that may look at everything (the dashboard, GET routes) and change nothing; at
+    /// least 16 characters, not the admin token
+    #[arg(long, env = "TEAL_ADMIN_VIEWER_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub admin_viewer_token: Option<String>,
     /// Keep chat sessions in Redis (redis://host:port/db) instead of in memory, shared by every teal process
     /// using it
     #[arg(long, env = "TEAL_REDIS_URL")]
@@ -208,6 +213,7 @@ pub struct Config {
     pub admin_port: u16,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    pub admin_viewer_token: Option<String>,
     pub state_dir: PathBuf,
     pub redis_url: Option<String>,
     /// Fleet mode (`--fleet-name`).
@@ -268,7 +274,8 @@ impl ServeArgs {
         }
         let mut out: ServeArgs = serde_json::from_value(merged).map_err(bad)?;
         // Never read from the file (a token belongs in a token file, the config path is the file itself).
-        (out.admin_token, out.config) = (self.admin_token, self.config);
+        (out.admin_token, out.admin_viewer_token, out.config) =
+            (self.admin_token, self.admin_viewer_token, self.config);
         Ok(out)
     }
 
@@ -332,6 +339,7 @@ impl ServeArgs {
         }
         let mut merged = self.over(defaults::defaults())?;
         merged.admin_token = merged.admin_token.filter(|t| !t.is_empty());
+        merged.admin_viewer_token = merged.admin_viewer_token.filter(|t| !t.is_empty());
         merged.checked()
     }
 
@@ -358,6 +366,7 @@ impl ServeArgs {
             admin_port: self.admin_port.unwrap_or_default(),
             admin_token: self.admin_token,
             admin_token_file: self.admin_token_file,
+            admin_viewer_token: self.admin_viewer_token,
             state_dir: self.state_dir.unwrap_or_default(),
             redis_url: self.redis_url,
             session_ttl_s: self.session_ttl.unwrap_or_default(),
@@ -510,7 +519,7 @@ mod tests {
         let ids: Vec<String> = Cli::command()
             .get_arguments()
             .map(|a| a.get_id().to_string())
-            .filter(|id| !matches!(id.as_str(), "admin_token" | "config"))
+            .filter(|id| !matches!(id.as_str(), "admin_token" | "admin_viewer_token" | "config"))
             .collect();
         assert!(ids.len() > 40, "{ids:?}");
         let text: String = ids.iter().map(|id| format!("{} = {}\n", id.replace('_', "-"), sample(id))).collect();

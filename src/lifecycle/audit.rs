@@ -129,6 +129,12 @@ impl AuditLog {
         inner.events.iter().filter(|e| e.seq > after).take(limit).cloned().collect()
     }
 
+    /// The latest `n` events, oldest first.
+    pub fn latest(&self, n: usize) -> Vec<AuditEvent> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.events.iter().skip(inner.events.len().saturating_sub(n)).cloned().collect()
+    }
+
     /// New events as they are recorded.
     pub fn subscribe(&self) -> broadcast::Receiver<AuditEvent> {
         self.tx.subscribe()
@@ -154,6 +160,7 @@ mod tests {
         let ev = log.record(Entry { action: "unload", outcome: "ok", ..Default::default() });
         assert_eq!(ev.seq, 3);
         assert_eq!(log.since(2, 100).len(), 1);
+        assert_eq!(log.latest(2).iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
         drop(log);
         let log = AuditLog::open(Some(&path)).unwrap();
         assert_eq!(log.since(0, 100).last().unwrap().action, "unload", "an event after a torn line survives");

@@ -94,6 +94,7 @@ pub struct Parts {
 }
 
 pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyhow::Result<Parts> {
+    let viewer_token = token::viewer_token(config.admin_viewer_token.as_deref(), &token)?;
     let audit_path = config.state_dir.join("audit.jsonl");
     let audit =
         Arc::new(AuditLog::open(Some(&audit_path)).with_context(|| format!("opening {}", audit_path.display()))?);
@@ -134,6 +135,8 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
         }
         None => None,
     };
+    let traffic = crate::api::dashboard::traffic::Traffic::default();
+    traffic.start_sampler(metrics.clone(), &router, shutdown.clone());
     let app = AppState {
         router,
         metrics,
@@ -156,6 +159,10 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
         rollouts,
         fleet,
         token: Arc::new(token),
+        viewer_token: viewer_token.map(Arc::new),
+        sessions: Default::default(),
+        traffic,
+        models_dir: config.models_dir.clone(),
         shutdown: shutdown.clone(),
     };
     Ok(Parts { lifecycle, app, admin })

@@ -1,7 +1,7 @@
 //! The admin API's bearer token: given (`TEAL_ADMIN_TOKEN` / `--admin-token`, at least 16 characters), read from
 //! a token file, or generated once into `<state-dir>/admin.token`. A token file is a secret on disk: it must be a
 //! regular file (never a symlink) readable by its owner only, or teal refuses to start; a generated one is
-//! created exclusively with mode 0600 and kept across restarts.
+//! created exclusively with mode 0600 and kept across restarts. The viewer token, if any, is given.
 
 #![deny(clippy::indexing_slicing)]
 
@@ -105,9 +105,29 @@ pub fn admin_token(
     Ok(token)
 }
 
+/// The viewer token (`--admin-viewer-token`), checked like the admin token and refused when it is the admin
+/// token itself (a viewer would then be an operator).
+pub fn viewer_token(given: Option<&str>, admin: &str) -> anyhow::Result<Option<String>> {
+    let Some(t) = given else { return Ok(None) };
+    let t = checked(t, "TEAL_ADMIN_VIEWER_TOKEN / --admin-viewer-token")?;
+    if t == admin {
+        bail!("the viewer token is the admin token; give the viewer a token of its own");
+    }
+    Ok(Some(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_viewer_token_is_long_and_its_own() {
+        let admin = "0123456789abcdef";
+        assert_eq!(viewer_token(None, admin).unwrap(), None);
+        assert!(viewer_token(Some("short"), admin).is_err());
+        assert!(viewer_token(Some(admin), admin).is_err());
+        assert_eq!(viewer_token(Some(" fedcba9876543210 "), admin).unwrap().as_deref(), Some("fedcba9876543210"));
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn loopback() -> SocketAddr {

@@ -12,6 +12,7 @@ mod admin_api;
 mod admin_races;
 mod api_oneshot;
 mod bench;
+mod dashboard_auth;
 mod detokenize;
 mod engine_behaviour;
 mod engine_scoring;
