@@ -5,6 +5,7 @@
 
 #![deny(clippy::indexing_slicing)]
 
+use super::dashboard::auth::{still_signed_in, Caller};
 use super::error::ApiError;
 use super::JsonBody;
 use crate::lifecycle::{AdminError, FlipRequest, LoadRequest};
@@ -141,6 +142,7 @@ struct EventsQuery {
 
 async fn events(
     State(s): State<AdminState>,
+    caller: Option<axum::Extension<Caller>>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
@@ -156,6 +158,8 @@ async fn events(
     let shutdown = s.shutdown.clone();
     let stream = async_stream::stream! {
         let mut last = q.after;
+        // A follower signed in with a dashboard session stops when the session ends.
+        let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
         for ev in backlog {
             last = ev.seq;
             yield Ok::<_, Infallible>(SseEvent::default().id(ev.seq.to_string()).data(json!(ev).to_string()));
@@ -163,6 +167,12 @@ async fn events(
         loop {
             let next = tokio::select! {
                 next = rx.recv() => next,
+                _ = check.tick() => {
+                    if caller.as_ref().is_some_and(|c| !still_signed_in(&s, &c.0)) {
+                        break;
+                    }
+                    continue;
+                }
                 // Followers never end on their own: close them as soon as the server starts shutting down.
                 _ = shutdown.reached(Phase::Draining) => break,
             };

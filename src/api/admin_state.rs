@@ -24,6 +24,10 @@ pub struct AdminState {
     pub traffic: Traffic,
     /// The model root (the dashboard's load picker lists it).
     pub models_dir: PathBuf,
+    /// The listener is on a loopback address: only requests addressed to a loopback name are answered.
+    pub loopback_only: bool,
+    /// Places for the dashboard's live feeds (each holds one while it streams).
+    pub feeds: Arc<tokio::sync::Semaphore>,
     /// Event followers close when the server starts shutting down.
     pub shutdown: ShutdownSignal,
 }

@@ -48,6 +48,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TEAL_ADMIN_VIEWER_TOKEN", hide_env_values = true)]
     #[serde(skip)]
     pub admin_viewer_token: Option<String>,
+    /// File holding the viewer token (owner-readable only, like the admin token file)
+    #[arg(long, env = "TEAL_ADMIN_VIEWER_TOKEN_FILE")]
+    pub admin_viewer_token_file: Option<PathBuf>,
     /// Keep chat sessions in Redis (redis://host:port/db) instead of in memory, shared by every teal process
     /// using it
     #[arg(long, env = "TEAL_REDIS_URL")]
@@ -214,6 +217,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     pub admin_viewer_token: Option<String>,
+    pub admin_viewer_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub redis_url: Option<String>,
     /// Fleet mode (`--fleet-name`).
@@ -367,6 +371,7 @@ impl ServeArgs {
             admin_token: self.admin_token,
             admin_token_file: self.admin_token_file,
             admin_viewer_token: self.admin_viewer_token,
+            admin_viewer_token_file: self.admin_viewer_token_file,
             state_dir: self.state_dir.unwrap_or_default(),
             redis_url: self.redis_url,
             session_ttl_s: self.session_ttl.unwrap_or_default(),
@@ -508,7 +513,13 @@ mod tests {
             "memory_budget" => "[\"cpu=1GiB\"]".to_string(),
             "session_fail_open" | "log_prompts" | "no_prefix_cache" => "true".into(),
             "batch_delay_ms" | "body_timeout" | "header_timeout" | "write_timeout" => "1.5".into(),
-            "model" | "blue" | "green" | "state_dir" | "models_dir" | "admin_token_file" => "\"/x\"".into(),
+            "model"
+            | "blue"
+            | "green"
+            | "state_dir"
+            | "models_dir"
+            | "admin_token_file"
+            | "admin_viewer_token_file" => "\"/x\"".into(),
             "host" | "admin_host" | "device" | "blue_device" | "green_device" | "dtype" | "served_model_name"
             | "redis_url" | "parked_rollback" | "log_format" | "fleet_name" | "fleet_redis_url" | "replica_id" => {
                 "\"x\"".into()

@@ -79,9 +79,15 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnLimits, shutd
 
 /// One connection: HTTP/1.1 with keep-alive, ended gracefully at `Draining`.
 async fn connection(tcp: tokio::net::TcpStream, app: Router, limits: ConnLimits, shutdown: ShutdownSignal) {
+    // The peer's address rides along as axum's ConnectInfo (the admin listener throttles sign-in per address).
+    let peer = tcp.peer_addr().ok();
     let io = TokioIo::new(io::WriteDeadline::new(tcp, limits.write_timeout));
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        let mut req = req.map(axum::body::Body::new);
+        if let Some(addr) = peer {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        }
+        app.clone().oneshot(req)
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

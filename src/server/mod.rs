@@ -94,7 +94,8 @@ pub struct Parts {
 }
 
 pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyhow::Result<Parts> {
-    let viewer_token = token::viewer_token(config.admin_viewer_token.as_deref(), &token)?;
+    let viewer_token =
+        token::viewer_token(config.admin_viewer_token.as_deref(), config.admin_viewer_token_file.as_deref(), &token)?;
     let audit_path = config.state_dir.join("audit.jsonl");
     let audit =
         Arc::new(AuditLog::open(Some(&audit_path)).with_context(|| format!("opening {}", audit_path.display()))?);
@@ -163,9 +164,16 @@ pub fn build(config: &Config, token: String, shutdown: &ShutdownSignal) -> anyho
         sessions: Default::default(),
         traffic,
         models_dir: config.models_dir.clone(),
+        loopback_only: admin_is_loopback(&config.admin_host),
+        feeds: Arc::new(tokio::sync::Semaphore::new(crate::api::dashboard::feed::MAX_FEEDS)),
         shutdown: shutdown.clone(),
     };
     Ok(Parts { lifecycle, app, admin })
+}
+
+/// Whether the admin listener's configured host is a loopback address or name.
+fn admin_is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Serves until `shutdown` resolves (or the lifecycle controller stops, an error). Returns an error if a startup

@@ -16,7 +16,7 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 fn checked(token: &str, from: &str) -> anyhow::Result<String> {
     let t = token.trim();
     if t.chars().count() < MIN_TOKEN_CHARS {
-        bail!("the admin token from {from} is shorter than {MIN_TOKEN_CHARS} characters; use a long random one");
+        bail!("the token from {from} is shorter than {MIN_TOKEN_CHARS} characters; use a long random one");
     }
     Ok(t.to_string())
 }
@@ -107,9 +107,12 @@ pub fn admin_token(
 
 /// The viewer token (`--admin-viewer-token`), checked like the admin token and refused when it is the admin
 /// token itself (a viewer would then be an operator).
-pub fn viewer_token(given: Option<&str>, admin: &str) -> anyhow::Result<Option<String>> {
-    let Some(t) = given else { return Ok(None) };
-    let t = checked(t, "TEAL_ADMIN_VIEWER_TOKEN / --admin-viewer-token")?;
+pub fn viewer_token(given: Option<&str>, file: Option<&Path>, admin: &str) -> anyhow::Result<Option<String>> {
+    let t = match (given, file) {
+        (Some(t), _) => checked(t, "TEAL_ADMIN_VIEWER_TOKEN / --admin-viewer-token")?,
+        (None, Some(f)) => read_private(f)?,
+        (None, None) => return Ok(None),
+    };
     if t == admin {
         bail!("the viewer token is the admin token; give the viewer a token of its own");
     }
@@ -123,10 +126,15 @@ mod tests {
     #[test]
     fn the_viewer_token_is_long_and_its_own() {
         let admin = "0123456789abcdef";
-        assert_eq!(viewer_token(None, admin).unwrap(), None);
-        assert!(viewer_token(Some("short"), admin).is_err());
-        assert!(viewer_token(Some(admin), admin).is_err());
-        assert_eq!(viewer_token(Some(" fedcba9876543210 "), admin).unwrap().as_deref(), Some("fedcba9876543210"));
+        assert_eq!(viewer_token(None, None, admin).unwrap(), None);
+        assert!(viewer_token(Some("short"), None, admin).is_err());
+        assert!(viewer_token(Some(admin), None, admin).is_err());
+        let t = viewer_token(Some(" fedcba9876543210 "), None, admin).unwrap();
+        assert_eq!(t.as_deref(), Some("fedcba9876543210"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("viewer.token");
+        create_private(&f, "viewer-from-a-file-0123").unwrap();
+        assert_eq!(viewer_token(None, Some(&f), admin).unwrap().as_deref(), Some("viewer-from-a-file-0123"));
     }
     use std::os::unix::fs::PermissionsExt;
 

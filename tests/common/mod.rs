@@ -116,6 +116,23 @@ impl TestServer {
         r.json().await.unwrap()
     }
 
+    /// The first event of the dashboard's live feed (GET /ui/stream) as `token` sees it.
+    pub async fn dashboard_state(&self, token: &str) -> serde_json::Value {
+        let mut resp = reqwest::Client::new()
+            .get(format!("{}/ui/stream", self.admin_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut buf = String::new();
+        while !buf.contains("\n\n") {
+            buf.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().expect("an event")));
+        }
+        let data = buf.lines().find_map(|l| l.strip_prefix("data: ")).expect("a data line");
+        serde_json::from_str(data).unwrap()
+    }
+
     /// Waits for an admin operation to finish and returns it.
     pub async fn wait_op(&self, id: &str) -> serde_json::Value {
         for _ in 0..6000 {

@@ -160,6 +160,10 @@ async fn three_replicas_flip_and_roll_back_together_under_load() {
     for m in view["members"].as_array().unwrap() {
         assert_eq!((m["epoch"].as_u64(), m["state"].as_str()), (Some(last_epoch), Some("in_sync")), "{view:#}");
     }
+    // The dashboard's feed shows the same fleet matrix.
+    let feed = replicas[0].dashboard_state(crate::common::ADMIN_TOKEN).await;
+    assert_eq!(feed["fleet"]["target"]["epoch"], last_epoch, "{:#}", feed["fleet"]);
+    assert_eq!(feed["fleet"]["members"].as_array().map(Vec::len), Some(3));
     let metrics = replicas[2].get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains(&format!("teal_fleet_epoch {last_epoch}")), "{metrics}");
     assert!(metrics.contains("teal_fleet_staleness_seconds"));

@@ -3,20 +3,25 @@
 //! them either as `Authorization: Bearer <token>` (the JSON API, scripts, the CLI) or, in a browser, with the
 //! session cookie that signing in on the dashboard exchanges the token for (HttpOnly, SameSite=Strict). A
 //! cookie is ambient, so every mutation made with one must also carry the session's CSRF token in
-//! `X-CSRF-Token` and must not come from another site (`Sec-Fetch-Site`, `Origin`). A mutation may say why in
-//! `X-Teal-Reason`; the reason goes to the audit log with the caller's role.
+//! `X-CSRF-Token` and must not come from another site (`Sec-Fetch-Site`, `Origin`). On a loopback listener only
+//! requests addressed to a loopback name are answered (DNS rebinding; origin.rs). Wrong tokens, at sign-in or
+//! as a bearer, are throttled per client address (sessions.rs). A mutation may say why in `X-Teal-Reason`; the
+//! reason goes to the audit log with the caller's role, even if the client hangs up before the answer.
 
 #![deny(clippy::indexing_slicing)]
 
 use super::super::admin_state::AdminState;
 use super::super::error::ApiError;
+use super::origin::{loopback_host, same_origin};
 use super::sessions::{Role, SESSION_COOKIE};
 use crate::lifecycle::audit::Entry;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
 use subtle::ConstantTimeEq;
 
 /// Longest reason kept (characters); longer ones are cut.
@@ -40,9 +45,11 @@ pub struct Caller {
     pub via: Via,
 }
 
-/// True when `given` equals `token` (constant time; an empty token never matches).
+/// True when `given` equals `token`. The comparison is of SHA-256 digests in constant time, so neither the
+/// token's content nor its length shows in the timing; an empty token never matches.
 pub fn token_matches(given: &str, token: &str) -> bool {
-    !token.is_empty() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(token.as_bytes()));
+    !token.is_empty() && bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 /// The role a presented token grants, if any.
@@ -57,30 +64,31 @@ pub fn role_of(s: &AdminState, given: &str) -> Option<Role> {
     }
 }
 
-/// The value of the session cookie in a request's Cookie headers.
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// Every value of the session cookie in a request's Cookie headers (at most 8). A browser may send several:
+/// cookies ignore ports, so another service on the same host could plant one with a more specific path.
+pub fn session_cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == SESSION_COOKIE)
+        .filter(|c| c.name() == SESSION_COOKIE)
         .map(|c| c.value().to_string())
+        .take(8)
+        .collect()
 }
 
-/// False when the browser says the request comes from another site: by Fetch Metadata (`Sec-Fetch-Site`) when
-/// it sends it, else when its Origin names a host other than the one the request was sent to. Requests with
-/// neither header (curl, scripts) pass: they carry no ambient cookie of a victim's browser.
-pub fn same_origin(headers: &HeaderMap) -> bool {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = text("sec-fetch-site") {
-        return matches!(site, "same-origin" | "none");
-    }
-    match (text("origin"), text("host")) {
-        (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, h)| h == host),
-        (Some(_), None) => false,
-        _ => true,
+/// The client's address, when the listener recorded it.
+pub fn peer(req: &Request) -> Option<IpAddr> {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Whether a caller's credentials still hold: a session ends on sign-out or expiry; a bearer token does not.
+pub fn still_signed_in(s: &AdminState, caller: &Caller) -> bool {
+    match &caller.via {
+        Via::Bearer => true,
+        Via::Session { id, .. } => s.sessions.get(id).is_some(),
     }
 }
 
@@ -102,6 +110,8 @@ enum Refusal {
     SignIn,
     /// Known caller, not allowed: 403 with why.
     Forbidden(&'static str),
+    /// Too many wrong tokens from this address: 429.
+    Throttled,
 }
 
 impl IntoResponse for Refusal {
@@ -110,6 +120,7 @@ impl IntoResponse for Refusal {
             Refusal::Unauthorized => unauthorized(),
             Refusal::SignIn => Redirect::to("/login").into_response(),
             Refusal::Forbidden(why) => forbidden(why),
+            Refusal::Throttled => throttled(),
         }
     }
 }
@@ -126,6 +137,18 @@ fn unauthorized() -> Response {
     resp
 }
 
+/// 429 for an address that sent too many wrong tokens.
+pub fn throttled() -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+        "too many wrong tokens from this address; wait a minute",
+    )
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    resp
+}
+
 fn forbidden(message: &str) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
 }
@@ -135,10 +158,18 @@ fn forbidden(message: &str) -> Response {
 fn identify(s: &AdminState, req: &Request) -> Result<Caller, Refusal> {
     let headers = req.headers();
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let addr = peer(req);
+        if !s.sessions.may_try(addr) {
+            return Err(Refusal::Throttled);
+        }
         let given = auth.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-        return role_of(s, given).map(|role| Caller { role, via: Via::Bearer }).ok_or(Refusal::Unauthorized);
+        let role = role_of(s, given);
+        if role.is_none() {
+            s.sessions.note_failure(addr);
+        }
+        return role.map(|role| Caller { role, via: Via::Bearer }).ok_or(Refusal::Unauthorized);
     }
-    if let Some(id) = session_cookie(headers) {
+    for id in session_cookies(headers) {
         if let Some(sess) = s.sessions.get(&id) {
             return Ok(Caller { role: sess.role, via: Via::Session { id, csrf: sess.csrf } });
         }
@@ -177,6 +208,9 @@ pub fn reason_of(headers: &HeaderMap) -> Option<String> {
 /// The admin listener's gate: identifies the caller, refuses what their role or session may not do, and audits
 /// every mutation that gives a reason.
 pub async fn authorize(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+    if s.loopback_only && !loopback_host(req.headers()) {
+        return forbidden("this admin listener is on a loopback address and answers only to localhost or 127.0.0.1");
+    }
     if public(req.uri().path()) {
         return next.run(req).await;
     }
@@ -195,29 +229,29 @@ pub async fn authorize(State(s): State<AdminState>, mut req: Request, next: Next
         }
     }
     let reason = if mutation { reason_of(req.headers()) } else { None };
+    let Some(reason) = reason else {
+        req.extensions_mut().insert(caller);
+        return next.run(req).await;
+    };
     let (method, path) = (req.method().to_string(), req.uri().path().to_string());
-    let via = if matches!(caller.via, Via::Bearer) { "bearer" } else { "dashboard" };
-    let role = caller.role;
+    let (role, via) = (caller.role, if matches!(caller.via, Via::Bearer) { "bearer" } else { "dashboard" });
     req.extensions_mut().insert(caller);
-    let resp = next.run(req).await;
-    if let Some(reason) = reason {
+    // Run the action as a task of its own, so that it and its audit record finish together even when the
+    // client hangs up before the answer (the connection's future is dropped then, a spawned task is not).
+    let audit = s.lifecycle.audit.clone();
+    let task = tokio::spawn(async move {
+        let resp = next.run(req).await;
         let status = resp.status();
-        let outcome = if status.is_success() {
-            "ok"
-        } else if status.is_client_error() {
-            "refused"
-        } else {
-            "failed"
+        let outcome = match status.as_u16() {
+            200..=399 => "ok",
+            400..=499 => "refused",
+            _ => "failed",
         };
-        s.lifecycle.audit.record(Entry {
-            action: "operator_action",
-            outcome,
-            reason: Some(reason),
-            details: json!({"method": method, "path": path, "status": status.as_u16(), "role": role, "via": via}),
-            ..Default::default()
-        });
-    }
-    resp
+        let details = json!({"method": method, "path": path, "status": status.as_u16(), "role": role, "via": via});
+        audit.record(Entry { action: "operator_action", outcome, reason: Some(reason), details, ..Default::default() });
+        resp
+    });
+    task.await.unwrap_or_else(|e| ApiError::internal(format!("the admin action stopped: {e}")).into_response())
 }
 
 #[cfg(test)]
@@ -241,27 +275,12 @@ mod tests {
     }
 
     #[test]
-    fn the_session_cookie_is_found_among_others() {
+    fn every_session_cookie_is_found_among_others() {
         let h = headers(&[("cookie", "a=1; teal_session=abc123; b=2")]);
-        assert_eq!(session_cookie(&h).as_deref(), Some("abc123"));
-        let h = headers(&[("cookie", "a=1"), ("cookie", "teal_session=x")]);
-        assert_eq!(session_cookie(&h).as_deref(), Some("x"));
-        assert_eq!(session_cookie(&headers(&[("cookie", "teal_sessionx=1")])), None);
-    }
-
-    #[test]
-    fn cross_site_requests_are_told_apart() {
-        assert!(same_origin(&headers(&[])), "curl sends neither header");
-        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")])));
-        let host = ("host", "127.0.0.1:9000");
-        assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:9000")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "http://evil.example")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "null")])));
-        // Fetch Metadata decides when present: a form post under Referrer-Policy no-referrer says Origin: null.
-        assert!(same_origin(&headers(&[host, ("origin", "null"), ("sec-fetch-site", "same-origin")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "http://127.0.0.1:9000"), ("sec-fetch-site", "cross-site")])));
+        assert_eq!(session_cookies(&h), ["abc123"]);
+        let h = headers(&[("cookie", "teal_session=planted; a=1"), ("cookie", "teal_session=x")]);
+        assert_eq!(session_cookies(&h), ["planted", "x"]);
+        assert!(session_cookies(&headers(&[("cookie", "teal_sessionx=1")])).is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod feed;
 pub mod models;
+pub mod origin;
 pub mod pages;
 pub mod sessions;
 pub mod traffic;

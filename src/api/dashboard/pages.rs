@@ -6,14 +6,16 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::super::admin_state::AdminState;
-use super::auth::{role_of, same_origin, Caller, Via};
+use super::auth::{role_of, session_cookies, throttled, Caller, Via};
+use super::origin::same_origin;
 use super::sessions::{SESSION_COOKIE, SESSION_TTL};
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 const INDEX: &str = include_str!("../../../assets/dashboard/index.html");
 const LOGIN: &str = include_str!("../../../assets/dashboard/login.html");
@@ -61,26 +63,34 @@ pub struct LoginForm {
     token: String,
 }
 
-/// POST /login: a right token opens a session and sets its cookie; a wrong one shows the form again (401).
+/// POST /login: a right token opens a session (ending the one the browser had, if any) and sets its cookie; a
+/// wrong one shows the form again (401); too many wrong ones from one address get 429 for a minute.
 pub async fn login(
     State(s): State<AdminState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
     if !same_origin(&headers) {
         return login_page(StatusCode::FORBIDDEN, "Sign in from the dashboard's own page.");
     }
-    if !s.sessions.may_try() {
-        let mut resp = login_page(StatusCode::TOO_MANY_REQUESTS, "Too many failed sign-ins; wait a minute.");
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    if !s.sessions.may_try(addr) {
+        let mut resp = login_page(StatusCode::TOO_MANY_REQUESTS, "Too many wrong tokens; wait a minute.");
+        if let Some(v) = throttled().headers().get(header::RETRY_AFTER) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v.clone());
+        }
         return resp;
     }
     let given = form.map(|Form(f)| f.token).unwrap_or_default();
     let Some(role) = role_of(&s, given.trim()) else {
-        s.sessions.note_failure();
+        s.sessions.note_failure(addr);
         tracing::warn!("dashboard sign-in with a wrong token");
         return login_page(StatusCode::UNAUTHORIZED, "That token is not the admin or the viewer token.");
     };
+    for old in session_cookies(&headers) {
+        s.sessions.remove(&old);
+    }
     let id = s.sessions.create(role);
     tracing::info!(role = role.as_str(), "dashboard sign-in");
     let cookie = format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_TTL.as_secs());

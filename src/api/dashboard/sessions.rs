@@ -1,11 +1,14 @@
 //! The dashboard's sign-in sessions, kept in this process's memory (a restart signs everyone out): a random
 //! 256-bit id (the cookie's value) maps to the role the token granted and a CSRF token of its own. Sessions end
-//! after SESSION_TTL or on sign-out; at most MAX_SESSIONS live at once (the oldest go first). Failed sign-ins
-//! are limited so a token cannot be guessed at network speed.
+//! after SESSION_TTL or on sign-out; each role keeps at most MAX_PER_ROLE live at once (the role's oldest go
+//! first, so viewers signing in again and again can never push an operator out). Failed attempts (a wrong
+//! token at sign-in or as a bearer token) are limited per client address, so a token cannot be guessed at
+//! network speed and one address's guessing does not lock out the others.
 
 use rand::RngCore;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,11 +16,13 @@ use std::time::{Duration, Instant};
 pub const SESSION_COOKIE: &str = "teal_session";
 /// How long a session lasts after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Most live sessions.
-const MAX_SESSIONS: usize = 1024;
-/// Failed sign-ins allowed per FAILURE_WINDOW, for the whole process.
-const MAX_FAILURES: usize = 20;
+/// Most live sessions of one role.
+const MAX_PER_ROLE: usize = 512;
+/// Failed attempts allowed per client address per FAILURE_WINDOW.
+pub const MAX_FAILURES: usize = 20;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses whose failures are remembered; past it, the oldest record goes.
+const MAX_ADDRESSES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,7 +52,8 @@ pub struct Session {
 #[derive(Default)]
 struct Inner {
     live: HashMap<String, Session>,
-    failures: VecDeque<Instant>,
+    /// Recent failures per client address (None: the address is unknown).
+    failures: HashMap<Option<IpAddr>, VecDeque<Instant>>,
 }
 
 #[derive(Clone, Default)]
@@ -72,8 +78,13 @@ impl Sessions {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.live.retain(|_, s| s.expires > now);
-        while inner.live.len() >= MAX_SESSIONS {
-            let oldest = inner.live.iter().min_by_key(|(_, s)| s.expires).map(|(id, _)| id.clone());
+        while inner.live.values().filter(|s| s.role == role).count() >= MAX_PER_ROLE {
+            let oldest = inner
+                .live
+                .iter()
+                .filter(|(_, s)| s.role == role)
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(id, _)| id.clone());
             match oldest {
                 Some(id) => inner.live.remove(&id),
                 None => break,
@@ -102,21 +113,34 @@ impl Sessions {
         self.lock().live.remove(id);
     }
 
-    /// Whether another sign-in may be tried now (false: too many failures in the last minute).
-    pub fn may_try(&self) -> bool {
+    /// Whether `addr` may try a token now (false: MAX_FAILURES wrong ones in the last minute).
+    pub fn may_try(&self, addr: Option<IpAddr>) -> bool {
         let now = Instant::now();
         let mut inner = self.lock();
-        while inner.failures.front().is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW) {
-            inner.failures.pop_front();
+        let Some(recent) = inner.failures.get_mut(&addr) else { return true };
+        while recent.front().is_some_and(|t| now.duration_since(*t) > FAILURE_WINDOW) {
+            recent.pop_front();
         }
-        inner.failures.len() < MAX_FAILURES
+        recent.len() < MAX_FAILURES
     }
 
-    pub fn note_failure(&self) {
+    /// Counts a wrong token from `addr`.
+    pub fn note_failure(&self, addr: Option<IpAddr>) {
+        let now = Instant::now();
         let mut inner = self.lock();
-        inner.failures.push_back(Instant::now());
-        while inner.failures.len() > MAX_FAILURES {
-            inner.failures.pop_front();
+        if !inner.failures.contains_key(&addr) && inner.failures.len() >= MAX_ADDRESSES {
+            inner.failures.retain(|_, r| r.back().is_some_and(|t| now.duration_since(*t) <= FAILURE_WINDOW));
+            if inner.failures.len() >= MAX_ADDRESSES {
+                let oldest = inner.failures.iter().min_by_key(|(_, r)| r.back().copied()).map(|(a, _)| *a);
+                if let Some(a) = oldest {
+                    inner.failures.remove(&a);
+                }
+            }
+        }
+        let recent = inner.failures.entry(addr).or_default();
+        recent.push_back(now);
+        while recent.len() > MAX_FAILURES {
+            recent.pop_front();
         }
     }
 }
@@ -142,23 +166,31 @@ mod tests {
     }
 
     #[test]
-    fn live_sessions_are_bounded() {
+    fn live_sessions_are_bounded_per_role() {
         let s = Sessions::default();
-        let first = s.create(Role::Viewer);
-        for _ in 0..MAX_SESSIONS {
+        let operator = s.create(Role::Operator);
+        let first_viewer = s.create(Role::Viewer);
+        for _ in 0..MAX_PER_ROLE {
             s.create(Role::Viewer);
         }
-        assert_eq!(s.lock().live.len(), MAX_SESSIONS);
-        assert!(s.get(&first).is_none(), "the oldest went first");
+        assert_eq!(s.lock().live.len(), MAX_PER_ROLE + 1);
+        assert!(s.get(&first_viewer).is_none(), "the oldest viewer went first");
+        assert!(s.get(&operator).is_some(), "viewers never push an operator out");
     }
 
     #[test]
-    fn failed_sign_ins_are_limited() {
+    fn failed_attempts_are_limited_per_address() {
         let s = Sessions::default();
+        let (a, b): (Option<IpAddr>, Option<IpAddr>) = (Some([10, 0, 0, 1].into()), Some([10, 0, 0, 2].into()));
         for _ in 0..MAX_FAILURES {
-            assert!(s.may_try());
-            s.note_failure();
+            assert!(s.may_try(a));
+            s.note_failure(a);
         }
-        assert!(!s.may_try());
+        assert!(!s.may_try(a));
+        assert!(s.may_try(b), "another address may still try");
+        for i in 0..(MAX_ADDRESSES as u32 + 10) {
+            s.note_failure(Some(IpAddr::from(i.to_be_bytes())));
+        }
+        assert!(s.lock().failures.len() <= MAX_ADDRESSES, "the remembered addresses are bounded");
     }
 }

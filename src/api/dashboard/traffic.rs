@@ -98,6 +98,8 @@ pub struct SlotPoint {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Point {
+    /// Counts up from 1 (streams resume after the last they sent; wall-clock time may step back).
+    pub seq: u64,
     /// Unix time, seconds.
     pub t: f64,
     pub blue: SlotPoint,
@@ -173,14 +175,15 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Points newer than `after` (unix seconds), oldest first.
-    pub fn since(&self, after: f64) -> Vec<Point> {
+    /// Points after the one numbered `after`, oldest first.
+    pub fn since(&self, after: u64) -> Vec<Point> {
         let points = self.points.lock().unwrap_or_else(|p| p.into_inner());
-        points.iter().filter(|p| p.t > after).cloned().collect()
+        points.iter().filter(|p| p.seq > after).cloned().collect()
     }
 
-    fn push(&self, p: Point) {
+    fn push(&self, mut p: Point) {
         let mut points = self.points.lock().unwrap_or_else(|p| p.into_inner());
+        p.seq = points.back().map_or(1, |last| last.seq + 1);
         points.push_back(p);
         while points.len() > HISTORY {
             points.pop_front();
@@ -215,7 +218,7 @@ impl Traffic {
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0);
                 let [tb, tg] = &then;
-                traffic.push(Point { t, blue: point_of(nb, tb, secs, wb), green: point_of(ng, tg, secs, wg) });
+                traffic.push(Point { seq: 0, t, blue: point_of(nb, tb, secs, wb), green: point_of(ng, tg, secs, wg) });
                 past.push_back(now);
                 if past.len() > WINDOW {
                     past.pop_front();
