@@ -29,6 +29,9 @@ pub struct AdminArgs {
     /// Print the server's JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+    /// Why: sent with every change (X-Teal-Reason) and written to the audit log with it
+    #[arg(long, global = true, env = "TEAL_ADMIN_REASON")]
+    pub reason: Option<String>,
     #[command(subcommand)]
     pub command: AdminCommand,
 }
@@ -125,6 +128,8 @@ pub(crate) struct Client {
     pub http: reqwest::Client,
     pub url: String,
     pub token: String,
+    /// `--reason`, percent-encoded for the X-Teal-Reason header.
+    pub reason: Option<String>,
 }
 
 impl Client {
@@ -145,11 +150,22 @@ impl Client {
                 t.trim().to_string()
             }
         };
-        Ok(Client { http: reqwest::Client::new(), url: url.trim_end_matches('/').to_string(), token })
+        let url = url.trim_end_matches('/').to_string();
+        Ok(Client { http: reqwest::Client::new(), url, token, reason: None })
+    }
+
+    /// Sends `reason` with every call (the server audits it with each change).
+    pub fn with_reason(mut self, reason: Option<String>) -> Self {
+        self.reason =
+            reason.map(|r| percent_encoding::utf8_percent_encode(&r, percent_encoding::NON_ALPHANUMERIC).to_string());
+        self
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(r) = &self.reason {
+            req = req.header("x-teal-reason", r);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -207,7 +223,8 @@ impl Client {
 
 /// Runs one `teal admin` command.
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.url, args.token.clone(), args.token_file.clone(), &args.state_dir)?;
+    let client = Client::connect(&args.url, args.token.clone(), args.token_file.clone(), &args.state_dir)?
+        .with_reason(args.reason.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(dispatch(&client, args.command, args.json))
 }

@@ -147,12 +147,13 @@ async fn teal_admin_drives_a_running_server_with_its_generated_token() {
     assert_eq!((v["live"].as_str(), v["slots"]["green"]["state"].as_str()), (Some("blue"), Some("ready")));
     let table = String::from_utf8(teal_admin(admin_port, p, &["status"]).stdout).unwrap();
     assert!(table.starts_with("SLOT") && table.contains("stories260K") && table.contains("passed"), "{table}");
-    let out = teal_admin(admin_port, p, &["flip", "--expect-live", "blue"]);
+    let out = teal_admin(admin_port, p, &["flip", "--expect-live", "blue", "--reason", "from the CLI, ✓"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("live: green"), "{out:?}");
     let out = teal_admin(admin_port, p, &["rollback"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("live: blue"), "{out:?}");
     let events = String::from_utf8(teal_admin(admin_port, p, &["events"]).stdout).unwrap();
     assert!(events.contains(" flip ") && events.contains(" rollback "), "{events}");
+    assert!(events.contains("operator_action") && events.contains("from the CLI, ✓"), "{events}");
     let out = teal_admin(admin_port, p, &["unload", "blue"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{out:?}");
