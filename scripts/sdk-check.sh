@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 VENV=.venv-sdk
 [ -x $VENV/bin/python ] || python3 -m venv $VENV
 $VENV/bin/python -c "import openai, jsonschema" 2>/dev/null || $VENV/bin/pip install --quiet "openai>=1.40,<4" "jsonschema>=4,<5"
-cargo build --release --quiet
+# With the tests, as `cargo test --release` built them: the test-only dependencies (the browser test's WebDriver
+# client) switch on features of shared crates, and a plain build would compile teal a second time without them.
+cargo build --release --bins --tests --quiet
 free_port() { $VENV/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 PORT=$(free_port)
 ADMIN_PORT=$(free_port)

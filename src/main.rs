@@ -30,11 +30,16 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => {
-            let on_command_line = matches
-                .subcommand_matches("serve")
-                .and_then(|m| m.value_source("admin_token"))
-                .is_some_and(|s| s == ValueSource::CommandLine);
-            serve(*args, on_command_line)
+            let sub = matches.subcommand_matches("serve");
+            let on_command_line: Vec<&str> =
+                [("admin_token", "--admin-token"), ("admin_viewer_token", "--admin-viewer-token")]
+                    .into_iter()
+                    .filter(|(id, _)| {
+                        sub.and_then(|m| m.value_source(id)).is_some_and(|s| s == ValueSource::CommandLine)
+                    })
+                    .map(|(_, flag)| flag)
+                    .collect();
+            serve(*args, &on_command_line)
         }
         Command::Admin(args) => {
             teal::telemetry::init_logging(false);
@@ -54,13 +59,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve(args: ServeArgs, token_on_command_line: bool) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, tokens_on_command_line: &[&str]) -> anyhow::Result<()> {
     let args = args.with_file()?;
     teal::telemetry::init_logging(args.log_format.as_deref() == Some("json"));
-    if token_on_command_line {
+    for flag in tokens_on_command_line {
         tracing::warn!(
-            "--admin-token on the command line is visible to every user of this machine (ps); use \
-             TEAL_ADMIN_TOKEN or --admin-token-file"
+            "{flag} on the command line is visible to every user of this machine (ps); use its TEAL_ variable \
+             or {flag}-file"
         );
     }
     let config = args.resolve()?;
