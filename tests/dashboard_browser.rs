@@ -2,8 +2,9 @@
 //! chromium-driver, fantoccini as the client) against a real teal server serving stories260K variants. An
 //! operator signs in, loads a model into green from the picker, watches it become ready, flips (and sees a flip
 //! made by another client through the API appear within 2 s), rolls back, starts and aborts a rollout; a viewer
-//! sees the same views without a single action and has every mutation refused. Screenshots of each view go to
-//! target/dashboard-screenshots/ (and to docs/dashboard/ with TEAL_UPDATE_SCREENSHOTS=1).
+//! sees the same views without a single action and has every mutation refused; a replica in fleet mode (with
+//! its own redis-server) shows the fleet matrix. Screenshots of each view go to target/dashboard-screenshots/
+//! (and to docs/dashboard/ with TEAL_UPDATE_SCREENSHOTS=1).
 //!
 //! Its own binary: the browser needs the CPU for the 2-second check, so no other test may share it.
 
@@ -260,6 +261,43 @@ async fn viewer_flow(c: &Client, s: &TestServer) {
     assert_eq!(c.current_url().await.unwrap().path(), "/login");
 }
 
+/// A replica of a one-member fleet (its Redis on a free port): the page shows the fleet matrix.
+async fn fleet_flow(c: &Client, root: &std::path::Path) {
+    let port = free_port();
+    let _redis = Reaped::spawn(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = TestServer::start_args(ServeArgs {
+        blue: Some(root.join("base")),
+        green: Some(root.join("copy")),
+        models_dir: Some(root.to_path_buf()),
+        served_model_name: Some("story".into()),
+        fleet_name: Some("dash".into()),
+        fleet_redis_url: Some(format!("redis://127.0.0.1:{port}/")),
+        replica_id: Some("replica-a".into()),
+        ..Default::default()
+    })
+    .await;
+    sign_in(c, &s.admin_url, ADMIN_TOKEN).await;
+    let shown = c.find(Locator::Css("#fleet")).await.unwrap().is_displayed().await.unwrap();
+    assert!(shown, "fleet mode shows the fleet view");
+    wait_text(c, "#fleet-members", "replica-a", Duration::from_secs(10)).await;
+    wait_text(c, "#fleet-view", "dash", Duration::from_secs(2)).await;
+    no_script_error(c).await;
+    shot(c, Some("#fleet"), "fleet").await;
+    c.delete_all_cookies().await.unwrap();
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_and_viewers_in_a_real_browser() {
     let root = root_with_base();
@@ -290,6 +328,7 @@ async fn operators_and_viewers_in_a_real_browser() {
     c.set_window_size(1280, 1000).await.unwrap();
     c.delete_all_cookies().await.unwrap();
     viewer_flow(&c, &s).await;
-    c.close().await.unwrap();
     s.stop().await.unwrap();
+    fleet_flow(&c, root.path()).await;
+    c.close().await.unwrap();
 }
