@@ -32,6 +32,12 @@ pub fn parse_device(s: &str) -> Result<Device> {
 /// One candle device per GPU for the whole process: candle tells devices apart by instance, so two slots on
 /// `cuda:0` must get the same one, or weights shared between them, and teal's kernel module (loaded once per
 /// device), would belong to "another device".
+///
+/// The device is opened with **one explicit stream** (`new_cuda_with_stream`), which every thread that touches it
+/// uses: both slots' engine threads, loads, park/wake copies and KV-pool allocation on tokio's blocking threads.
+/// `Device::new_cuda` would give each OS thread its own per-thread stream with nothing ordering them, while
+/// candle's quantized matmuls share one scratch buffer per device on the assumption that all launches are
+/// serialised (ARCHITECTURE.md "CUDA": the ordering discipline).
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
     use std::collections::HashMap;
@@ -41,9 +47,32 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
     if let Some(d) = opened.get(&ordinal) {
         return Ok(d.clone());
     }
-    let d = Device::new_cuda(ordinal).map_err(|e| TealError::Device(format!("cuda:{ordinal}: {e}")))?;
+    let d = Device::new_cuda_with_stream(ordinal).map_err(|e| TealError::Device(format!("cuda:{ordinal}: {e}")))?;
+    if let Device::Cuda(cuda) = &d {
+        // SAFETY: every buffer of this context is allocated, used and freed on its one stream (above), so stream
+        // order alone keeps each use after its allocation and before its free; the per-use events cudarc would
+        // otherwise record (a few per launch) order nothing.
+        unsafe { cuda.disable_event_tracking() };
+    }
     opened.insert(ordinal, d.clone());
     Ok(d)
+}
+
+/// The driver's UUID of CUDA ordinal `ordinal` (`GPU-...`, as NVML prints it), without opening a context: what
+/// memory/gpu_match.rs matches NVML's devices by.
+#[cfg(feature = "cuda")]
+pub fn cuda_uuid(ordinal: u32) -> Option<String> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    result::init().ok()?;
+    let dev = result::device::get(i32::try_from(ordinal).ok()?).ok()?;
+    let uuid = result::device::get_uuid(dev).ok()?;
+    Some(crate::memory::gpu_match::format_uuid(&uuid.bytes.map(|b| b as u8)))
+}
+
+/// Without CUDA compiled in there is no driver to ask (NVML's order is used, see memory/gpu_match.rs).
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_uuid(_ordinal: u32) -> Option<String> {
+    None
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use teal::models::{load, LoadOptions};
-use teal::ops::paged_attention::{paged_attention, write_kv, AttnMeta};
+use teal::ops::paged_attention::{paged_attention_windowed, write_kv, AttnMeta};
 
 fn gpu() -> Device {
     teal::device::parse_device("cuda:0").expect("these tests need a CUDA GPU (cuda:0)")
@@ -36,6 +36,8 @@ struct Case {
     head_dim: usize,
     block_size: usize,
     seqs: Vec<(usize, usize)>,
+    /// Local attention (Gemma's sliding-window layers): each query sees its last `window` positions.
+    window: Option<usize>,
 }
 
 /// Writes each sequence's cached positions, then runs one step (write the new keys/values, attend) on `dev`.
@@ -55,7 +57,7 @@ fn step(dev: &Device, c: &Case, data: &Inputs) -> (Vec<f32>, Vec<f32>, Vec<f32>)
     }
     let n = data.step.num_tokens();
     let q = Tensor::from_slice(&data.q, (n, c.heads, 1, c.head_dim), dev).unwrap();
-    let out = paged_attention(&q, &kp, &vp, &Arc::new(data.step.clone()), c.kv_heads).unwrap();
+    let out = paged_attention_windowed(&q, &kp, &vp, &Arc::new(data.step.clone()), c.kv_heads, c.window).unwrap();
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(flat(&kp).len(), data.pool_slots * row);
     (flat(&out), flat(&kp), flat(&vp))
@@ -129,7 +131,7 @@ fn decode_batch_matches_the_cpu_reference() {
     let mut rng = rng();
     // SmolLM2-135M's attention: 9 heads over 3 kv heads, head_dim 64; 8 sequences decoding at random lengths.
     let seqs = (0..8).map(|_| (rng.random_range(1..300), 1)).collect();
-    check(Case { heads: 9, kv_heads: 3, head_dim: 64, block_size: 16, seqs }, &mut rng);
+    check(Case { heads: 9, kv_heads: 3, head_dim: 64, block_size: 16, seqs, window: None }, &mut rng);
 }
 
 #[test]
@@ -137,7 +139,7 @@ fn ragged_prefill_and_decode_match_the_cpu_reference() {
     let mut rng = rng();
     // A fresh prompt, a chunked prefill continuing a cached one, and decodes, in one step.
     let seqs = vec![(0, 37), (50, 64), (rng.random_range(1..200), 1), (rng.random_range(1..200), 1)];
-    check(Case { heads: 8, kv_heads: 4, head_dim: 8, block_size: 4, seqs }, &mut rng);
+    check(Case { heads: 8, kv_heads: 4, head_dim: 8, block_size: 4, seqs, window: None }, &mut rng);
 }
 
 #[test]
@@ -145,14 +147,46 @@ fn head_dims_that_are_not_a_multiple_of_32_and_the_largest_supported() {
     let mut rng = rng();
     for head_dim in [48, 128, 256] {
         let seqs = vec![(rng.random_range(0..100), 5), (rng.random_range(1..100), 1)];
-        check(Case { heads: 4, kv_heads: 1, head_dim, block_size: 16, seqs }, &mut rng);
+        check(Case { heads: 4, kv_heads: 1, head_dim, block_size: 16, seqs, window: None }, &mut rng);
     }
 }
 
 #[test]
 fn long_sequence_matches_the_cpu_reference() {
     let mut rng = rng();
-    check(Case { heads: 4, kv_heads: 2, head_dim: 64, block_size: 16, seqs: vec![(4000, 1), (0, 3)] }, &mut rng);
+    check(
+        Case { heads: 4, kv_heads: 2, head_dim: 64, block_size: 16, seqs: vec![(4000, 1), (0, 3)], window: None },
+        &mut rng,
+    );
+}
+
+#[test]
+fn one_long_decode_is_split_across_blocks_and_merged() {
+    let mut rng = rng();
+    // Batch 1 at 9,000 positions: 19 splits of the decode kernel, merged (decode_splits in meta.rs).
+    let seqs = vec![(9000, 1)];
+    check(Case { heads: 9, kv_heads: 3, head_dim: 64, block_size: 16, seqs, window: None }, &mut rng);
+    // Uneven lengths in one split launch: the short sequences' later splits are empty.
+    let seqs = vec![(3000, 1), (5, 1), (700, 1)];
+    check(Case { heads: 4, kv_heads: 2, head_dim: 128, block_size: 16, seqs, window: None }, &mut rng);
+}
+
+#[test]
+fn prefill_runs_share_tiles_across_their_queries() {
+    let mut rng = rng();
+    // Runs of 16 and a remainder, continuing a cached prefix, beside decodes; head_dim 256 (Gemma 3).
+    let seqs = vec![(0, 45), (33, 70), (rng.random_range(1..500), 1)];
+    check(Case { heads: 4, kv_heads: 1, head_dim: 256, block_size: 16, seqs, window: None }, &mut rng);
+}
+
+#[test]
+fn sliding_window_layers_match_the_cpu_reference() {
+    let mut rng = rng();
+    for window in [1, 7, 512] {
+        // Decodes past the window (split and not), a prefill crossing it, and a short one inside it.
+        let seqs = vec![(2000, 1), (600, 40), (3, 5), (rng.random_range(1..100), 1)];
+        check(Case { heads: 4, kv_heads: 1, head_dim: 256, block_size: 16, seqs, window: Some(window) }, &mut rng);
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! push the live slot out of memory. Weights shared between slots are counted once (models/shared.rs).
 
 pub mod budget;
+pub mod gpu_match;
 pub mod probe;
 
 use crate::engine::EngineConfig;

@@ -2,8 +2,10 @@
 //! and the cgroup memory limit (a container's limit counts, not the host's RAM). On CUDA: NVML (nvml-wrapper,
 //! loaded at run time, so a build without CUDA still reports GPUs when a driver is present).
 
+use super::gpu_match::nvml_index;
 use serde::Serialize;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Size and free memory of one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -39,11 +41,32 @@ pub trait MemoryProbe: Send + Sync {
 #[derive(Default)]
 pub struct SystemProbe {
     nvml: OnceLock<Option<nvml_wrapper::Nvml>>,
+    /// CUDA ordinal -> NVML index, resolved once per ordinal (gpu_match.rs).
+    indices: Mutex<HashMap<u32, Option<u32>>>,
 }
 
 impl SystemProbe {
     fn nvml(&self) -> Option<&nvml_wrapper::Nvml> {
         self.nvml.get_or_init(|| nvml_wrapper::Nvml::init().ok()).as_ref()
+    }
+
+    /// The NVML device that is `cuda:N`, matched by UUID (not by index: see gpu_match.rs).
+    fn nvml_device(&self, device: &str) -> Option<nvml_wrapper::Device<'_>> {
+        let nvml = self.nvml()?;
+        let ordinal = cuda_ordinal(device)?;
+        let mut indices = self.indices.lock().unwrap_or_else(|p| p.into_inner());
+        let index = *indices.entry(ordinal).or_insert_with(|| {
+            let uuids: Vec<String> = (0..nvml.device_count().unwrap_or(0))
+                .map(|i| nvml.device_by_index(i).and_then(|d| d.uuid()).unwrap_or_default())
+                .collect();
+            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+            let found = nvml_index(ordinal, crate::device::cuda_uuid(ordinal).as_deref(), visible.as_deref(), &uuids);
+            if found.is_none() {
+                tracing::warn!(device, "no NVML device matches this CUDA device: its memory cannot be probed");
+            }
+            found
+        });
+        nvml.device_by_index(index?).ok()
     }
 }
 
@@ -61,7 +84,7 @@ impl MemoryProbe for SystemProbe {
     }
 
     fn gpu(&self, device: &str) -> Option<GpuTelemetry> {
-        let d = self.nvml()?.device_by_index(cuda_ordinal(device)?).ok()?;
+        let d = self.nvml_device(device)?;
         let mem = d.memory_info().ok()?;
         Some(GpuTelemetry {
             name: d.name().unwrap_or_default(),

@@ -43,6 +43,47 @@ impl AttnMeta {
     }
 }
 
+/// Runs of up to `max_len` consecutive new tokens of the same sequence with consecutive positions (how the worker
+/// lays out each sequence's new tokens): `(first token, count)`, covering every token once, in order. Attention
+/// reads each key/value row once per run, for all of the run's queries (the CPU op and the CUDA prefill kernel).
+pub fn runs(meta: &AttnMeta, max_len: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = vec![];
+    for t in 0..meta.num_tokens() {
+        match runs.last_mut() {
+            Some((start, len))
+                if *len < max_len
+                    && meta.token_seq[*start] == meta.token_seq[t]
+                    && meta.token_pos[t] == meta.token_pos[*start] + *len as u32 =>
+            {
+                *len += 1
+            }
+            _ => runs.push((t, 1)),
+        }
+    }
+    runs
+}
+
+/// Decode splits: at least this many positions each, enough blocks to fill an H100/H200 (132 SMs) twice, and
+/// at most this many splits (a bound on the partials' workspace).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const MIN_SPLIT_POSITIONS: usize = 128;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const TARGET_BLOCKS: usize = 264;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const MAX_SPLITS: usize = 64;
+
+/// How many splits the decode items get, and the positions per split: by the longest visible span, so one long
+/// sequence is spread over enough blocks to fill the GPU, and never more than the work is worth.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn decode_splits(item_pos: &[u32], window: Option<usize>, num_heads: usize) -> (usize, usize) {
+    let span = |p: u32| (p as usize + 1).min(window.unwrap_or(usize::MAX));
+    let longest = item_pos.iter().map(|&p| span(p)).max().unwrap_or(1).max(1);
+    let by_length = longest.div_ceil(MIN_SPLIT_POSITIONS);
+    let by_occupancy = TARGET_BLOCKS.div_ceil((num_heads * item_pos.len()).max(1));
+    let splits = by_length.min(by_occupancy).clamp(1, MAX_SPLITS);
+    (splits, longest.div_ceil(splits))
+}
+
 /// A step's attention metadata as copied to one CUDA device, made at the first layer and reused by the rest.
 /// A clone starts empty: the copy belongs to the metadata it was made from.
 /// Held type-erased, so this file needs no CUDA types (cuda.rs stores and reads its own `DeviceMeta`).
@@ -102,6 +143,32 @@ mod tests {
             block_size: 16,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn long_decodes_are_split_and_busy_batches_are_not() {
+        // One sequence at 4,000 positions, 9 heads: 30 splits of 134 positions (270 blocks).
+        assert_eq!(decode_splits(&[3999], None, 9), (30, 134));
+        // Short: one split covering it all.
+        assert_eq!(decode_splits(&[100], None, 9), (1, 101));
+        // 64 sequences x 9 heads already fill the GPU: no split however long.
+        assert_eq!(decode_splits(&[8000; 64], None, 9), (1, 8001));
+        // A window bounds the span: Gemma's local layers (512) at position 30,000.
+        assert_eq!(decode_splits(&[30_000], Some(512), 4), (4, 128));
+        // Never more than MAX_SPLITS.
+        assert_eq!(decode_splits(&[1_000_000], None, 1).0, MAX_SPLITS);
+    }
+
+    #[test]
+    fn runs_group_consecutive_positions_of_one_sequence() {
+        let m = AttnMeta {
+            token_seq: vec![0, 0, 0, 1, 2, 2, 0],
+            token_pos: vec![7, 8, 9, 3, 0, 2, 10],
+            ..Default::default()
+        };
+        assert_eq!(runs(&m, 16), vec![(0, 3), (3, 1), (4, 1), (5, 1), (6, 1)]);
+        assert_eq!(runs(&m, 2), vec![(0, 2), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]);
+        assert!(runs(&AttnMeta::default(), 4).is_empty());
     }
 
     #[test]

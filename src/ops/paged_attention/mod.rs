@@ -90,24 +90,9 @@ struct PagedAttention {
 const TILE: usize = 4;
 
 impl PagedAttention {
-    /// Runs of up to `TILE` consecutive new tokens of the same sequence (the worker lays each sequence's new
-    /// tokens out contiguously with consecutive positions): `(first token, count)`.
+    /// Runs of up to `TILE` consecutive new tokens of the same sequence: `(first token, count)`.
     fn tiles(&self) -> Vec<(usize, usize)> {
-        let m = &self.meta;
-        let mut tiles: Vec<(usize, usize)> = vec![];
-        for t in 0..m.num_tokens() {
-            match tiles.last_mut() {
-                Some((start, len))
-                    if *len < TILE
-                        && m.token_seq[*start] == m.token_seq[t]
-                        && m.token_pos[t] == m.token_pos[*start] + *len as u32 =>
-                {
-                    *len += 1
-                }
-                _ => tiles.push((t, 1)),
-            }
-        }
-        tiles
+        meta::runs(&self.meta, TILE)
     }
 
     /// Attention of the tile's tokens for every query head of kv head `kvh`. Returns `[token][group head][hd]`.
@@ -226,18 +211,12 @@ impl CustomOp3 for PagedAttention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if let Some(w) = self.window {
-            if self.meta.token_pos.iter().any(|&p| p as usize >= w) {
-                candle_core::bail!(
-                    "local (sliding-window) attention past {w} positions is not implemented on CUDA yet"
-                );
-            }
-        }
         let shape = cuda::AttnShape {
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
             head_dim: self.head_dim,
             scale: self.scale,
+            window: self.window,
         };
         let out = cuda::paged_attention(s1, l1, s2, l2, s3, l3, &self.meta, &shape)?;
         Ok((out, Shape::from((self.meta.num_tokens(), self.num_heads * self.head_dim))))
