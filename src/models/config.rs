@@ -1,5 +1,6 @@
 //! Architecture hyper-parameters of a Llama-family model, read from a Hugging Face `config.json` or from GGUF
-//! metadata. One struct serves Llama, Mistral, Qwen2 and SmolLM configs: they differ only in the fields here.
+//! metadata. One struct serves Llama, Mistral, Qwen2, Qwen3, Phi-3 and SmolLM configs (and Gemma 3 through
+//! `Family`): they differ only in the fields here.
 
 #![deny(clippy::indexing_slicing)]
 
@@ -39,6 +40,12 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Qwen2 puts a bias on the q, k and v projections.
     pub qkv_bias: bool,
+    /// Qwen3: an RMS norm over each query and key head before the rotary embedding.
+    pub qk_norm: bool,
+    /// Phi-3: q/k/v stored as one `qkv_proj` and gate/up as one `gate_up_proj`.
+    pub fused_projections: bool,
+    /// Mistral, Phi-3: every layer attends to the last `sliding_window` positions only.
+    pub sliding_window: Option<usize>,
     /// What differs between the families this struct describes (norms, activation, local attention).
     pub family: Family,
 }
@@ -58,7 +65,7 @@ impl LlamaConfig {
     /// The window of layer `l` (None: it attends to every earlier position).
     pub fn window(&self, l: usize) -> Option<usize> {
         match self.family {
-            Family::Llama => None,
+            Family::Llama => self.sliding_window,
             Family::Gemma3 { window, global_every, .. } => {
                 (!(l + 1).is_multiple_of(global_every.max(1))).then_some(window)
             }
@@ -83,15 +90,24 @@ struct HfConfig {
     max_position_embeddings: usize,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f32,
+    #[serde(default)]
+    rope_theta: Option<f32>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5 writes the rotary base and scaling here instead of `rope_theta` and `rope_scaling`.
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
     attention_bias: Option<bool>,
     #[serde(default)]
     hidden_act: Option<String>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
 }
 
 fn default_max_pos() -> usize {
@@ -104,24 +120,44 @@ fn default_theta() -> f32 {
     10000.0
 }
 
-const SUPPORTED_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+const SUPPORTED_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+const SUPPORTED_ARCHS: &[&str] =
+    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"];
 
 impl LlamaConfig {
     /// Parses and validates a Hugging Face `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let hf: HfConfig =
             serde_json::from_str(text).map_err(|e| TealError::InvalidModel(format!("config.json: {e}")))?;
-        let model_type = hf.model_type.clone().unwrap_or_default();
-        let known_arch = hf
-            .architectures
-            .iter()
-            .any(|a| matches!(a.as_str(), "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"));
-        if !SUPPORTED_TYPES.contains(&model_type.as_str()) && !known_arch {
+        let arch_type = |a: &str| a.strip_suffix("ForCausalLM").map(str::to_ascii_lowercase);
+        let model_type = match hf.model_type.clone() {
+            Some(t) => t,
+            None => hf
+                .architectures
+                .iter()
+                .find(|a| SUPPORTED_ARCHS.contains(&a.as_str()))
+                .and_then(|a| arch_type(a))
+                .unwrap_or_default(),
+        };
+        if !SUPPORTED_TYPES.contains(&model_type.as_str()) {
             return Err(TealError::UnsupportedModel(format!(
-                "model_type '{model_type}' (architectures {:?}); supported: llama, mistral, qwen2",
-                hf.architectures
+                "model_type '{model_type}' (architectures {:?}); supported: {}",
+                hf.architectures,
+                SUPPORTED_TYPES.join(", ")
             )));
         }
+        if model_type == "qwen2" && hf.use_sliding_window == Some(true) {
+            return Err(TealError::UnsupportedModel("qwen2 with use_sliding_window (windows on some layers)".into()));
+        }
+        let rope_param = |k: &str| hf.rope_parameters.as_ref().and_then(|p| p.get(k)).and_then(|v| v.as_f64());
+        if hf.partial_rotary_factor.or(rope_param("partial_rotary_factor")).is_some_and(|f| f != 1.0) {
+            return Err(TealError::UnsupportedModel("partial_rotary_factor other than 1".into()));
+        }
+        // Qwen2 configs carry a sliding_window that applies only with use_sliding_window (refused above).
+        let sliding_window = match model_type.as_str() {
+            "mistral" | "phi3" => hf.sliding_window.filter(|&w| w < hf.max_position_embeddings),
+            _ => None,
+        };
         if let Some(act) = &hf.hidden_act {
             if act != "silu" {
                 return Err(TealError::UnsupportedModel(format!("hidden_act '{act}' (only silu)")));
@@ -139,12 +175,15 @@ impl LlamaConfig {
             vocab_size: hf.vocab_size,
             max_position_embeddings: hf.max_position_embeddings,
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
-            rope_scaling: parse_rope_scaling(hf.rope_scaling.as_ref())?,
+            rope_theta: hf.rope_theta.or(rope_param("rope_theta").map(|t| t as f32)).unwrap_or(default_theta()),
+            rope_scaling: parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()))?,
             rope_style: RopeStyle::Halves,
             tie_word_embeddings: hf.tie_word_embeddings,
             family: Family::Llama,
             qkv_bias: model_type == "qwen2" || hf.attention_bias.unwrap_or(false),
+            qk_norm: model_type == "qwen3",
+            fused_projections: model_type == "phi3",
+            sliding_window,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -239,7 +278,7 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
             high_freq_factor: num("high_freq_factor", 4.0) as f32,
             original_max_position: num("original_max_position_embeddings", 8192.0) as usize,
         }),
-        "default" => Ok(RopeScaling::None),
+        "" | "default" => Ok(RopeScaling::None),
         other => Err(TealError::UnsupportedModel(format!("rope_scaling type '{other}'"))),
     }
 }

@@ -74,6 +74,9 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         qkv_bias: c.tensor_infos.contains_key("blk.0.attn_q.bias"),
         family,
+        qk_norm: false,
+        fused_projections: false,
+        sliding_window: None,
     };
     cfg.validate()?;
     Ok(cfg)

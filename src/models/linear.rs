@@ -82,6 +82,11 @@ impl LinearGroup {
         Ok(LinearGroup { fused, parts, sizes })
     }
 
+    /// A group whose parts are already one matrix; `sizes` are the parts' output widths.
+    pub fn fused(linear: Linear, sizes: Vec<usize>) -> Self {
+        LinearGroup { fused: Some(linear), parts: vec![], sizes }
+    }
+
     fn stack(parts: &[Linear]) -> candle_core::Result<Option<Linear>> {
         let w = match parts.iter().map(|p| &p.w).collect::<Vec<_>>().as_slice() {
             ws if ws.iter().all(|w| matches!(w, Weight::Cpu(_))) => {

@@ -1,4 +1,5 @@
-//! The Llama-family decoder (Llama, Mistral, Qwen2, SmolLM, and Gemma 3 with its extra norms and local layers):
+//! The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Phi-3, SmolLM, and Gemma 3 with its extra norms and
+//! local layers):
 //! weights only, no state. One forward pass runs a ragged batch (every sequence's new tokens concatenated,
 //! prefill and decode mixed) against the engine's KV pool and returns logits only for the rows the engine will
 //! sample from.
@@ -21,27 +22,18 @@ struct Layer {
     /// gate and up projections.
     gate_up: LinearGroup,
     down: Linear,
-    /// Gemma 3's extra norms.
-    gemma: Option<GemmaNorms>,
+    /// Qwen3 and Gemma 3: RMS norms of each query and key head (before the rotary embedding), f32.
+    qk_norm: Option<NormPair>,
+    /// Gemma 3: norms of the attention and MLP outputs before they join the residual stream.
+    post_norms: Option<NormPair>,
 }
 
-/// Gemma 3: RMS norms of each query and key head (before the rotary embedding), and norms of the attention and
-/// MLP outputs before they join the residual stream.
-struct GemmaNorms {
-    q: Tensor,
-    k: Tensor,
-    post_attn: Tensor,
-    post_mlp: Tensor,
-}
+/// Two norm weights that go together.
+struct NormPair(Tensor, Tensor);
 
-impl GemmaNorms {
-    fn to_device(&self, device: &Device) -> candle_core::Result<GemmaNorms> {
-        Ok(GemmaNorms {
-            q: self.q.to_device(device)?,
-            k: self.k.to_device(device)?,
-            post_attn: self.post_attn.to_device(device)?,
-            post_mlp: self.post_mlp.to_device(device)?,
-        })
+impl NormPair {
+    fn to_device(&self, device: &Device) -> candle_core::Result<NormPair> {
+        Ok(NormPair(self.0.to_device(device)?, self.1.to_device(device)?))
     }
 }
 
@@ -86,28 +78,43 @@ impl Llama {
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let bias = |b: Tn| if cfg.qkv_bias { Some(b) } else { None };
+        let gemma = matches!(cfg.family, Family::Gemma3 { .. });
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
+            let (qkv, gate_up) = if cfg.fused_projections {
+                (
+                    ld.fused_group(Tn::Qkv(l), (q_out + 2 * kv_out, h), vec![q_out, kv_out, kv_out])?,
+                    ld.fused_group(Tn::GateUp(l), (2 * i, h), vec![i, i])?,
+                )
+            } else {
+                (
+                    ld.group(&[
+                        (Tn::Q(l), bias(Tn::QBias(l)), (q_out, h)),
+                        (Tn::K(l), bias(Tn::KBias(l)), (kv_out, h)),
+                        (Tn::V(l), bias(Tn::VBias(l)), (kv_out, h)),
+                    ])?,
+                    ld.group(&[(Tn::Gate(l), None, (i, h)), (Tn::Up(l), None, (i, h))])?,
+                )
+            };
+            let norms = |ld: &mut Loader, a: Tn, b: Tn, n: usize| -> Result<NormPair> {
+                Ok(NormPair(ld.vector(a, n)?.to_dtype(DType::F32)?, ld.vector(b, n)?.to_dtype(DType::F32)?))
+            };
             layers.push(Layer {
                 attn_norm: ld.vector(Tn::AttnNorm(l), h)?,
-                qkv: ld.group(&[
-                    (Tn::Q(l), bias(Tn::QBias(l)), (q_out, h)),
-                    (Tn::K(l), bias(Tn::KBias(l)), (kv_out, h)),
-                    (Tn::V(l), bias(Tn::VBias(l)), (kv_out, h)),
-                ])?,
+                qkv,
                 o: ld.linear(Tn::O(l), None, (h, q_out))?,
                 mlp_norm: ld.vector(Tn::MlpNorm(l), h)?,
-                gate_up: ld.group(&[(Tn::Gate(l), None, (i, h)), (Tn::Up(l), None, (i, h))])?,
+                gate_up,
                 down: ld.linear(Tn::Down(l), None, (h, i))?,
-                gemma: match cfg.family {
-                    Family::Gemma3 { .. } => Some(GemmaNorms {
-                        q: ld.vector(Tn::QNorm(l), hd)?,
-                        k: ld.vector(Tn::KNorm(l), hd)?,
-                        post_attn: ld.vector(Tn::PostAttnNorm(l), h)?,
-                        post_mlp: ld.vector(Tn::PostMlpNorm(l), h)?,
-                    }),
-                    Family::Llama => None,
-                },
+                qk_norm: (gemma || cfg.qk_norm).then(|| norms(&mut ld, Tn::QNorm(l), Tn::KNorm(l), hd)).transpose()?,
+                post_norms: gemma
+                    .then(|| {
+                        Ok::<_, crate::error::TealError>(NormPair(
+                            ld.vector(Tn::PostAttnNorm(l), h)?,
+                            ld.vector(Tn::PostMlpNorm(l), h)?,
+                        ))
+                    })
+                    .transpose()?,
             });
         }
         let embed = ld.dense(Tn::Embed)?;
@@ -147,7 +154,8 @@ impl Llama {
                     mlp_norm: l.mlp_norm.to_device(device)?,
                     gate_up: l.gate_up.to_device(device)?,
                     down: l.down.to_device(device)?,
-                    gemma: l.gemma.as_ref().map(|g| g.to_device(device)).transpose()?,
+                    qk_norm: l.qk_norm.as_ref().map(|n| n.to_device(device)).transpose()?,
+                    post_norms: l.post_norms.as_ref().map(|n| n.to_device(device)).transpose()?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -240,9 +248,9 @@ impl Llama {
         let mut q = q.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_heads, 1, hd))?;
         let mut k = k.to_dtype(DType::F32)?.contiguous()?.reshape((n, cfg.num_kv_heads, 1, hd))?;
         let v = v.to_dtype(DType::F32)?;
-        if let Some(g) = &layer.gemma {
-            q = candle_nn::ops::rms_norm(&q, &g.q.to_dtype(DType::F32)?, eps)?;
-            k = candle_nn::ops::rms_norm(&k, &g.k.to_dtype(DType::F32)?, eps)?;
+        if let Some(NormPair(qn, kn)) = &layer.qk_norm {
+            q = candle_nn::ops::rms_norm(&q, qn, eps)?;
+            k = candle_nn::ops::rms_norm(&k, kn, eps)?;
         }
         let (q, k) = match cfg.rope_style {
             RopeStyle::Halves => {
@@ -256,20 +264,20 @@ impl Llama {
         write_kv(vp, &v, meta)?;
         let attn = paged_attention_windowed(&q, kp, vp, meta, cfg.num_kv_heads, window)?.to_dtype(self.dtype)?;
         let mut attn = layer.o.forward(&attn)?;
-        if let Some(g) = &layer.gemma {
-            attn = candle_nn::ops::rms_norm(&attn, &g.post_attn, eps)?;
+        if let Some(NormPair(post_attn, _)) = &layer.post_norms {
+            attn = candle_nn::ops::rms_norm(&attn, post_attn, eps)?;
         }
         let x = (x + attn)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.mlp_norm, eps)?;
         let [gate, up]: [Tensor; 2] =
             layer.gate_up.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("gate_up".into()))?;
-        let act = match layer.gemma {
-            Some(_) => gate.gelu()?,
-            None => candle_nn::ops::silu(&gate)?,
+        let act = match cfg.family {
+            Family::Gemma3 { .. } => gate.gelu()?,
+            Family::Llama => candle_nn::ops::silu(&gate)?,
         };
         let mut mlp = layer.down.forward(&(act * up)?)?;
-        if let Some(g) = &layer.gemma {
-            mlp = candle_nn::ops::rms_norm(&mlp, &g.post_mlp, eps)?;
+        if let Some(NormPair(_, post_mlp)) = &layer.post_norms {
+            mlp = candle_nn::ops::rms_norm(&mlp, post_mlp, eps)?;
         }
         Ok((x + mlp)?)
     }

@@ -35,6 +35,9 @@ pub enum Tn {
     KNorm(usize),
     PostAttnNorm(usize),
     PostMlpNorm(usize),
+    /// Phi-3: q, k and v in one matrix, gate and up in one matrix.
+    Qkv(usize),
+    GateUp(usize),
 }
 
 impl Tn {
@@ -60,6 +63,8 @@ impl Tn {
             Tn::KNorm(i) => l(i, "self_attn.k_norm.weight"),
             Tn::PostAttnNorm(i) => l(i, "post_attention_layernorm.weight"),
             Tn::PostMlpNorm(i) => l(i, "post_feedforward_layernorm.weight"),
+            Tn::Qkv(i) => l(i, "self_attn.qkv_proj.weight"),
+            Tn::GateUp(i) => l(i, "mlp.gate_up_proj.weight"),
         }
     }
 
@@ -85,6 +90,9 @@ impl Tn {
             Tn::KNorm(i) => l(i, "attn_k_norm.weight"),
             Tn::PostAttnNorm(i) => l(i, "post_attention_norm.weight"),
             Tn::PostMlpNorm(i) => l(i, "post_ffw_norm.weight"),
+            Tn::Qkv(i) => l(i, "attn_qkv.weight"),
+            // llama.cpp stores Phi-3's fused gate/up matrix under the up projection's name.
+            Tn::GateUp(i) => l(i, "ffn_up.weight"),
         }
     }
 }
@@ -267,6 +275,14 @@ impl Loader<'_> {
     }
 
     /// Linear layers reading the same input, stacked (`LinearGroup`); shared as one object.
+    /// A group stored as one matrix (Phi-3's qkv_proj, gate_up_proj): its output splits into `sizes`.
+    pub fn fused_group(&mut self, tn: Tn, shape: (usize, usize), sizes: Vec<usize>) -> Result<LinearGroup> {
+        if sizes.iter().sum::<usize>() != shape.0 {
+            return Err(TealError::InvalidModel(format!("{tn:?}: parts {sizes:?} do not add up to {}", shape.0)));
+        }
+        Ok(LinearGroup::fused(self.linear(tn, None, shape)?, sizes))
+    }
+
     pub fn group(&mut self, parts: &[(Tn, Option<Tn>, (usize, usize))]) -> Result<LinearGroup> {
         let keys = parts.iter().map(|&(tn, b, _)| self.linear_key(tn, b)).collect::<Result<Vec<_>>>()?;
         let key = combine("group", &keys);

@@ -11,6 +11,7 @@ mod common;
 mod admin_api;
 mod admin_races;
 mod api_oneshot;
+mod architectures;
 mod bench;
 mod dashboard_auth;
 mod detokenize;
