@@ -12,7 +12,11 @@ export TEAL_ADMIN_TOKEN=gpu-check-token-0123456789 TEAL_STATE_DIR=$WORK/state
   --served-model-name smollm2 >"$RES/serve-server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
-for _ in $(seq 180); do curl -fs localhost:8080/health/ready >/dev/null 2>&1 && break; sleep 1; done
+for _ in $(seq 180); do
+  curl -fs localhost:8080/health/ready >/dev/null 2>&1 && break
+  kill -0 $pid 2>/dev/null || break # the server exited: no point waiting
+  sleep 1
+done
 curl -fs localhost:8080/health/ready >/dev/null || { echo "the server never became ready" >&2; tail "$RES/serve-server.log" >&2; exit 1; }
 "$TEAL" admin status >"$RES/slots.json"
 "$TEAL" bench serve --concurrency 1,8,32 --requests 48 --input-len 128 --output-len 128 --json "$RES/serve.json"

@@ -46,6 +46,9 @@ pub struct LlamaConfig {
     pub fused_projections: bool,
     /// Mistral, Phi-3: every layer attends to the last `sliding_window` positions only.
     pub sliding_window: Option<usize>,
+    /// Gemma from an HF directory: norm weights are stored as `w` for a scale of `1 + w` (GGUF files store
+    /// `1 + w` already).
+    pub norm_plus_one: bool,
     /// What differs between the families this struct describes (norms, activation, local attention).
     pub family: Family,
 }
@@ -108,6 +111,23 @@ struct HfConfig {
     use_sliding_window: Option<bool>,
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
+    #[serde(flatten)]
+    gemma: GemmaFields,
+}
+
+/// The fields only Gemma 3's `gemma3_text` configs have.
+#[derive(Deserialize, Default)]
+struct GemmaFields {
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    layer_types: Option<Vec<String>>,
+    rope_local_base_freq: Option<f32>,
+    sliding_window_pattern: Option<usize>,
+    #[serde(rename = "_sliding_window_pattern")]
+    sliding_window_pattern_private: Option<usize>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    use_bidirectional_attention: Option<bool>,
 }
 
 fn default_max_pos() -> usize {
@@ -120,9 +140,50 @@ fn default_theta() -> f32 {
     10000.0
 }
 
-const SUPPORTED_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+const SUPPORTED_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"];
 const SUPPORTED_ARCHS: &[&str] =
     &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"];
+
+/// Gemma 3 text models (`gemma3_text`): the family with its windows and rotary bases, the global rotary base and
+/// scaling. Refuses what teal does not run (logit soft-capping, bidirectional attention, a query scale other than
+/// 1/sqrt(head_dim), local and global layers in no regular pattern).
+fn gemma3_hf(hf: &HfConfig, head_dim: usize) -> Result<(Family, f32, RopeScaling)> {
+    let g = &hf.gemma;
+    let refuse = |what: &str| Err(TealError::UnsupportedModel(format!("gemma3_text with {what}")));
+    if g.final_logit_softcapping.is_some() || g.attn_logit_softcapping.is_some() {
+        return refuse("logit soft-capping");
+    }
+    if g.use_bidirectional_attention == Some(true) {
+        return refuse("bidirectional attention");
+    }
+    if g.query_pre_attn_scalar.is_some_and(|s| s != head_dim as f64) {
+        return refuse("query_pre_attn_scalar other than head_dim");
+    }
+    if g.hidden_activation.as_deref().is_some_and(|a| a != "gelu_pytorch_tanh") {
+        return refuse("an activation other than gelu_pytorch_tanh");
+    }
+    let Some(window) = hf.sliding_window.filter(|&w| w > 0) else { return refuse("no sliding_window") };
+    let layer = |kind: &str| hf.rope_parameters.as_ref().and_then(|p| p.get(kind)).cloned();
+    let theta = |v: &Option<serde_json::Value>| v.as_ref()?.get("rope_theta")?.as_f64().map(|t| t as f32);
+    let (full, local) = (layer("full_attention"), layer("sliding_attention"));
+    let global_theta = hf.rope_theta.or(theta(&full)).unwrap_or(1_000_000.0);
+    let local_rope_theta = g.rope_local_base_freq.or(theta(&local)).unwrap_or(10_000.0);
+    let scaling = parse_rope_scaling(hf.rope_scaling.as_ref().or(full.as_ref()))?;
+    let n = hf.num_hidden_layers;
+    let global_every = match &g.layer_types {
+        Some(types) => {
+            let p = types.iter().position(|t| t == "full_attention").map_or(n + 1, |i| i + 1);
+            let regular = types.len() == n
+                && types.iter().enumerate().all(|(l, t)| (t == "full_attention") == (l + 1).is_multiple_of(p));
+            if !regular {
+                return refuse("layer_types in no regular pattern");
+            }
+            p
+        }
+        None => g.sliding_window_pattern.or(g.sliding_window_pattern_private).unwrap_or(6),
+    };
+    Ok((Family::Gemma3 { window, global_every: global_every.max(1), local_rope_theta }, global_theta, scaling))
+}
 
 impl LlamaConfig {
     /// Parses and validates a Hugging Face `config.json`.
@@ -155,16 +216,23 @@ impl LlamaConfig {
         }
         // Qwen2 configs carry a sliding_window that applies only with use_sliding_window (refused above).
         let sliding_window = match model_type.as_str() {
-            "mistral" | "phi3" => hf.sliding_window.filter(|&w| w < hf.max_position_embeddings),
+            "mistral" | "phi3" => hf.sliding_window.filter(|&w| w > 0 && w < hf.max_position_embeddings),
             _ => None,
         };
-        if let Some(act) = &hf.hidden_act {
+        let gemma = model_type == "gemma3_text";
+        if let Some(act) = hf.hidden_act.as_ref().filter(|_| !gemma) {
             if act != "silu" {
                 return Err(TealError::UnsupportedModel(format!("hidden_act '{act}' (only silu)")));
             }
         }
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
+        let (family, rope_theta, rope_scaling) = if gemma {
+            gemma3_hf(&hf, head_dim)?
+        } else {
+            let theta = hf.rope_theta.or(rope_param("rope_theta").map(|t| t as f32)).unwrap_or(default_theta());
+            (Family::Llama, theta, parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()))?)
+        };
         let cfg = LlamaConfig {
             hidden_size: hf.hidden_size,
             intermediate_size: hf.intermediate_size,
@@ -175,15 +243,16 @@ impl LlamaConfig {
             vocab_size: hf.vocab_size,
             max_position_embeddings: hf.max_position_embeddings,
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta.or(rope_param("rope_theta").map(|t| t as f32)).unwrap_or(default_theta()),
-            rope_scaling: parse_rope_scaling(hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()))?,
+            rope_theta,
+            rope_scaling,
             rope_style: RopeStyle::Halves,
             tie_word_embeddings: hf.tie_word_embeddings,
-            family: Family::Llama,
+            family,
             qkv_bias: model_type == "qwen2" || hf.attention_bias.unwrap_or(false),
             qk_norm: model_type == "qwen3",
             fused_projections: model_type == "phi3",
             sliding_window,
+            norm_plus_one: gemma,
         };
         cfg.validate()?;
         Ok(cfg)

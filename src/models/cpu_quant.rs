@@ -2,8 +2,9 @@
 //! path for Q4_1 is a scalar loop, and neither format reuses a weight block across the tokens of a batch, so
 //! batched decode and prefill cost as much per token as single-stream decode. Here each weight block is
 //! unpacked once per tile of 4 tokens. Same arithmetic as ggml (activations quantized to 8 bits per 32-value
-//! block, integer dot products; Q4_1 adds `m_w * s_x`), so results track llama.cpp; AVX2+FMA+F16C when the CPU
-//! has them, a scalar version of the same formula otherwise (also the reference in the tests).
+//! block, integer dot products; Q4_1 adds `m_w * s_x`), so results track llama.cpp. The kernel is chosen at run
+//! time by what the CPU has (`Isa`): AVX-512 VNNI (two blocks per 512-bit `vpdpbusd`), AVX2+FMA+F16C, or a
+//! scalar version of the same formula (also the reference in the tests); `TEAL_CPU_KERNEL` forces a lower one.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use half::f16;
@@ -205,46 +206,165 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
-/// `N` dot products of one weight row in the given format.
+/// Q4_1 with AVX-512 VNNI: two blocks per step, their 64 nibbles against 64 activation bytes in one
+/// `vpdpbusd` (unsigned x signed bytes summed into 16 lanes), each half scaled by its own block's scales.
 #[cfg(target_arch = "x86_64")]
-unsafe fn dot_tile<const N: usize>(format: Format, w: &[u8], xs: [&[Q8_1]; N]) -> [f32; N] {
-    match format {
-        Format::Q4_1 => dot_tile_avx2::<N>(w, xs),
-        Format::Q8_0 => dot_tile_q8_0_avx2::<N>(w, xs),
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni")]
+unsafe fn dot_tile_q4_1_vnni<const N: usize>(w: &[u8], xs: [&[Q8_1]; N]) -> [f32; N] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut summs = [0f32; N];
+    let pairs = w.len() / 40;
+    for p in 0..pairs {
+        // SAFETY: blocks 2p and 2p + 1 exist (pairs counts whole pairs); every x row has as many blocks.
+        let (w0, w1) = (w.as_ptr().add(40 * p), w.as_ptr().add(40 * p + 20));
+        let (d0, m0) = block_dm(std::slice::from_raw_parts(w0, 4));
+        let (d1, m1) = block_dm(std::slice::from_raw_parts(w1, 4));
+        let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(unpack_q4_1(w0)), unpack_q4_1(w1));
+        for t in 0..N {
+            let (x0, x1) = (xs[t].get_unchecked(2 * p), xs[t].get_unchecked(2 * p + 1));
+            summs[t] += m0 * x0.s + m1 * x1.s;
+            let y0 = _mm256_loadu_si256(x0.qs.as_ptr() as *const __m256i);
+            let y1 = _mm256_loadu_si256(x1.qs.as_ptr() as *const __m256i);
+            let y = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y0), y1);
+            let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+            let scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0 * x0.d), _mm512_set1_ps(d1 * x1.d));
+            acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(prod), acc[t]);
+        }
+    }
+    let mut out = [0f32; N];
+    let tail: [&[Q8_1]; N] = std::array::from_fn(|t| &xs[t][2 * pairs..]);
+    let rest = dot_tile_avx2::<N>(&w[40 * pairs..], tail);
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]) + summs[t] + rest[t];
+    }
+    out
+}
+
+/// The 32 weights of the Q4_1 block at `wb` as bytes 0..=15 (low nibbles first, as the activations are ordered).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_q4_1(wb: *const u8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's block has 16 bytes of nibbles at offset 4; unaligned load.
+    let nib = _mm_loadu_si128(wb.add(4) as *const __m128i);
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), _mm256_set1_epi8(0x0F))
+}
+
+/// Q8_0 with AVX-512 VNNI: two blocks per step, with the sign trick of the AVX2 version.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn dot_tile_q8_0_vnni<const N: usize>(w: &[u8], xs: [&[Q8_1]; N]) -> [f32; N] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); N];
+    let pairs = w.len() / 68;
+    for p in 0..pairs {
+        // SAFETY: blocks 2p and 2p + 1 exist (34 bytes each: f16 d, 32 quants); unaligned loads.
+        let (w0, w1) = (w.as_ptr().add(68 * p), w.as_ptr().add(68 * p + 34));
+        let d0 = f16::from_le_bytes([*w0, *w0.add(1)]).to_f32();
+        let d1 = f16::from_le_bytes([*w1, *w1.add(1)]).to_f32();
+        let q = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(2) as *const __m256i)),
+            _mm256_loadu_si256(w1.add(2) as *const __m256i),
+        );
+        let negative = _mm512_movepi8_mask(q);
+        let aq = _mm512_abs_epi8(q);
+        for t in 0..N {
+            let (x0, x1) = (xs[t].get_unchecked(2 * p), xs[t].get_unchecked(2 * p + 1));
+            let y0 = _mm256_loadu_si256(x0.qs.as_ptr() as *const __m256i);
+            let y1 = _mm256_loadu_si256(x1.qs.as_ptr() as *const __m256i);
+            let y = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y0), y1);
+            // y * sign(q): negate where q < 0 (q = 0 contributes 0 through |q| anyway).
+            let y = _mm512_mask_sub_epi8(y, negative, _mm512_setzero_si512(), y);
+            let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aq, y);
+            let scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0 * x0.d), _mm512_set1_ps(d1 * x1.d));
+            acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(prod), acc[t]);
+        }
+    }
+    let mut out = [0f32; N];
+    let tail: [&[Q8_1]; N] = std::array::from_fn(|t| &xs[t][2 * pairs..]);
+    let rest = dot_tile_q8_0_avx2::<N>(&w[68 * pairs..], tail);
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(acc[t]) + rest[t];
+    }
+    out
+}
+
+/// The CPU kernels, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// What this CPU can run.
+    pub fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                    return Isa::Avx512Vnni;
+                }
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// The kernel teal uses: the detected one, or a lower one `TEAL_CPU_KERNEL` (scalar, avx2) asks for.
+    /// Checked once (the feature test is too slow for the inner loop); logged at the first matmul.
+    pub fn active() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let detected = Isa::detected();
+            let asked = match std::env::var("TEAL_CPU_KERNEL").ok().as_deref() {
+                Some("scalar") => Some(Isa::Scalar),
+                Some("avx2") => Some(Isa::Avx2),
+                _ => None,
+            };
+            let isa = asked.map_or(detected, |a| a.min(detected));
+            tracing::info!(kernel = ?isa, ?detected, "CPU quantized matmul kernel");
+            isa
+        })
+    }
+}
+
+/// `N` dot products of one weight row in the given format on `isa` (never Scalar here).
+#[cfg(target_arch = "x86_64")]
+unsafe fn dot_tile<const N: usize>(isa: Isa, format: Format, w: &[u8], xs: [&[Q8_1]; N]) -> [f32; N] {
+    match (isa, format) {
+        (Isa::Avx512Vnni, Format::Q4_1) => dot_tile_q4_1_vnni::<N>(w, xs),
+        (Isa::Avx512Vnni, Format::Q8_0) => dot_tile_q8_0_vnni::<N>(w, xs),
+        (_, Format::Q4_1) => dot_tile_avx2::<N>(w, xs),
+        (_, Format::Q8_0) => dot_tile_q8_0_avx2::<N>(w, xs),
     }
 }
 
 /// One weight row against every token: tiles of 4 tokens, then the remainder.
 #[inline(never)]
-fn row_dots(format: Format, w: &[u8], xq: &[Vec<Q8_1>], out: &mut [f32]) {
+fn row_dots(isa: Isa, format: Format, w: &[u8], xq: &[Vec<Q8_1>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if isa != Isa::Scalar {
         let mut t = 0;
-        // SAFETY (all calls): the CPU has avx2/fma/f16c, and every x row has as many blocks as the weight row.
+        // SAFETY (all calls): `isa` is at most what the CPU has (Isa::active), and every x row has as many blocks
+        // as the weight row.
         while t + 4 <= xq.len() {
-            let r = unsafe { dot_tile::<4>(format, w, [&xq[t], &xq[t + 1], &xq[t + 2], &xq[t + 3]]) };
+            let r = unsafe { dot_tile::<4>(isa, format, w, [&xq[t], &xq[t + 1], &xq[t + 2], &xq[t + 3]]) };
             out[t..t + 4].copy_from_slice(&r);
             t += 4;
         }
         for (o, x) in out[t..].iter_mut().zip(&xq[t..]) {
-            *o = unsafe { dot_tile::<1>(format, w, [x]) }[0];
+            *o = unsafe { dot_tile::<1>(isa, format, w, [x]) }[0];
         }
         return;
     }
+    let _ = isa;
     for (o, x) in out.iter_mut().zip(xq) {
         *o = dot_scalar(format, w, x);
     }
-}
-
-/// Checked once: the feature test is too slow for the inner loop.
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    })
 }
 
 impl CustomOp1 for QuantMatrix {
@@ -266,11 +386,12 @@ impl CustomOp1 for QuantMatrix {
         }
         let tokens = x.len() / self.cols;
         let xq: Vec<Vec<Q8_1>> = x.par_chunks_exact(self.cols).map(quantize_row).collect();
+        let isa = Isa::active();
         // Row-major over weights: each weight row is read once for every token.
         let mut out_t = vec![0f32; self.rows * tokens];
         out_t.par_chunks_mut(tokens * 16).enumerate().for_each(|(c, chunk)| {
             for (i, o) in chunk.chunks_mut(tokens).enumerate() {
-                row_dots(self.format, self.row(c * 16 + i), &xq, o);
+                row_dots(isa, self.format, self.row(c * 16 + i), &xq, o);
             }
         });
         let out = if tokens == 1 {
@@ -312,6 +433,28 @@ mod tests {
     #[test]
     fn q8_0_simd_and_scalar_agree_and_match_candle() {
         check(Format::Q8_0);
+    }
+
+    #[test]
+    fn every_kernel_this_cpu_has_matches_the_scalar_reference() {
+        let detected = Isa::detected();
+        for format in [Format::Q4_1, Format::Q8_0] {
+            // 288 columns: 9 blocks, so the two-block kernels have an odd block left over.
+            let (_, m) = random(format, 9, 288);
+            let x = Tensor::randn(0f32, 1.0, (6, 288), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let xq: Vec<Vec<Q8_1>> = x.iter().map(|r| quantize_row(r)).collect();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i <= detected) {
+                for r in 0..9 {
+                    let mut got = vec![0f32; 6];
+                    row_dots(isa, format, m.row(r), &xq, &mut got);
+                    for (t, g) in got.iter().enumerate() {
+                        let want = dot_scalar(format, m.row(r), &xq[t]);
+                        assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{isa:?} {format:?}: {g} vs {want}");
+                    }
+                }
+            }
+            eprintln!("{format:?}: kernels up to {detected:?} checked");
+        }
     }
 
     fn check(format: Format) {

@@ -50,6 +50,9 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
     let family = if gemma {
         // llama.cpp's defaults for Gemma 3: every sixth layer global, local layers on a 10,000 rotary base.
         let window = get_usize(c, &key("attention.sliding_window")).unwrap_or(512);
+        if window == 0 {
+            return Err(TealError::InvalidModel("gemma3.attention.sliding_window is 0".into()));
+        }
         Family::Gemma3 { window, global_every: 6, local_rope_theta: 10_000.0 }
     } else {
         Family::Llama
@@ -77,6 +80,7 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
         qk_norm: false,
         fused_projections: false,
         sliding_window: None,
+        norm_plus_one: false,
     };
     cfg.validate()?;
     Ok(cfg)

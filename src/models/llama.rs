@@ -96,24 +96,22 @@ impl Llama {
                     ld.group(&[(Tn::Gate(l), None, (i, h)), (Tn::Up(l), None, (i, h))])?,
                 )
             };
-            let norms = |ld: &mut Loader, a: Tn, b: Tn, n: usize| -> Result<NormPair> {
-                Ok(NormPair(ld.vector(a, n)?.to_dtype(DType::F32)?, ld.vector(b, n)?.to_dtype(DType::F32)?))
+            let norms = |ld: &mut Loader, a: Tn, b: Tn, n: usize, dtype: DType| -> Result<NormPair> {
+                Ok(NormPair(norm(ld, &cfg, a, n)?.to_dtype(dtype)?, norm(ld, &cfg, b, n)?.to_dtype(dtype)?))
             };
+            let mlp_norm = if gemma { Tn::PreMlpNorm(l) } else { Tn::MlpNorm(l) };
             layers.push(Layer {
-                attn_norm: ld.vector(Tn::AttnNorm(l), h)?,
+                attn_norm: norm(&mut ld, &cfg, Tn::AttnNorm(l), h)?,
                 qkv,
                 o: ld.linear(Tn::O(l), None, (h, q_out))?,
-                mlp_norm: ld.vector(Tn::MlpNorm(l), h)?,
+                mlp_norm: norm(&mut ld, &cfg, mlp_norm, h)?,
                 gate_up,
                 down: ld.linear(Tn::Down(l), None, (h, i))?,
-                qk_norm: (gemma || cfg.qk_norm).then(|| norms(&mut ld, Tn::QNorm(l), Tn::KNorm(l), hd)).transpose()?,
+                qk_norm: (gemma || cfg.qk_norm)
+                    .then(|| norms(&mut ld, Tn::QNorm(l), Tn::KNorm(l), hd, DType::F32))
+                    .transpose()?,
                 post_norms: gemma
-                    .then(|| {
-                        Ok::<_, crate::error::TealError>(NormPair(
-                            ld.vector(Tn::PostAttnNorm(l), h)?,
-                            ld.vector(Tn::PostMlpNorm(l), h)?,
-                        ))
-                    })
+                    .then(|| norms(&mut ld, Tn::PostAttnNorm(l), Tn::PostMlpNorm(l), h, dtype))
                     .transpose()?,
             });
         }
@@ -127,7 +125,7 @@ impl Llama {
         }
         let head_tn = if ld.src.has(Tn::LmHead) { Tn::LmHead } else { Tn::Embed };
         let lm_head = ld.linear(head_tn, None, (cfg.vocab_size, h))?;
-        let norm = ld.vector(Tn::FinalNorm, h)?;
+        let norm = norm(&mut ld, &cfg, Tn::FinalNorm, h)?;
         let (cos, sin) = rope_tables(&cfg, &cfg.rope_inv_freq(), device)?;
         let local_rope = cfg.local_rope_inv_freq().map(|f| rope_tables(&cfg, &f, device)).transpose()?;
         let device = device.clone();
@@ -281,6 +279,12 @@ impl Llama {
         }
         Ok((x + mlp)?)
     }
+}
+
+/// A norm weight; `1 + w` where the file stores `w` for that scale (Gemma's HF checkpoints).
+fn norm(ld: &mut Loader, cfg: &LlamaConfig, tn: Tn, len: usize) -> Result<Tensor> {
+    let w = ld.vector(tn, len)?;
+    Ok(if cfg.norm_plus_one { (w + 1.0)? } else { w })
 }
 
 fn rope_tables(cfg: &LlamaConfig, inv: &[f32], device: &Device) -> Result<Rope> {

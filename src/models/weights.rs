@@ -35,6 +35,8 @@ pub enum Tn {
     KNorm(usize),
     PostAttnNorm(usize),
     PostMlpNorm(usize),
+    /// Gemma 3's norm before the MLP (in GGUF files, the MLP norm every model has).
+    PreMlpNorm(usize),
     /// Phi-3: q, k and v in one matrix, gate and up in one matrix.
     Qkv(usize),
     GateUp(usize),
@@ -63,6 +65,7 @@ impl Tn {
             Tn::KNorm(i) => l(i, "self_attn.k_norm.weight"),
             Tn::PostAttnNorm(i) => l(i, "post_attention_layernorm.weight"),
             Tn::PostMlpNorm(i) => l(i, "post_feedforward_layernorm.weight"),
+            Tn::PreMlpNorm(i) => l(i, "pre_feedforward_layernorm.weight"),
             Tn::Qkv(i) => l(i, "self_attn.qkv_proj.weight"),
             Tn::GateUp(i) => l(i, "mlp.gate_up_proj.weight"),
         }
@@ -90,6 +93,7 @@ impl Tn {
             Tn::KNorm(i) => l(i, "attn_k_norm.weight"),
             Tn::PostAttnNorm(i) => l(i, "post_attention_norm.weight"),
             Tn::PostMlpNorm(i) => l(i, "post_ffw_norm.weight"),
+            Tn::PreMlpNorm(i) => l(i, "ffn_norm.weight"),
             Tn::Qkv(i) => l(i, "attn_qkv.weight"),
             // llama.cpp stores Phi-3's fused gate/up matrix under the up projection's name.
             Tn::GateUp(i) => l(i, "ffn_up.weight"),

@@ -1,4 +1,4 @@
-//! Qwen2, Qwen3, Phi-3 and Mistral (sliding window) against transformers: tiny checkpoints made from the real
+//! Qwen2, Qwen3, Phi-3, Mistral (sliding window) and Gemma 3 as HF directories hold it against transformers: tiny checkpoints made from the real
 //! config classes with random weights (tests/reference/make_tiny_arch_reference.py), last-position logits within
 //! 1e-3 and 32 greedy tokens identical, on the CPU and through the paged KV cache like every model teal serves.
 
@@ -47,6 +47,11 @@ fn phi3_with_fused_projections_matches_transformers() {
 #[test]
 fn mistral_with_a_sliding_window_shorter_than_the_text_matches_transformers() {
     check("mistral");
+}
+
+#[test]
+fn gemma3_from_an_hf_directory_matches_transformers() {
+    check("gemma3");
 }
 
 #[test]

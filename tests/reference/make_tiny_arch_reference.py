@@ -15,8 +15,8 @@ import pathlib
 import shutil
 
 import torch
-from transformers import (MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests/fixtures/tiny"
@@ -36,6 +36,13 @@ MODELS = {
     "phi3": (Phi3ForCausalLM, Phi3Config(**COMMON, sliding_window=24, pad_token_id=0)),
     # A window shorter than the prompt: every layer attends to its last 8 positions.
     "mistral": (MistralForCausalLM, MistralConfig(**COMMON, sliding_window=8)),
+    # Gemma 3 as HF directories hold it (gemma3_text): norms stored as w for (1 + w), pre- and post-norms, q/k
+    # norms, scaled embeddings, GELU, local layers (window 4, their own rotary base) between global ones.
+    "gemma3": (Gemma3ForCausalLM, Gemma3TextConfig(
+        **{**COMMON, "tie_word_embeddings": True, "num_hidden_layers": 4}, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"] * 2,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}})),
 }
 
 
@@ -61,8 +68,10 @@ def main():
             for p in model.parameters():  # weights worth the name: larger than the init's 0.02
                 p.copy_(torch.randn_like(p) * (0.2 if p.dim() > 1 else 0.1))
             for n, p in model.named_parameters():
-                if "norm" in n:
-                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                if name == "gemma3" and "embed" in n:  # scaled by sqrt(hidden) = 8 on the way in
+                    p.mul_(0.25)
+                if "norm" in n:  # Gemma's norms multiply by (1 + w): weights near 0 there, near 1 elsewhere
+                    p.copy_((0.0 if name == "gemma3" else 1.0) + 0.1 * torch.randn_like(p))
             for p in model.parameters():  # the f16 weights saved are exactly the ones the reference runs
                 p.copy_(p.half().float())
         d = OUT / name

@@ -162,9 +162,10 @@ pub fn paged_attention(
     s: &AttnShape,
 ) -> Result<CudaStorage> {
     let (n, nh, nkv, hd) = (meta.num_tokens(), s.num_heads, s.num_kv_heads, s.head_dim);
-    let window = match s.window {
+    // 0 = no window in the kernels; a window of 0 (no position visible) never reaches here: configs refuse it.
+    let window = match s.window.filter(|&w| w > 0) {
         None => 0u32,
-        Some(w) => u32::try_from(w).ok().filter(|&w| w > 0).unwrap_or(u32::MAX),
+        Some(w) => u32::try_from(w).unwrap_or(u32::MAX),
     };
     if hd > MAX_HEAD_DIM || hd == 0 || nkv == 0 || !nh.is_multiple_of(nkv) || nh > MAX_GRID_Y {
         candle_core::bail!("paged attention: unsupported shape ({nh} heads, {nkv} kv heads, head_dim {hd})");
@@ -228,7 +229,7 @@ struct Args<'a> {
 /// The decode items: the split kernel, then the merge when the items were split.
 fn launch_decode(dev: &CudaDevice, dm: &DeviceMeta, a: &Args, out: &CudaSlice<f32>, s: &AttnShape) -> Result<()> {
     let (nh, hd, items) = (s.num_heads, s.head_dim, dm.item_pos.len());
-    let (splits, chunk) = decode_splits(&dm.item_pos, s.window, nh);
+    let (splits, chunk) = decode_splits(&dm.item_pos, s.window.filter(|&w| w > 0), nh);
     let parts = if splits > 1 { items * nh * splits } else { 1 };
     // SAFETY: the split kernel writes every partial (an empty split writes zeros and l = 0) before the merge reads.
     let (part_acc, part_ml) = unsafe { (dev.alloc::<f32>(parts * hd)?, dev.alloc::<f32>(parts * 2)?) };
