@@ -5,7 +5,7 @@
 
 #![deny(clippy::indexing_slicing)]
 
-use super::config::LlamaConfig;
+use super::config::{Family, LlamaConfig};
 use super::weights::Tn;
 use super::{gguf_meta, resolve, safetensors_files, Layout};
 use crate::error::{Result, TealError};
@@ -27,6 +27,27 @@ enum Stored {
     Dense { elems: u64 },
     /// GGUF: block type and element count.
     Ggml { dtype: GgmlDType, elems: u64 },
+}
+
+/// The logical tensors of layer `l` as `llama.rs` loads them: the matrices, then the vectors (norms, biases).
+fn layer_tensors(c: &LlamaConfig, l: usize) -> (Vec<Tn>, Vec<Tn>) {
+    let gemma = matches!(c.family, Family::Gemma3 { .. });
+    let linears = if c.fused_projections {
+        vec![Tn::Qkv(l), Tn::O(l), Tn::GateUp(l), Tn::Down(l)]
+    } else {
+        vec![Tn::Q(l), Tn::K(l), Tn::V(l), Tn::O(l), Tn::Gate(l), Tn::Up(l), Tn::Down(l)]
+    };
+    let mut vectors = vec![Tn::AttnNorm(l), if gemma { Tn::PreMlpNorm(l) } else { Tn::MlpNorm(l) }];
+    if c.qkv_bias && !c.fused_projections {
+        vectors.extend([Tn::QBias(l), Tn::KBias(l), Tn::VBias(l)]);
+    }
+    if gemma || c.qk_norm {
+        vectors.extend([Tn::QNorm(l), Tn::KNorm(l)]);
+    }
+    if gemma {
+        vectors.extend([Tn::PostAttnNorm(l), Tn::PostMlpNorm(l)]);
+    }
+    (linears, vectors)
 }
 
 /// Estimates the weight bytes of the model at `path` loaded with `dtype` (None: f32 dense, GGUF quantized).
@@ -72,16 +93,12 @@ pub fn estimate(path: &Path, dtype: Option<DType>) -> Result<WeightEstimate> {
     // Saturating sums: the sizes come from an untrusted file (config.validate caps the counts).
     let mut total = 0u64;
     for l in 0..config.num_layers {
-        for tn in [Tn::Q(l), Tn::K(l), Tn::V(l), Tn::O(l), Tn::Gate(l), Tn::Up(l), Tn::Down(l)] {
+        let (linears, vectors) = layer_tensors(&config, l);
+        for tn in linears {
             total = total.saturating_add(linear(tn)?);
         }
-        for tn in [Tn::AttnNorm(l), Tn::MlpNorm(l)] {
+        for tn in vectors {
             total = total.saturating_add(dense(tn)?);
-        }
-        if config.qkv_bias {
-            for tn in [Tn::QBias(l), Tn::KBias(l), Tn::VBias(l)] {
-                total = total.saturating_add(dense(tn)?);
-            }
         }
     }
     total = total.saturating_add(dense(Tn::Embed)?).saturating_add(dense(Tn::FinalNorm)?);

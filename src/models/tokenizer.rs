@@ -172,6 +172,13 @@ impl IncrementalDecoder {
         let all = tok.decode(&self.ids)?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        Ok(all.get(before.len()..).unwrap_or_default().to_string())
+        // Decoding all of it may have rewritten text already sent (a valid byte token that a later stray byte
+        // turns into a replacement character): what was sent stays, and the rest is sent from the next whole
+        // character on, so no later text is lost.
+        let mut at = before.len().min(all.len());
+        while !all.is_char_boundary(at) {
+            at += 1;
+        }
+        Ok(all.get(at..).unwrap_or_default().to_string())
     }
 }

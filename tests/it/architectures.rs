@@ -66,3 +66,30 @@ fn a_config_teal_cannot_run_is_refused_by_name() {
     let err = load(dir.path(), &opts).err().expect("refused").to_string();
     assert!(err.contains("use_sliding_window"), "{err}");
 }
+
+/// Every family through a real server (memory estimate from the file headers, engine thread, paged KV cache,
+/// continuous batching): the greedy answer to the reference prompt is transformers' 32 tokens (compared as the
+/// tokens `logprobs` names: the random models write stray byte tokens, whose text a stream cannot match exactly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_serves_the_reference_answer_over_http() {
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(reference["prompt_ids"].clone()).unwrap();
+    for arch in ["qwen2", "qwen3", "phi3", "mistral", "gemma3"] {
+        let want: Vec<u32> = serde_json::from_value(reference["models"][arch]["greedy"].clone()).unwrap();
+        let args = teal::config::ServeArgs { served_model_name: Some("m".into()), ..Default::default() };
+        let s = crate::common::TestServer::start(fixtures().join(arch), args).await;
+        let body = serde_json::json!({"model": "m", "prompt": ids, "max_tokens": want.len(), "temperature": 0,
+            "ignore_eos": true, "logprobs": 0});
+        let r = reqwest::Client::new().post(format!("{}/v1/completions", s.url)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{arch}");
+        let v: Value = r.json().await.unwrap();
+        let tok = load(&fixtures().join(arch), &LoadOptions { device: Device::Cpu, dtype: None, share: None })
+            .unwrap()
+            .tokenizer;
+        let want: Vec<String> = want.iter().map(|&id| tok.token_text(id)).collect();
+        let got: Vec<String> = serde_json::from_value(v["choices"][0]["logprobs"]["tokens"].clone()).unwrap();
+        assert_eq!(got, want, "{arch}: {v}");
+        s.stop().await.unwrap();
+    }
+}

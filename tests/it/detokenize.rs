@@ -81,6 +81,21 @@ fn tokenizer(path: &std::path::Path) -> TextTokenizer {
 }
 
 #[test]
+fn text_after_a_rewritten_character_is_not_lost() {
+    // stories260K: "K" as byte token 78, then the stray continuation byte 0xA2 (165) makes Hugging Face's decoder
+    // write both as replacement characters; "K" was already streamed. What follows ("im", "<") must still come.
+    let tok = tokenizer(&common::stories_dir());
+    let prompt = tok.encode("Once upon a time", true).unwrap();
+    let mut dec = IncrementalDecoder::after(&tok, &prompt);
+    let mut streamed = String::new();
+    for id in [78, 165, 288, 504] {
+        streamed.push_str(&dec.step(&tok, id).unwrap());
+    }
+    streamed.push_str(&dec.finish(&tok).unwrap());
+    assert!(streamed.starts_with('K') && streamed.ends_with("im<"), "{streamed:?}");
+}
+
+#[test]
 fn streamed_text_is_the_decoding_of_all_ids_for_every_tokenizer() {
     for (name, path) in [("stories260K", common::stories_dir()), ("smollm2", common::smollm_path())] {
         let tok = tokenizer(&path);
