@@ -22,8 +22,9 @@ curl -fs localhost:8080/health/ready >/dev/null || { echo "the server never beca
 "$TEAL" bench serve --concurrency 1,8,32 --requests 48 --input-len 128 --output-len 128 --json "$RES/serve.json"
 "$TEAL" bench flip --concurrency 8 --duration-s 20 --flip-every-ms 1000 --json "$RES/flip.json"
 "$TEAL" bench cold-warm --standby-model smollm2-b.gguf --requests 32 --json "$RES/coldwarm.json"
-t0=$(date +%s.%N)
+t0=$(date +%s%N)
 "$TEAL" admin park green && "$TEAL" admin wake green
-echo "{\"park_then_wake_s\": $(echo "$(date +%s.%N) - $t0" | bc)}" >"$RES/timings.json"
+ms=$((($(date +%s%N) - t0) / 1000000))
+printf '{"park_then_wake_s": %d.%03d}\n' $((ms / 1000)) $((ms % 1000)) >"$RES/timings.json"
 "$TEAL" admin status >"$RES/slots-after.json"
 curl -s localhost:8080/metrics | grep -E "teal_kernel_module_loads_total|teal_gpu_" >"$RES/metrics.txt"
