@@ -207,6 +207,10 @@ impl LlamaConfig {
                 SUPPORTED_TYPES.join(", ")
             )));
         }
+        if model_type == "phi3" && hf.attention_bias == Some(true) {
+            // The fused qkv_proj is loaded without a bias: refuse rather than drop one.
+            return Err(TealError::UnsupportedModel("phi3 with attention_bias".into()));
+        }
         if model_type == "qwen2" && hf.use_sliding_window == Some(true) {
             return Err(TealError::UnsupportedModel("qwen2 with use_sliding_window (windows on some layers)".into()));
         }

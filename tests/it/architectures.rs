@@ -65,6 +65,12 @@ fn a_config_teal_cannot_run_is_refused_by_name() {
     let opts = LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), share: None };
     let err = load(dir.path(), &opts).err().expect("refused").to_string();
     assert!(err.contains("use_sliding_window"), "{err}");
+    crate::common::copy_dir(&fixtures().join("phi3"), dir.path());
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["attention_bias"] = true.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let err = load(dir.path(), &opts).err().expect("refused").to_string();
+    assert!(err.contains("phi3 with attention_bias"), "{err}");
 }
 
 /// Every family through a real server (memory estimate from the file headers, engine thread, paged KV cache,
