@@ -15,6 +15,7 @@ import pathlib
 import shutil
 
 import torch
+from make_reference import greedy  # the same greedy loop as the other references (this folder is on sys.path)
 from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -44,18 +45,6 @@ MODELS = {
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}})),
 }
-
-
-def greedy(model, ids, steps):
-    out, past, cur = [], None, torch.tensor([ids])
-    with torch.no_grad():
-        for _ in range(steps):
-            res = model(input_ids=cur, past_key_values=past, use_cache=True)
-            past = res.past_key_values
-            nxt = int(torch.argmax(res.logits[0, -1]))
-            out.append(nxt)
-            cur = torch.tensor([[nxt]])
-    return out
 
 
 def main():
