@@ -372,6 +372,35 @@ mod tests {
     }
 
     #[test]
+    fn gemma3_text_configs_teal_cannot_run_are_refused_by_name() {
+        let base = r#"{"model_type":"gemma3_text","hidden_size":64,"intermediate_size":96,"num_hidden_layers":4,
+            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"vocab_size":512,"sliding_window":4,
+            "layer_types":["sliding_attention","full_attention","sliding_attention","full_attention"]}"#;
+        let c = LlamaConfig::from_hf_json(base).unwrap();
+        assert_eq!(c.family, Family::Gemma3 { window: 4, global_every: 2, local_rope_theta: 10_000.0 });
+        assert!(c.norm_plus_one);
+        let hostile = [
+            (r#""sliding_window":0"#, "no sliding_window"),
+            (
+                r#""layer_types":["full_attention","sliding_attention","sliding_attention","full_attention"]"#,
+                "no regular pattern",
+            ),
+            (r#""layer_types":["sliding_attention"]"#, "no regular pattern"),
+            (r#""final_logit_softcapping":30.0"#, "soft-capping"),
+            (r#""query_pre_attn_scalar":256"#, "query_pre_attn_scalar"),
+            (r#""hidden_activation":"relu""#, "activation"),
+        ];
+        for (field, want) in hostile {
+            let key = field.split(':').next().unwrap();
+            let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+            let patch: serde_json::Value = serde_json::from_str(&format!("{{{field}}}")).unwrap();
+            v[key.trim_matches('"')] = patch[key.trim_matches('"')].clone();
+            let err = LlamaConfig::from_hf_json(&v.to_string()).unwrap_err().to_string();
+            assert!(err.contains(want), "{field}: {err}");
+        }
+    }
+
+    #[test]
     fn qwen2_has_bias_and_bad_heads_rejected() {
         let q = LlamaConfig::from_hf_json(
             r#"{"model_type":"qwen2","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
