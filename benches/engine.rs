@@ -57,6 +57,29 @@ fn quant_matmul(c: &mut Criterion) {
     g.finish();
 }
 
+/// Each GGUF type teal repacks, teal's kernel beside candle's matmul on the same blocks (1, 8 and 64 tokens), at
+/// Gemma 3 270M's widths: 640 (not a multiple of 256, as for its Q5_0 and Q8_0 matrices) and 1024 (its Q4_K).
+fn gguf_matmuls(c: &mut Criterion) {
+    let rows = 1536;
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        let cols = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) { 1024 } else { 640 };
+        let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let ours =
+            teal::models::cpu_quant::QuantMatrix::from_gguf(dtype, &q.data().unwrap(), rows, cols).unwrap().unwrap();
+        let theirs = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+        let mut g = c.benchmark_group(format!("{dtype:?}_matmul_{rows}x{cols}"));
+        for t in [1usize, 8, 64] {
+            let x = Tensor::randn(0f32, 1.0, (t, cols), &Device::Cpu).unwrap();
+            g.bench_with_input(BenchmarkId::new("teal", t), &x, |b, x| b.iter(|| ours.forward(x).unwrap()));
+            g.bench_with_input(BenchmarkId::new("candle", t), &x, |b, x| {
+                b.iter(|| candle_core::Module::forward(&theirs, x).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
 fn model_step(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/smollm2");
     if !path.exists() {
@@ -103,6 +126,6 @@ fn model_step(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = sampling, scheduler, quant_matmul, model_step
+    targets = sampling, scheduler, quant_matmul, gguf_matmuls, model_step
 }
 criterion_main!(benches);

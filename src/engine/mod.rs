@@ -111,6 +111,16 @@ impl Engine {
             metrics,
             waiting: Default::default(),
             running: vec![],
+            cpu_pool: match model.llama.device().is_cpu() {
+                true => Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(rayon::current_num_threads())
+                        .thread_name(|i| format!("teal-cpu-{i}"))
+                        .build()
+                        .map_err(|e| TealError::Device(format!("cannot start compute threads: {e}")))?,
+                ),
+                false => None,
+            },
         };
         let thread = std::thread::Builder::new()
             .name(format!("teal-engine-{}", model.name))

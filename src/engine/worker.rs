@@ -29,6 +29,11 @@ pub(super) struct Worker {
     pub metrics: EngineMetrics,
     pub waiting: VecDeque<Queued>,
     pub running: Vec<Sequence>,
+    /// CPU models: this engine's own compute threads (as many as rayon's global pool has). The forward pass
+    /// runs on one of them, so each matmul's parallel loop starts inside the pool instead of waking it from
+    /// the engine thread (a wake-up per matmul, ~120 per step), and another slot's engine never queues behind
+    /// this one's work.
+    pub cpu_pool: Option<rayon::ThreadPool>,
 }
 
 /// A waiting sequence; `fresh` is false for a preempted one (it no longer counts as pending).
@@ -215,7 +220,8 @@ impl Worker {
         }
         self.metrics.batch_size.observe(input_seqs(&batch) as f64);
         let input = StepInput { tokens, meta: Arc::new(meta), logits_rows: rows };
-        let logits = match self.model.llama.forward(&input, &self.pool).and_then(|t| Ok(t.to_vec2::<f32>()?)) {
+        let run = || self.model.llama.forward(&input, &self.pool).and_then(|t| Ok(t.to_vec2::<f32>()?));
+        let logits = match self.cpu_pool.as_ref().map_or_else(run, |p| p.install(run)) {
             Ok(l) => l,
             Err(e) => {
                 for (seq, _) in &batch {

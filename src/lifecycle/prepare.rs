@@ -94,7 +94,7 @@ fn prepare_blocking(
     let device = crate::device::parse_device(&label).map_err(|e| bad(e.to_string()))?;
     let dtype =
         crate::device::parse_dtype(req.dtype.as_deref().unwrap_or(&defaults.dtype)).map_err(|e| bad(e.to_string()))?;
-    let estimate = crate::memory::estimate_load(&path, dtype, &defaults.engine).ok();
+    let estimate = crate::memory::estimate_load(&path, dtype, device.is_cpu(), &defaults.engine).ok();
     let files = signature(&path, dtype);
     let settings = LoadSettings {
         kind,

@@ -37,7 +37,12 @@ pub fn workspace_bytes(cfg: &LlamaConfig, e: &EngineConfig) -> u64 {
 }
 
 /// The estimate of a load from the model's files alone.
-pub fn estimate_load(path: &Path, dtype: Option<DType>, engine: &EngineConfig) -> crate::error::Result<Need> {
+pub fn estimate_load(
+    path: &Path,
+    dtype: Option<DType>,
+    cpu: bool,
+    engine: &EngineConfig,
+) -> crate::error::Result<Need> {
     if crate::models::detect_kind(path, None)? != crate::slot::ModelKind::TextGeneration {
         // Embedding and image models load their f32 files as they are and keep no KV cache; their activations
         // (a batch at a time) are small beside the weights.
@@ -45,7 +50,7 @@ pub fn estimate_load(path: &Path, dtype: Option<DType>, engine: &EngineConfig) -
             crate::models::weight_files(path)?.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
         return Ok(Need { weights, kv: 0, workspace: 64 << 20 });
     }
-    let w = crate::models::estimate::estimate(path, dtype)?;
+    let w = crate::models::estimate::estimate(path, dtype, cpu)?;
     Ok(Need { weights: w.weights, kv: kv_bytes(&w.config, engine), workspace: workspace_bytes(&w.config, engine) })
 }
 

@@ -6,6 +6,7 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::config::{Family, LlamaConfig};
+use super::cpu_quant::repacked_bytes;
 use super::weights::Tn;
 use super::{gguf_meta, resolve, safetensors_files, Layout};
 use crate::error::{Result, TealError};
@@ -50,8 +51,9 @@ fn layer_tensors(c: &LlamaConfig, l: usize) -> (Vec<Tn>, Vec<Tn>) {
     (linears, vectors)
 }
 
-/// Estimates the weight bytes of the model at `path` loaded with `dtype` (None: f32 dense, GGUF quantized).
-pub fn estimate(path: &Path, dtype: Option<DType>) -> Result<WeightEstimate> {
+/// Estimates the weight bytes of the model at `path` loaded with `dtype` (None: f32 dense, GGUF quantized) on
+/// the CPU (`cpu`: GGUF blocks in teal's kernel layouts, cpu_quant/repack.rs) or another device (as in the file).
+pub fn estimate(path: &Path, dtype: Option<DType>, cpu: bool) -> Result<WeightEstimate> {
     let (config, tensors, gguf) = match resolve(path)? {
         Layout::HfDir(dir) => {
             let (config, _) = super::hf_config(&super::files::ModelDir::of(&dir)?)?;
@@ -86,7 +88,10 @@ pub fn estimate(path: &Path, dtype: Option<DType>) -> Result<WeightEstimate> {
             Stored::Ggml { dtype: GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16, elems } if dtype.is_none() => {
                 elems.saturating_mul(4)
             }
-            Stored::Ggml { dtype: d, elems } if dtype.is_none() => elems / d.block_size() as u64 * d.type_size() as u64,
+            Stored::Ggml { dtype: d, elems } if dtype.is_none() => match repacked_bytes(*d, *elems) {
+                Some(bytes) if cpu => bytes,
+                _ => elems / d.block_size() as u64 * d.type_size() as u64,
+            },
             Stored::Ggml { elems, .. } | Stored::Dense { elems } => elems.saturating_mul(act),
         })
     };

@@ -28,12 +28,16 @@ fn get_f32(c: &Content, key: &str) -> Option<f32> {
     c.metadata.get(key).and_then(|v| v.to_f32().ok())
 }
 
-/// The hyper-parameters of a GGUF file (architectures `llama` and `gemma3`).
+/// The GGUF architectures teal runs.
+const ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "phi3"];
+
+/// The hyper-parameters of a GGUF file (`ARCHITECTURES`, tensors and keys as llama.cpp's converter writes them).
 pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
     let arch = get(c, "general.architecture")?.to_string().map_err(|e| TealError::InvalidModel(e.to_string()))?;
-    if arch != "llama" && arch != "gemma3" {
+    if !ARCHITECTURES.contains(&arch.as_str()) {
         return Err(TealError::UnsupportedModel(format!(
-            "GGUF architecture '{arch}' (teal runs 'llama' and 'gemma3')"
+            "GGUF architecture '{arch}' (teal runs {})",
+            ARCHITECTURES.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ")
         )));
     }
     let key = |k: &str| format!("{arch}.{k}");
@@ -43,9 +47,19 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
         Ok(v) => v,
         Err(_) => get(c, "tokenizer.ggml.tokens")?.to_vec().map(|v| v.len()).unwrap_or(0),
     };
-    let head_dim = get_usize(c, &key("rope.dimension_count"))
-        .or_else(|_| get_usize(c, &key("attention.key_length")))
+    let head_dim = get_usize(c, &key("attention.key_length"))
+        .or_else(|_| get_usize(c, &key("rope.dimension_count")))
         .unwrap_or(hidden / heads.max(1));
+    if let Ok(rotated) = get_usize(c, &key("rope.dimension_count")) {
+        if rotated != head_dim {
+            return Err(TealError::UnsupportedModel(format!(
+                "{arch}: rotary embedding on {rotated} of {head_dim} dimensions (partial rotary)"
+            )));
+        }
+    }
+    if c.tensor_infos.contains_key("rope_factors_long.weight") {
+        return Err(TealError::UnsupportedModel(format!("{arch}: long-context rotary factors (LongRoPE)")));
+    }
     let gemma = arch == "gemma3";
     let family = if gemma {
         // llama.cpp's defaults for Gemma 3: every sixth layer global, local layers on a 10,000 rotary base.
@@ -57,6 +71,7 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
     } else {
         Family::Llama
     };
+    let max_positions = get_usize(c, &key("context_length"))?;
     let cfg = LlamaConfig {
         hidden_size: hidden,
         intermediate_size: get_usize(c, &key("feed_forward_length"))?,
@@ -65,21 +80,26 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
         num_kv_heads: get_usize(c, &key("attention.head_count_kv")).unwrap_or(heads),
         head_dim,
         vocab_size: vocab,
-        max_position_embeddings: get_usize(c, &key("context_length"))?,
+        max_position_embeddings: max_positions,
         rms_norm_eps: get_f32(c, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
         rope_theta: get_f32(c, &key("rope.freq_base")).unwrap_or(10000.0),
         rope_scaling: match get_f32(c, &key(if gemma { "rope.scaling.factor" } else { "rope.scale_linear" })) {
             Some(f) if f != 1.0 => RopeScaling::Linear { factor: f },
             _ => RopeScaling::None,
         },
-        // llama.cpp permutes q/k of Llama checkpoints into adjacent pairs; Gemma's rotate halves (NeoX).
-        rope_style: if gemma { RopeStyle::Halves } else { RopeStyle::Interleaved },
+        // llama.cpp permutes q/k of Llama checkpoints into adjacent pairs; the others rotate halves (NeoX).
+        rope_style: if arch == "llama" { RopeStyle::Interleaved } else { RopeStyle::Halves },
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         qkv_bias: c.tensor_infos.contains_key("blk.0.attn_q.bias"),
         family,
-        qk_norm: false,
-        fused_projections: false,
-        sliding_window: None,
+        qk_norm: arch == "qwen3",
+        // Phi-3: q/k/v in one attn_qkv, gate and up in one ffn_up.
+        fused_projections: arch == "phi3",
+        // Phi-3's window (0: none, as llama.cpp writes Phi-4's); Gemma's windows are the family's.
+        sliding_window: match arch.as_str() {
+            "phi3" => get_usize(c, &key("attention.sliding_window")).ok().filter(|&w| w > 0 && w < max_positions),
+            _ => None,
+        },
         norm_plus_one: false,
     };
     cfg.validate()?;
@@ -120,8 +140,10 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             byte_level(true),
         ])),
         "llama-bpe" | "llama3" | "qwen2" | "smaug-bpe" => {
+            // Qwen2's pattern is Llama 3's with digits one at a time.
+            let regex = if pre == "qwen2" { LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}") } else { LLAMA3.to_string() };
             let split = Split::new(
-                tokenizers::pre_tokenizers::split::SplitPattern::Regex(LLAMA3.into()),
+                tokenizers::pre_tokenizers::split::SplitPattern::Regex(regex),
                 SplitDelimiterBehavior::Isolated,
                 false,
             )
@@ -213,4 +235,22 @@ fn sentencepiece(c: &Content) -> Result<TextTokenizer> {
         unk: c.metadata.get("tokenizer.ggml.unknown_token_id").and_then(|v| v.to_u32().ok()),
     };
     Ok(with_specials(c, super::gguf_spm::tokenizer(&vocab)?, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pre_tokenizer;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let mut s = PreTokenizedString::from(text);
+        pre_tokenizer(pre).unwrap().pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(p, _, _)| p.to_string()).collect()
+    }
+
+    #[test]
+    fn qwen2_splits_digits_one_by_one_where_llama3_takes_three() {
+        assert_eq!(pieces("qwen2", "x 12345"), ["x", "Ġ", "1", "2", "3", "4", "5"]);
+        assert_eq!(pieces("llama-bpe", "x 12345"), ["x", "Ġ", "123", "45"]);
+    }
 }

@@ -2,11 +2,11 @@
 //! mapped) or a GGUF file, so the architecture code (llama.rs) asks for logical tensors and never cares about
 //! the file format. GGUF weights stay quantized unless the caller asks for a dense dtype.
 
-use super::cpu_quant::{Format, QuantMatrix};
+use super::cpu_quant::QuantMatrix;
 use super::linear::{Linear, LinearGroup, Weight};
 use super::shared::{Holdings, Item, Key};
 use crate::error::{Result, TealError};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -167,16 +167,15 @@ impl WeightSource {
             WeightSource::Gguf { dense: None, .. } => {
                 let q = self.qtensor(tn, device)?;
                 check_shape(tn, q.shape().dims(), shape)?;
-                let cpu_format = match q.dtype() {
-                    GgmlDType::Q4_1 => Some(Format::Q4_1),
-                    GgmlDType::Q8_0 => Some(Format::Q8_0),
-                    _ => None,
+                // On the CPU teal's kernels run the formats they have a layout for (cpu_quant/repack.rs).
+                let repacked = if device.is_cpu() {
+                    QuantMatrix::from_gguf(q.dtype(), &q.data()?, shape.0, shape.1)?
+                } else {
+                    None
                 };
-                match cpu_format {
-                    Some(f) if device.is_cpu() => {
-                        Weight::Cpu(Arc::new(QuantMatrix::new(f, q.data()?.to_vec(), shape.0, shape.1)?))
-                    }
-                    _ => Weight::Candle(QMatMul::from_arc(Arc::new(q))?),
+                match repacked {
+                    Some(m) => Weight::Cpu(Arc::new(m)),
+                    None => Weight::Candle(QMatMul::from_arc(Arc::new(q))?),
                 }
             }
             _ => {

@@ -1,4 +1,5 @@
-//! Qwen2, Qwen3, Phi-3, Mistral (sliding window) and Gemma 3 as HF directories hold it against transformers: tiny checkpoints made from the real
+//! Qwen2, Qwen3, Phi-3, Mistral (sliding window) and Gemma 3 as HF directories hold it, and Qwen2, Qwen3 and Phi-3 as
+//! llama.cpp's converter writes them to GGUF, against transformers: tiny checkpoints made from the real
 //! config classes with random weights (tests/reference/make_tiny_arch_reference.py), last-position logits within
 //! 1e-3 and 32 greedy tokens identical, on the CPU and through the paged KV cache like every model teal serves.
 
@@ -13,6 +14,25 @@ fn fixtures() -> PathBuf {
 }
 
 fn check(arch: &str) {
+    check_file(arch, &fixtures().join(arch), Some(DType::F32));
+}
+
+/// The same checkpoint as llama.cpp's converter writes it (tests/fixtures/tiny/<arch>.gguf, from
+/// tests/reference/make_tiny_gguf.py): the same logits and tokens, and a vocabulary that tokenizes as the
+/// checkpoint's tokenizer.json does.
+fn check_gguf(arch: &str) {
+    let file = fixtures().join(format!("{arch}.gguf"));
+    check_file(arch, &file, None);
+    let from_gguf = teal::models::gguf_tokenizer(&file).unwrap();
+    let opts = LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), share: None };
+    let dir_model = load(&fixtures().join(arch), &opts).unwrap();
+    let from_json = &dir_model.tokenizer;
+    for text in ["Once upon a time, there was a little girl.", "  two  spaces\nand 123 digits", "Lily's cat."] {
+        assert_eq!(from_gguf.encode(text, true).unwrap(), from_json.encode(text, true).unwrap(), "{arch}: {text:?}");
+    }
+}
+
+fn check_file(arch: &str, path: &std::path::Path, dtype: Option<DType>) {
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(reference["prompt_ids"].clone()).unwrap();
@@ -20,8 +40,8 @@ fn check(arch: &str) {
     let want = &reference["models"][arch];
     let want_logits: Vec<f32> = serde_json::from_value(want["last_logits"].clone()).unwrap();
     let want_ids: Vec<u32> = serde_json::from_value(want["greedy"].clone()).unwrap();
-    let m = load(&fixtures().join(arch), &LoadOptions { device: Device::Cpu, dtype: Some(DType::F32), share: None })
-        .unwrap_or_else(|e| panic!("{arch}: {e}"));
+    let m = load(path, &LoadOptions { device: Device::Cpu, dtype, share: None })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let (logits, got) = greedy(&m, &ids, steps).unwrap();
     let diff = logits.iter().zip(&want_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert_eq!(logits.len(), want_logits.len());
@@ -42,6 +62,13 @@ fn qwen3_with_qk_norm_and_tied_embeddings_matches_transformers() {
 #[test]
 fn phi3_with_fused_projections_matches_transformers() {
     check("phi3");
+}
+
+#[test]
+fn qwen2_qwen3_and_phi3_from_llama_cpps_gguf_match_transformers() {
+    for arch in ["qwen2", "qwen3", "phi3"] {
+        check_gguf(arch);
+    }
 }
 
 #[test]

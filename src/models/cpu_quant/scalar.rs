@@ -1,0 +1,105 @@
+//! The plain-Rust side of the kernels: activations quantized to 8 bits per 32-value block (as ggml's Q8_1), and
+//! the dot product of one weight row with one such row for every layout, written for clarity. It runs on CPUs
+//! without the vector extensions and is the reference the vector kernels are checked against.
+
+use super::layout::{Format, QK};
+use half::f16;
+
+/// One block of activations quantized to 8 bits; `d` and `s` are stored already rounded through f16, as ggml
+/// keeps them.
+#[derive(Clone, Copy)]
+pub(super) struct Q8_1 {
+    pub(super) d: f32,
+    pub(super) s: f32,
+    pub(super) qs: [i8; QK],
+}
+
+/// Activations for blocks of 32 weights, as ggml's Q8_0/Q8_1: per 32 values the scale `max|x| / 127` and the
+/// sum `s = d * sum(q)`, both rounded through f16.
+pub(super) fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
+    x.chunks_exact(QK)
+        .map(|b| {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut qs = [0i8; QK];
+            let mut sum = 0i32;
+            for (q, v) in qs.iter_mut().zip(b) {
+                *q = (v * id).round_ties_even() as i8;
+                sum += *q as i32;
+            }
+            Q8_1 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(d * sum as f32).to_f32(), qs }
+        })
+        .collect()
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// A 4-bit block's scale and minimum (`w = d * q + m`).
+pub(super) fn block_dm(format: Format, w: &[u8]) -> (f32, f32) {
+    match format {
+        Format::Q4F => (f32_at(w, 0), f32_at(w, 4)),
+        _ => (f16_at(w, 0), f16_at(w, 2)),
+    }
+}
+
+/// An 8-bit block's scales for its first and second 16 weights.
+pub(super) fn block_scales(format: Format, w: &[u8]) -> (f32, f32) {
+    match format {
+        Format::Q8S => (f32_at(w, 0), f32_at(w, 4)),
+        _ => (f16_at(w, 0), f16_at(w, 0)),
+    }
+}
+
+/// The plain-Rust dot product of one weight row with one quantized activation row.
+pub(super) fn dot_scalar(format: Format, w: &[u8], x: &[Q8_1]) -> f32 {
+    let header = format.header_bytes();
+    w.chunks_exact(format.block_bytes())
+        .zip(x)
+        .map(|(wb, xb)| match format {
+            Format::Q8_0 | Format::Q8S => {
+                let (s0, s1) = block_scales(format, wb);
+                let half = |r: std::ops::Range<usize>| -> i32 {
+                    wb[header..][r.clone()].iter().zip(&xb.qs[r]).map(|(&q, &y)| q as i8 as i32 * y as i32).sum()
+                };
+                xb.d * (s0 * half(0..QK / 2) as f32 + s1 * half(QK / 2..QK) as f32)
+            }
+            Format::Q4_1 | Format::Q4F => {
+                let (d, m) = block_dm(format, wb);
+                let mut acc = 0i32;
+                for j in 0..QK / 2 {
+                    let q = wb[header + j];
+                    acc += (q & 0x0F) as i32 * xb.qs[j] as i32 + (q >> 4) as i32 * xb.qs[j + QK / 2] as i32;
+                }
+                d * xb.d * acc as f32 + m * xb.s
+            }
+        })
+        .sum()
+}
+
+/// A weight row as f32 (the layouts without a candle equivalent leave this module that way).
+pub(super) fn dequantize_row(format: Format, w: &[u8]) -> Vec<f32> {
+    let header = format.header_bytes();
+    let mut out = Vec::with_capacity(w.len() / format.block_bytes() * QK);
+    for wb in w.chunks_exact(format.block_bytes()) {
+        match format {
+            Format::Q8_0 | Format::Q8S => {
+                let (s0, s1) = block_scales(format, wb);
+                out.extend(
+                    wb[header..].iter().enumerate().map(|(e, &q)| q as i8 as f32 * if e < 16 { s0 } else { s1 }),
+                );
+            }
+            Format::Q4_1 | Format::Q4F => {
+                let (d, m) = block_dm(format, wb);
+                out.extend((0..QK).map(|e| d * (wb[header + e % 16] >> (4 * (e / 16)) & 0x0F) as f32 + m));
+            }
+        }
+    }
+    out
+}

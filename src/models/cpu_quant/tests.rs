@@ -1,0 +1,145 @@
+//! The kernels against the scalar reference on random blocks, the repacked layouts against candle's own
+//! dequantization of the GGUF blocks, and whole matmuls against the exact product.
+
+use super::scalar::{dequantize_row, dot_scalar, quantize_row, Q8_1};
+use super::*;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Module};
+
+const FORMATS: [Format; 4] = [Format::Q4_1, Format::Q4F, Format::Q8_0, Format::Q8S];
+
+/// Random blocks of `format` (headers of plausible scales, any quant bytes).
+fn random_layout(format: Format, rows: usize, cols: usize, seed: u64) -> QuantMatrix {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let mut data = vec![];
+    for _ in 0..rows * cols / QK {
+        let mut scale = || (next() % 2000) as f32 / 1000.0 - 1.0;
+        match format {
+            Format::Q4_1 => {
+                data.extend(half::f16::from_f32(scale() / 8.0).to_le_bytes());
+                data.extend(half::f16::from_f32(scale()).to_le_bytes());
+            }
+            Format::Q8_0 => data.extend(half::f16::from_f32(scale() / 64.0).to_le_bytes()),
+            Format::Q4F => data.extend([scale() / 8.0, scale()].iter().flat_map(|v| v.to_le_bytes())),
+            Format::Q8S => data.extend([scale() / 64.0, scale() / 64.0].iter().flat_map(|v| v.to_le_bytes())),
+        }
+        let quants = format.block_bytes() - format.header_bytes();
+        data.extend((0..quants).map(|_| next() as u8));
+    }
+    QuantMatrix::new(format, data, rows, cols).unwrap()
+}
+
+fn activations(tokens: usize, cols: usize) -> Vec<Vec<f32>> {
+    Tensor::randn(0f32, 1.0, (tokens, cols), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap()
+}
+
+#[test]
+fn every_kernel_this_cpu_has_matches_the_scalar_reference() {
+    let detected = Isa::detected();
+    for format in FORMATS {
+        // 288 columns: 9 blocks, so the two-block kernels have an odd block left over; 6 tokens: a tile of 4
+        // and two single tokens.
+        let m = random_layout(format, 9, 288, 7);
+        let xq: Vec<Vec<Q8_1>> = activations(6, 288).iter().map(|r| quantize_row(r)).collect();
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i <= detected) {
+            for r in 0..9 {
+                let mut got = vec![0f32; 6];
+                row_dots(isa, format, m.row(r), &xq, &mut got);
+                for (t, g) in got.iter().enumerate() {
+                    let want = dot_scalar(format, m.row(r), &xq[t]);
+                    assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{isa:?} {format:?}: {g} vs {want}");
+                }
+            }
+        }
+        eprintln!("{format:?}: kernels up to {detected:?} checked");
+    }
+}
+
+/// GGUF blocks of `dtype` for a random `[rows, cols]` matrix, quantized by candle.
+fn gguf(dtype: GgmlDType, rows: usize, cols: usize) -> QTensor {
+    let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+    QTensor::quantize(&w, dtype).unwrap()
+}
+
+const GGUF_TYPES: [GgmlDType; 6] =
+    [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
+
+#[test]
+fn repacked_weights_are_the_numbers_the_gguf_blocks_encode() {
+    for dtype in GGUF_TYPES {
+        let q = gguf(dtype, 6, 512);
+        let m = QuantMatrix::from_gguf(dtype, q.data().unwrap().as_ref(), 6, 512).unwrap().unwrap();
+        assert_eq!(Some(m.format), layout_of(dtype));
+        assert_eq!(Some(m.bytes()), repacked_bytes(dtype, 6 * 512));
+        let want = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        for (r, want) in want.iter().enumerate() {
+            for (g, w) in dequantize_row(m.format, m.row(r)).iter().zip(want) {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{dtype:?} row {r}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmuls_of_every_gguf_type_are_as_close_to_the_exact_product_as_candles() {
+    for dtype in GGUF_TYPES {
+        let q = gguf(dtype, 40, 256);
+        let m = QuantMatrix::from_gguf(dtype, q.data().unwrap().as_ref(), 40, 256).unwrap().unwrap();
+        let x = Tensor::randn(0f32, 1.0, (7, 256), &Device::Cpu).unwrap();
+        let ours = m.forward(&x).unwrap();
+        for (t, row) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
+            let xq = quantize_row(row);
+            for (r, g) in ours.get(t).unwrap().to_vec1::<f32>().unwrap().iter().enumerate() {
+                let want = dot_scalar(m.format, m.row(r), &xq);
+                assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype:?} row {r}: {g} vs {want}");
+            }
+        }
+        // Against the exact product with dequantized weights: both quantize activations to 8 bits and differ
+        // only in rounding (candle's K-quants use 256-value activation blocks).
+        let exact = x.matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap()).unwrap();
+        let theirs = candle_core::quantized::QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
+        let err = |t: &Tensor| (t - &exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let (e_ours, e_theirs) = (err(&ours), err(&theirs));
+        assert!(e_ours / scale < 1e-2, "{dtype:?}: relative error {}", e_ours / scale);
+        assert!(e_ours <= 2.0 * e_theirs + 1e-3, "{dtype:?}: ours {e_ours} vs candle {e_theirs}");
+    }
+}
+
+#[test]
+fn layouts_without_a_candle_type_leave_as_f32_with_the_same_weights() {
+    let q = gguf(GgmlDType::Q6K, 4, 256);
+    let m = QuantMatrix::from_gguf(GgmlDType::Q6K, q.data().unwrap().as_ref(), 4, 256).unwrap().unwrap();
+    let back = m.to_qtensor(&Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+    let want = q.dequantize(&Device::Cpu).unwrap();
+    let diff = (back - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff <= 1e-6, "{diff}");
+}
+
+#[test]
+fn a_q4_0_scale_whose_minimum_overflows_f16_keeps_it_in_f32() {
+    // One Q4_0 block with d = 10000 (so -8 d is beyond f16) and nibbles 0..15.
+    let mut block = half::f16::from_f32(10000.0).to_le_bytes().to_vec();
+    block.extend((0..16u8).map(|i| i | (15 - i) << 4));
+    let m = QuantMatrix::from_gguf(GgmlDType::Q4_0, &block, 1, 32).unwrap().unwrap();
+    assert_eq!(m.format, Format::Q4F);
+    let w = dequantize_row(m.format, m.row(0));
+    assert_eq!(w[0], -80000.0);
+    assert_eq!(w[16], 70000.0);
+}
+
+#[test]
+fn malformed_sizes_are_rejected() {
+    assert!(QuantMatrix::new(Format::Q4_1, vec![0; 19], 1, 32).is_err());
+    assert!(QuantMatrix::new(Format::Q4_1, vec![0; 20], 1, 31).is_err());
+    assert!(QuantMatrix::new(Format::Q8_0, vec![0; 20], 1, 32).is_err());
+    assert!(QuantMatrix::from_gguf(GgmlDType::Q4K, &[0; 144], 1, 128).is_err(), "K-quant rows are whole super-blocks");
+    assert!(QuantMatrix::from_gguf(GgmlDType::Q6K, &[0; 209], 1, 256).is_err());
+    assert!(QuantMatrix::from_gguf(GgmlDType::Q5_0, &[], 0, 0).is_err());
+    assert!(QuantMatrix::from_gguf(GgmlDType::Q5_0, &[0; 22], usize::MAX, 32).is_err(), "an overflowing shape");
+    assert!(QuantMatrix::from_gguf(GgmlDType::Q5K, &[0; 176], 1, 256).unwrap().is_none(), "Q5_K stays with candle");
+}
