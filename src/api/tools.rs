@@ -279,11 +279,18 @@ fn split_hermes(text: &str) -> (String, Vec<Call>) {
     while let Some(i) = rest.find(OPEN) {
         content.push_str(rest.get(..i).unwrap_or_default());
         let after = rest.get(i + OPEN.len()..).unwrap_or_default();
-        let (body, next) = match after.find(CLOSE) {
-            Some(j) => (after.get(..j).unwrap_or_default(), after.get(j + CLOSE.len()..).unwrap_or_default()),
-            None => (after, ""),
+        // The JSON value is read first, so a closing tag inside one of its strings does not end it.
+        let (call, next) = match json_then(after, CLOSE) {
+            Some((v, next)) => (call_of(&v, "arguments"), next),
+            None => {
+                let (body, next) = match after.find(CLOSE) {
+                    Some(j) => (after.get(..j).unwrap_or_default(), after.get(j + CLOSE.len()..).unwrap_or_default()),
+                    None => (after, ""),
+                };
+                (serde_json::from_str::<Value>(body.trim()).ok().and_then(|v| call_of(&v, "arguments")), next)
+            }
         };
-        match serde_json::from_str::<Value>(body.trim()).ok().and_then(|v| call_of(&v, "arguments")) {
+        match call {
             Some(c) => calls.push(c),
             None => content.push_str(rest.get(i..rest.len() - next.len()).unwrap_or_default()),
         }
@@ -292,6 +299,20 @@ fn split_hermes(text: &str) -> (String, Vec<Call>) {
     content.push_str(rest);
     let content = if calls.is_empty() { content } else { content.trim().to_string() };
     (content, calls)
+}
+
+/// One JSON value at the start of `text` (after whitespace), then `close` or the end of the text: the value and
+/// what follows `close`.
+fn json_then<'a>(text: &'a str, close: &str) -> Option<(Value, &'a str)> {
+    let text = text.trim_start();
+    let mut it = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let v = it.next()?.ok()?;
+    let rest = text.get(it.byte_offset()..)?.trim_start();
+    match rest.strip_prefix(close) {
+        Some(next) => Some((v, next)),
+        None if rest.is_empty() => Some((v, rest)),
+        None => None,
+    }
 }
 
 /// JSON values separated by `sep` (and whitespace), the whole text; None if anything else is there.

@@ -137,3 +137,12 @@ fn a_template_that_knows_tools_renders_them_and_the_calls_with_object_arguments(
     let mistral = ChatTemplate::new("{{ tools }}[TOOL_CALLS]".into()).unwrap();
     assert_eq!(format_of(&mistral), (Format::Mistral, true));
 }
+
+#[test]
+fn a_closing_tag_inside_an_argument_string_does_not_end_the_call() {
+    let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"x}}</tool_call>y\", \"days\": 2}}\n</tool_call>";
+    let (content, calls) = split(Format::Hermes, text);
+    assert_eq!(content, "");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].arguments, r#"{"city":"x}}</tool_call>y","days":2}"#);
+}

@@ -33,8 +33,9 @@ pub struct QuantMatrix {
 
 impl QuantMatrix {
     pub fn new(format: Format, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
-        let blocks = (rows as u64).checked_mul(cols as u64 / QK as u64);
-        if !cols.is_multiple_of(QK) || blocks.map(|b| b * format.block_bytes() as u64) != Some(data.len() as u64) {
+        let bytes =
+            (rows as u64).checked_mul(cols as u64 / QK as u64).and_then(|b| b.checked_mul(format.block_bytes() as u64));
+        if !cols.is_multiple_of(QK) || bytes != Some(data.len() as u64) {
             candle_core::bail!("{format:?} matrix [{rows}, {cols}] with {} bytes is malformed", data.len());
         }
         Ok(QuantMatrix { format, data, rows, cols })
@@ -63,10 +64,6 @@ impl QuantMatrix {
 
     pub fn bytes(&self) -> u64 {
         self.data.len() as u64
-    }
-
-    pub fn format(&self) -> Format {
-        self.format
     }
 
     /// The same weights as a candle `QTensor` on `device` (for devices this module does not run on): the GGUF

@@ -46,7 +46,7 @@ fn f16_at(b: &[u8], at: usize) -> f16 {
 pub(super) fn repack(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Result<Option<(Format, Vec<u8>)>> {
     let Some(format) = layout_of(dtype) else { return Ok(None) };
     let (per, size) = (dtype.block_size(), dtype.type_size());
-    let expected = (rows as u64).checked_mul(cols as u64).map(|n| n / per as u64 * size as u64);
+    let expected = (rows as u64).checked_mul(cols as u64).and_then(|n| (n / per as u64).checked_mul(size as u64));
     if rows == 0 || cols == 0 || !cols.is_multiple_of(per) || expected != Some(data.len() as u64) {
         candle_core::bail!("{dtype:?} matrix [{rows}, {cols}] with {} bytes is malformed", data.len())
     }
