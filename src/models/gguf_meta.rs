@@ -47,9 +47,9 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
         Ok(v) => v,
         Err(_) => get(c, "tokenizer.ggml.tokens")?.to_vec().map(|v| v.len()).unwrap_or(0),
     };
-    let head_dim = get_usize(c, &key("attention.key_length"))
-        .or_else(|_| get_usize(c, &key("rope.dimension_count")))
-        .unwrap_or(hidden / heads.max(1));
+    // llama.cpp's converter writes key_length where a head is not hidden / heads wide; rope.dimension_count
+    // is how much of a head rotates (Phi-3 with a partial rotary writes less than the head).
+    let head_dim = get_usize(c, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
     if let Ok(rotated) = get_usize(c, &key("rope.dimension_count")) {
         if rotated != head_dim {
             return Err(TealError::UnsupportedModel(format!(
@@ -239,7 +239,9 @@ fn sentencepiece(c: &Content) -> Result<TextTokenizer> {
 
 #[cfg(test)]
 mod tests {
-    use super::pre_tokenizer;
+    use super::{llama_config, pre_tokenizer};
+    use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
+    use candle_core::quantized::GgmlDType;
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
     fn pieces(pre: &str, text: &str) -> Vec<String> {
@@ -252,5 +254,52 @@ mod tests {
     fn qwen2_splits_digits_one_by_one_where_llama3_takes_three() {
         assert_eq!(pieces("qwen2", "x 12345"), ["x", "Ġ", "1", "2", "3", "4", "5"]);
         assert_eq!(pieces("llama-bpe", "x 12345"), ["x", "Ġ", "123", "45"]);
+    }
+
+    /// A tiny model's keys for `arch`, with `extra` keys added or replaced and tensors by name.
+    fn content(arch: &str, extra: &[(&str, Value)], tensors: &[&str]) -> Content {
+        let mut metadata: std::collections::HashMap<String, Value> = [
+            ("general.architecture".to_string(), Value::String(arch.into())),
+            (format!("{arch}.attention.head_count"), Value::U32(4)),
+            (format!("{arch}.attention.head_count_kv"), Value::U32(2)),
+            (format!("{arch}.embedding_length"), Value::U32(64)),
+            (format!("{arch}.feed_forward_length"), Value::U32(96)),
+            (format!("{arch}.block_count"), Value::U32(2)),
+            (format!("{arch}.context_length"), Value::U32(256)),
+            (format!("{arch}.vocab_size"), Value::U32(512)),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in extra {
+            metadata.insert(format!("{arch}.{k}"), v.clone());
+        }
+        let info = || TensorInfo { ggml_dtype: GgmlDType::F32, shape: (1,).into(), offset: 0 };
+        let tensor_infos = tensors.iter().map(|t| (t.to_string(), info())).collect();
+        Content { magic: VersionedMagic::GgufV3, metadata, tensor_infos, tensor_data_offset: 0 }
+    }
+
+    #[test]
+    fn architectures_read_their_own_keys() {
+        let qwen3 = llama_config(&content("qwen3", &[("attention.key_length", Value::U32(24))], &[])).unwrap();
+        assert!(qwen3.qk_norm && qwen3.head_dim == 24 && !qwen3.fused_projections);
+        let phi3 = llama_config(&content("phi3", &[("attention.sliding_window", Value::U32(24))], &[])).unwrap();
+        assert!(phi3.fused_projections && phi3.sliding_window == Some(24));
+        // Phi-4 writes 0 (no window); a window past the context is no window either.
+        for w in [0, 256, u32::MAX] {
+            let c = llama_config(&content("phi3", &[("attention.sliding_window", Value::U32(w))], &[])).unwrap();
+            assert_eq!(c.sliding_window, None, "{w}");
+        }
+    }
+
+    #[test]
+    fn what_teal_cannot_run_is_refused_by_name() {
+        let partial = content("phi3", &[("rope.dimension_count", Value::U32(8))], &[]);
+        let err = llama_config(&partial).unwrap_err().to_string();
+        assert!(err.contains("partial rotary"), "{err}");
+        let long = content("phi3", &[], &["rope_factors_long.weight"]);
+        let err = llama_config(&long).unwrap_err().to_string();
+        assert!(err.contains("LongRoPE"), "{err}");
+        let err = llama_config(&content("qwen2moe", &[], &[])).unwrap_err().to_string();
+        assert!(err.contains("GGUF architecture 'qwen2moe'") && err.contains("'phi3'"), "{err}");
     }
 }
