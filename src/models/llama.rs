@@ -9,6 +9,7 @@ use super::linear::{tensor_bytes, Linear, LinearGroup};
 use super::shared::{Holdings, TensorRegistry};
 use super::weights::{Loader, Tn, WeightSource};
 use crate::error::Result;
+use crate::ops::activation::{gated_mlp, Act};
 use crate::ops::paged_attention::{paged_attention_windowed, write_kv, AttnMeta};
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
@@ -270,10 +271,10 @@ impl Llama {
         let [gate, up]: [Tensor; 2] =
             layer.gate_up.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("gate_up".into()))?;
         let act = match cfg.family {
-            Family::Gemma3 { .. } => gate.gelu()?,
-            Family::Llama => candle_nn::ops::silu(&gate)?,
+            Family::Gemma3 { .. } => Act::GeluTanh,
+            Family::Llama => Act::Silu,
         };
-        let mut mlp = layer.down.forward(&(act * up)?)?;
+        let mut mlp = layer.down.forward(&gated_mlp(act, &gate, &up)?)?;
         if let Some(NormPair(_, post_mlp)) = &layer.post_norms {
             mlp = candle_nn::ops::rms_norm(&mlp, post_mlp, eps)?;
         }

@@ -13,6 +13,8 @@ mod repack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_pairs;
 
 pub use layout::Format;
 use layout::QK;
@@ -177,6 +179,37 @@ fn row_dots(isa: Isa, format: Format, w: &[u8], xq: &[Vec<Q8_1>], out: &mut [f32
     }
 }
 
+/// The quantized activations in the layout the kernel reads: blocks, or block pairs for the AVX-512 VNNI kernels
+/// of x86_pairs.rs (rows of an even number of blocks).
+enum Acts {
+    Blocks(Vec<Vec<Q8_1>>),
+    #[cfg(target_arch = "x86_64")]
+    Pairs(Vec<x86_pairs::Pairs>),
+}
+
+impl Acts {
+    fn new(isa: Isa, format: Format, xq: Vec<Vec<Q8_1>>) -> Acts {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni && xq.first().is_some_and(|r| r.len() % 2 == 0) {
+            let unsigned = x86_pairs::Pairs::for_format(format);
+            return Acts::Pairs(xq.par_iter().map(|r| x86_pairs::Pairs::new(r, unsigned)).collect());
+        }
+        let _ = (isa, format);
+        Acts::Blocks(xq)
+    }
+
+    /// One weight row against the tokens `t`.
+    fn row_dots(&self, isa: Isa, format: Format, w: &[u8], t: std::ops::Range<usize>, out: &mut [f32]) {
+        match self {
+            Acts::Blocks(xq) => row_dots(isa, format, w, &xq[t], out),
+            // SAFETY: pairs are made only on an AVX-512 VNNI CPU (`Acts::new`), for `format`, from rows of as many
+            // blocks as the weight rows (cpu_fwd checks the width).
+            #[cfg(target_arch = "x86_64")]
+            Acts::Pairs(xp) => unsafe { x86_pairs::row_dots_pairs(format, w, &xp[t], out) },
+        }
+    }
+}
+
 impl CustomOp1 for QuantMatrix {
     fn name(&self) -> &'static str {
         "teal-quant-matmul"
@@ -195,8 +228,8 @@ impl CustomOp1 for QuantMatrix {
             candle_core::bail!("quantized matmul: input {dims:?} does not end in {}", self.cols);
         }
         let tokens = x.len() / self.cols;
-        let xq: Vec<Vec<Q8_1>> = x.par_chunks_exact(self.cols).map(quantize_row).collect();
         let isa = Isa::active();
+        let xq = Acts::new(isa, self.format, x.par_chunks_exact(self.cols).map(quantize_row).collect());
         // A task takes `rows` weight rows (a few tasks per thread: fewer, larger tasks cost less to hand out than
         // the matmul of a decode step takes) and walks the tokens TOKENS at a time, every row against the same
         // few tokens, so the activations it reads stay in L1 across the rows.
@@ -207,7 +240,7 @@ impl CustomOp1 for QuantMatrix {
             for t in (0..tokens).step_by(TOKENS) {
                 let n = TOKENS.min(tokens - t);
                 for (i, o) in chunk.chunks_mut(tokens).enumerate() {
-                    row_dots(isa, self.format, self.row(c * rows + i), &xq[t..t + n], &mut o[t..t + n]);
+                    xq.row_dots(isa, self.format, self.row(c * rows + i), t..t + n, &mut o[t..t + n]);
                 }
             }
         });

@@ -59,6 +59,30 @@ fn every_kernel_this_cpu_has_matches_the_scalar_reference() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_paired_vnni_kernels_match_the_scalar_reference() {
+    if Isa::detected() < Isa::Avx512Vnni {
+        eprintln!("no AVX-512 VNNI on this CPU: the paired kernels cannot run here");
+        return;
+    }
+    for format in FORMATS {
+        // 10 blocks (5 pairs); 13 tokens: a tile of 8, one of 4, and one token alone.
+        let m = random_layout(format, 5, 320, 11);
+        let xq: Vec<Vec<Q8_1>> = activations(13, 320).iter().map(|r| quantize_row(r)).collect();
+        let Acts::Pairs(xp) = Acts::new(Isa::Avx512Vnni, format, xq.clone()) else { panic!("pairs expected") };
+        for r in 0..5 {
+            let mut got = vec![0f32; 13];
+            // SAFETY: the CPU has AVX-512 VNNI (checked above); the pairs were made for this format and width.
+            unsafe { x86_pairs::row_dots_pairs(format, m.row(r), &xp, &mut got) };
+            for (t, g) in got.iter().enumerate() {
+                let want = dot_scalar(format, m.row(r), &xq[t]);
+                assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{format:?} row {r} token {t}: {g} vs {want}");
+            }
+        }
+    }
+}
+
 /// GGUF blocks of `dtype` for a random `[rows, cols]` matrix, quantized by candle.
 fn gguf(dtype: GgmlDType, rows: usize, cols: usize) -> QTensor {
     let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();

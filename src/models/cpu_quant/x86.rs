@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 /// A 4-bit block's (scale, minimum) at `wb`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_dm<const WIDE: bool>(wb: *const u8) -> (f32, f32) {
+pub(super) unsafe fn q4_dm<const WIDE: bool>(wb: *const u8) -> (f32, f32) {
     // SAFETY: the caller's block has its header at `wb` (8 bytes wide, 4 otherwise); unaligned reads.
     if WIDE {
         (std::ptr::read_unaligned(wb as *const f32), std::ptr::read_unaligned(wb.add(4) as *const f32))
@@ -39,7 +39,7 @@ const fn q4_format<const WIDE: bool>() -> Format {
 /// The 32 weights of the 4-bit block at `wb` as bytes 0..=15 (low nibbles first, as the activations are ordered).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn unpack_q4<const WIDE: bool>(wb: *const u8) -> __m256i {
+pub(super) unsafe fn unpack_q4<const WIDE: bool>(wb: *const u8) -> __m256i {
     // SAFETY: the caller's block has 16 bytes of nibbles after its header; unaligned load.
     let nib = _mm_loadu_si128(wb.add(q4_format::<WIDE>().header_bytes()) as *const __m128i);
     _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), _mm256_set1_epi8(0x0F))
@@ -111,7 +111,7 @@ const fn q8_format<const S16: bool>() -> Format {
 /// An 8-bit block's weight scale for each of the 8 lanes a 32-byte product sums into.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_scales<const S16: bool>(wb: *const u8) -> __m256 {
+pub(super) unsafe fn q8_scales<const S16: bool>(wb: *const u8) -> __m256 {
     // SAFETY: the caller's block has its header at `wb` (two f32, or one f16); unaligned reads.
     if S16 {
         let (s0, s1) = (std::ptr::read_unaligned(wb as *const f32), std::ptr::read_unaligned(wb.add(4) as *const f32));

@@ -12,6 +12,7 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod meta;
+mod prefill;
 
 pub use meta::{check_meta, AttnMeta, MetaCache};
 
@@ -87,12 +88,23 @@ struct PagedAttention {
 
 /// Most query tokens one work item handles: each key/value row read from the pool serves this many tokens
 /// times the query heads that share its kv head.
-const TILE: usize = 4;
+const RUN: usize = 32;
+/// Runs at least this long go through prefill.rs's matrix products; shorter ones (decode) through `tile`.
+const BLOCKED: usize = 8;
 
 impl PagedAttention {
-    /// Runs of up to `TILE` consecutive new tokens of the same sequence: `(first token, count)`.
+    /// Runs of up to `RUN` consecutive new tokens of the same sequence: `(first token, count)`.
     fn tiles(&self) -> Vec<(usize, usize)> {
-        meta::runs(&self.meta, TILE)
+        meta::runs(&self.meta, RUN)
+    }
+
+    /// The attention of one run for one kv head, by the path that suits its length.
+    fn work(&self, q: &[f32], kp: &[f32], vp: &[f32], run: (usize, usize), kvh: usize) -> Vec<f32> {
+        if run.1 >= BLOCKED {
+            self.run(q, kp, vp, run, kvh)
+        } else {
+            self.tile(q, kp, vp, run, kvh)
+        }
     }
 
     /// Attention of the tile's tokens for every query head of kv head `kvh`. Returns `[token][group head][hd]`.
@@ -190,7 +202,7 @@ impl CustomOp3 for PagedAttention {
         check_meta(&self.meta, kp.len() / (nkv * hd))?;
         let work: Vec<((usize, usize), usize)> =
             self.tiles().into_iter().flat_map(|t| (0..nkv).map(move |h| (t, h))).collect();
-        let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.tile(q, kp, vp, t, h)).collect();
+        let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.work(q, kp, vp, t, h)).collect();
         let mut out = vec![0f32; q.len()];
         for (((start, _), kvh), r) in work.iter().zip(&results) {
             for (j, o) in r.chunks(hd).enumerate() {
@@ -341,22 +353,27 @@ mod tests {
 
     #[test]
     fn matches_dense_causal_attention_with_scattered_blocks() {
-        check_scattered(None);
+        check_scattered(None, 5, 8); // decode tiles
+        check_scattered(None, 13, 8); // one run of 13: the blocked prefill path
+        check_scattered(None, 300, 64); // runs of 32 over three chunks of positions
     }
 
     #[test]
     fn a_window_limits_each_query_to_its_last_positions() {
-        check_scattered(Some(5));
+        check_scattered(Some(5), 5, 8);
+        check_scattered(Some(5), 13, 8);
+        check_scattered(Some(150), 300, 64); // windows that start inside a chunk and skip whole ones
     }
 
-    fn check_scattered(window: Option<usize>) {
+    fn check_scattered(window: Option<usize>, t: usize, hd: usize) {
         let dev = Device::Cpu;
-        let (t, nh, nkv, hd, bs) = (13, 6, 2, 8, 4);
+        let (nh, nkv, bs) = (6, 2, 4);
         let q = Tensor::randn(0f32, 1.0, (t, nh, hd), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
-        // Blocks deliberately out of order to exercise the block table.
-        let table = vec![5u32, 1, 7, 0];
+        // Blocks deliberately out of order (reversed, rotated, some unused) to exercise the block table.
+        let blocks = t.div_ceil(bs) as u32 + 3;
+        let table: Vec<u32> = (0..blocks).map(|b| (2 * blocks - b - 3) % blocks).take(t.div_ceil(bs)).collect();
         let meta = Arc::new(AttnMeta {
             token_seq: vec![0; t],
             token_pos: (0..t as u32).collect(),
@@ -365,14 +382,14 @@ mod tests {
             block_size: bs,
             ..Default::default()
         });
-        let kp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();
-        let vp = Tensor::zeros((8 * bs, nkv, hd), DType::F32, &dev).unwrap();
+        let kp = Tensor::zeros((blocks as usize * bs, nkv, hd), DType::F32, &dev).unwrap();
+        let vp = Tensor::zeros((blocks as usize * bs, nkv, hd), DType::F32, &dev).unwrap();
         write_kv(&kp, &k, &meta).unwrap();
         write_kv(&vp, &v, &meta).unwrap();
         let got = paged_attention_windowed(&q.unsqueeze(2).unwrap(), &kp, &vp, &meta, nkv, window).unwrap();
         let want =
             reference_windowed(&q, &k, &v, nh / nkv, window.unwrap_or(usize::MAX)).reshape((t, nh * hd)).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "max diff {diff}");
+        assert!(diff < 1e-5, "t={t} window={window:?}: max diff {diff}");
     }
 }
