@@ -2,7 +2,7 @@
 //! parallel over the batch on the engine's compute threads, and written so the compiler vectorizes it (candle's
 //! unary ops run libm's `expf`/`tanhf` one value at a time on one thread, which was 8% of a Gemma prefill).
 //! `exp` here is a polynomial with a relative error below 2e-7 (a few f32 ulps), branch-free so it vectorizes;
-//! the softmax of the attention prefill (paged_attention/prefill.rs) uses it too. Other devices keep candle's ops.
+//! the softmax of the CPU attention (paged_attention/cpu.rs) uses it too. Other devices keep candle's ops.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

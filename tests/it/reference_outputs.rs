@@ -1,10 +1,10 @@
 //! Model outputs against Hugging Face transformers (fixtures made by tests/reference/make_reference.py):
 //! last-position logits within 1e-3 relative error and the first 32 greedy tokens identical, for
-//! stories260K (safetensors) and SmolLM2 (GGUF dequantized to f32); quantized SmolLM2 keeps the first 8.
+//! stories260K (safetensors) and SmolLM2 (GGUF dequantized to f32); quantized SmolLM2 against llama.cpp.
 
 use crate::common;
 
-use crate::common::direct::greedy;
+use crate::common::direct::{forced, greedy};
 use candle_core::DType;
 use serde_json::Value;
 use teal::models::{load, LanguageModel, LoadOptions};
@@ -73,10 +73,14 @@ fn smollm2_dequantized_matches_transformers() {
 }
 
 /// Quantized (Q4_1) inference against llama.cpp on the same GGUF (fixture from
-/// tests/reference/make_llamacpp_reference.py, llama.cpp's KV cache in f32 like teal's): at least the first 8
-/// greedy tokens identical on every case (measured: 14 of 16 on "The capital of France is", where a near-tie
-/// between two digits goes the other way), and the transformers f32 tokens wherever llama.cpp keeps them: Q4_1
-/// rounding flips a near-tie at token 6 of "The capital of France is" in llama.cpp and teal alike.
+/// tests/reference/make_llamacpp_reference.py, llama.cpp's KV cache in f32 like teal's). Teacher-forced on
+/// llama.cpp's whole greedy continuation: at every position llama.cpp's token is within 0.5 nats of teal's own
+/// best (the largest gap measured 2026-12-03 on an AMD EPYC: 0.34, at token 15 of the third prompt). Greedy runs part at the first near tie, and which way a near tie goes follows the last bits of the
+/// arithmetic (the exp in SiLU and softmax, the attention's summation order; ggml has its own of each): on
+/// "The capital of France is" teal agreed 16, 14 or 7 of 16 tokens as those changed (2026-12-03), so the greedy
+/// prefix is only printed, with a floor of 4 tokens that a real fault would not reach. Then, teacher-forced the same way, the
+/// transformers f32 tokens wherever llama.cpp keeps them: Q4_1 rounding flips a near-tie at token 6 of "The capital of France
+/// is" in llama.cpp and teal alike.
 #[test]
 fn smollm2_quantized_matches_llama_cpp_and_the_f32_reference() {
     let model =
@@ -84,19 +88,39 @@ fn smollm2_quantized_matches_llama_cpp_and_the_f32_reference() {
             .unwrap();
     let lcpp_path = format!("{}/tests/fixtures/llamacpp_smollm2_q4_1.json", env!("CARGO_MANIFEST_DIR"));
     let lcpp: Value = serde_json::from_str(&std::fs::read_to_string(lcpp_path).unwrap()).unwrap();
+    let mut far = vec![];
     for case in lcpp["cases"].as_array().unwrap() {
-        let want = ids(&case["greedy_ids"]);
-        let (_, got) = greedy(&model, &ids(&case["input_ids"]), want.len()).unwrap();
+        let (input, want) = (ids(&case["input_ids"]), ids(&case["greedy_ids"]));
+        for (i, (best, theirs, id)) in forced(&model, &input, &want).unwrap().into_iter().enumerate() {
+            if best - theirs > 0.5 {
+                let gap = best - theirs;
+                far.push(format!(
+                    "case {:?} token {i}: llama.cpp's {} is {gap:.2} nats below teal's {id}",
+                    case["prompt"], want[i]
+                ));
+            }
+        }
+        let (_, got) = greedy(&model, &input, want.len()).unwrap();
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         eprintln!("agreement with llama.cpp: {same} of {} tokens", want.len());
-        assert!(same >= 8, "only {same} greedy tokens agree with llama.cpp: {got:?} vs {want:?}");
+        assert!(same >= 4, "only {same} greedy tokens agree with llama.cpp: {got:?} vs {want:?}");
     }
+    assert!(far.is_empty(), "{}", far.join("\n"));
     let fx = fixture("smollm2");
     for (case, l) in fx["cases"].as_array().unwrap().iter().zip(lcpp["cases"].as_array().unwrap()) {
         let (reference, quantized) = (ids(&case["greedy_ids"]), ids(&l["greedy_ids"]));
         let agree = reference.iter().zip(&quantized).take_while(|(a, b)| a == b).count().min(8);
         assert!(agree >= 5, "Q4_1 and f32 part after {agree} tokens");
-        let (_, got) = greedy(&model, &ids(&case["input_ids"]), 8).unwrap();
-        assert_eq!(got[..agree], reference[..agree]);
+        for (i, (best, theirs, id)) in
+            forced(&model, &ids(&case["input_ids"]), &reference[..agree]).unwrap().into_iter().enumerate()
+        {
+            assert!(
+                best - theirs <= 0.5,
+                "{:?} token {i}: transformers' {} is {:.2} nats below teal's {id}",
+                case["prompt"],
+                reference[i],
+                best - theirs
+            );
+        }
     }
 }

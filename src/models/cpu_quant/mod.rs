@@ -235,22 +235,34 @@ impl CustomOp1 for QuantMatrix {
         // few tokens, so the activations it reads stay in L1 across the rows.
         const TOKENS: usize = 8;
         let rows = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 256);
-        let mut out_t = vec![0f32; self.rows * tokens];
-        out_t.par_chunks_mut(tokens * rows).enumerate().for_each(|(c, chunk)| {
-            for t in (0..tokens).step_by(TOKENS) {
-                let n = TOKENS.min(tokens - t);
-                for (i, o) in chunk.chunks_mut(tokens).enumerate() {
-                    xq.row_dots(isa, self.format, self.row(c * rows + i), t..t + n, &mut o[t..t + n]);
+        // Each task's results token-major, then copied into place a token row at a time (contiguous runs; a
+        // strided transpose of the whole output cost 5% of a prefill).
+        let parts: Vec<Vec<f32>> = (0..self.rows.div_ceil(rows))
+            .into_par_iter()
+            .map(|c| {
+                let (first, count) = (c * rows, rows.min(self.rows - c * rows));
+                let mut part = vec![0f32; count * tokens];
+                let mut dots = [0f32; TOKENS];
+                for t in (0..tokens).step_by(TOKENS) {
+                    let n = TOKENS.min(tokens - t);
+                    for i in 0..count {
+                        xq.row_dots(isa, self.format, self.row(first + i), t..t + n, &mut dots[..n]);
+                        for (k, d) in dots[..n].iter().enumerate() {
+                            part[(t + k) * count + i] = *d;
+                        }
+                    }
                 }
-            }
-        });
+                part
+            })
+            .collect();
         let out = if tokens == 1 {
-            out_t
+            parts.concat()
         } else {
             let mut out = vec![0f32; tokens * self.rows];
             out.par_chunks_mut(self.rows).enumerate().for_each(|(t, row)| {
-                for (r, o) in row.iter_mut().enumerate() {
-                    *o = out_t[r * tokens + t];
+                for (c, part) in parts.iter().enumerate() {
+                    let count = part.len() / tokens;
+                    row[c * rows..c * rows + count].copy_from_slice(&part[t * count..(t + 1) * count]);
                 }
             });
             out

@@ -19,7 +19,14 @@ pub(super) struct Q8_1 {
 pub(super) fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
     x.chunks_exact(QK)
         .map(|b| {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Eight running maxima (one vector) rather than one chain of 32.
+            let mut lanes = [0f32; 8];
+            for c in b.chunks_exact(8) {
+                for (m, v) in lanes.iter_mut().zip(c) {
+                    *m = m.max(v.abs());
+                }
+            }
+            let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
             let d = amax / 127.0;
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut qs = [0i8; QK];

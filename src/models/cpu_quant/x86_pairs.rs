@@ -25,9 +25,24 @@ impl Pairs {
     pub(super) fn new(x: &[Q8_1], unsigned: bool) -> Pairs {
         let flip = if unsigned { 0x80 } else { 0 };
         let pairs = x.chunks_exact(2);
-        let q = pairs.clone().map(|p| std::array::from_fn(|i| p[i / 32].qs[i % 32] as u8 ^ flip)).collect();
-        let d = pairs.clone().map(|p| std::array::from_fn(|i| p[i / 8].d)).collect();
-        let s = if unsigned { vec![] } else { pairs.map(|p| std::array::from_fn(|i| p[i / 8].s / 8.0)).collect() };
+        let q = pairs
+            .clone()
+            .map(|p| {
+                let mut q = [0u8; 64];
+                for i in 0..32 {
+                    q[i] = p[0].qs[i] as u8 ^ flip;
+                    q[32 + i] = p[1].qs[i] as u8 ^ flip;
+                }
+                q
+            })
+            .collect();
+        let halves = |a: f32, b: f32| {
+            let mut v = [a; 16];
+            v[8..].fill(b);
+            v
+        };
+        let d = pairs.clone().map(|p| halves(p[0].d, p[1].d)).collect();
+        let s = if unsigned { vec![] } else { pairs.map(|p| halves(p[0].s / 8.0, p[1].s / 8.0)).collect() };
         Pairs { q, d, s }
     }
 

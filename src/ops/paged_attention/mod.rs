@@ -2,17 +2,18 @@
 //! - `write_kv`: stores the new tokens' keys or values at their pool slots (in place, like vLLM's
 //!   reshape_and_cache);
 //! - `paged_attention`: each new token attends to every earlier position of its own sequence, reading keys and
-//!   values straight from the pool through the sequence's block table (no gather copy, no padding).
+//!   values from the pool through the sequence's block table (no padding); on the CPU as matrix products over
+//!   chunks of positions (cpu.rs).
 //!
 //! The CPU implementations here are also the reference for the CUDA kernels (kernels/paged_attention.cu, launched
 //! from the ops' `cuda_fwd` through cuda.rs; compared in tests/cuda_kernels.rs). meta.rs holds the metadata and
 //! its checks. The pool is always f32 and laid out `[slots, kv_heads, head_dim]`, slot = block * block_size +
 //! offset.
 
+mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod meta;
-mod prefill;
 
 pub use meta::{check_meta, AttnMeta, MetaCache};
 
@@ -87,90 +88,14 @@ struct PagedAttention {
 }
 
 /// Most query tokens one work item handles: each key/value row read from the pool serves this many tokens
-/// times the query heads that share its kv head.
+/// times the query heads that share its kv head (cpu.rs).
 const RUN: usize = 32;
-/// Runs at least this long go through prefill.rs's matrix products; shorter ones (decode) through `tile`.
-const BLOCKED: usize = 8;
 
 impl PagedAttention {
     /// Runs of up to `RUN` consecutive new tokens of the same sequence: `(first token, count)`.
     fn tiles(&self) -> Vec<(usize, usize)> {
         meta::runs(&self.meta, RUN)
     }
-
-    /// The attention of one run for one kv head, by the path that suits its length.
-    fn work(&self, q: &[f32], kp: &[f32], vp: &[f32], run: (usize, usize), kvh: usize) -> Vec<f32> {
-        if run.1 >= BLOCKED {
-            self.run(q, kp, vp, run, kvh)
-        } else {
-            self.tile(q, kp, vp, run, kvh)
-        }
-    }
-
-    /// Attention of the tile's tokens for every query head of kv head `kvh`. Returns `[token][group head][hd]`.
-    #[inline(never)]
-    fn tile(&self, q: &[f32], kp: &[f32], vp: &[f32], (start, len): (usize, usize), kvh: usize) -> Vec<f32> {
-        let (hd, nh, nkv, bs) = (self.head_dim, self.num_heads, self.num_kv_heads, self.meta.block_size);
-        let group = nh / nkv;
-        let table = &self.meta.block_tables[self.meta.token_seq[start] as usize];
-        let first = self.meta.token_pos[start] as usize;
-        let n = first + len;
-        // Query vectors, token-major then head; query j (token i = j / group) sees positions 0..=first + i.
-        let queries: Vec<&[f32]> =
-            (0..len * group).map(|j| &q[((start + j / group) * nh + kvh * group + j % group) * hd..][..hd]).collect();
-        let offsets =
-            table.iter().flat_map(|&b| (0..bs).map(move |o| ((b as usize * bs + o) * nkv + kvh) * hd)).take(n);
-        let mut scores = vec![f32::NEG_INFINITY; queries.len() * n];
-        let window = self.window.unwrap_or(usize::MAX);
-        for (p, off) in offsets.clone().enumerate() {
-            let k = &kp[off..off + hd];
-            for (j, qv) in queries.iter().enumerate() {
-                let at = first + j / group;
-                if p <= at && at - p < window {
-                    scores[j * n + p] = dot(qv, k) * self.scale;
-                }
-            }
-        }
-        for row in scores.chunks_mut(n) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            row.iter_mut().for_each(|s| *s /= sum);
-        }
-        let mut out = vec![0f32; queries.len() * hd];
-        for (p, off) in offsets.enumerate() {
-            let v = &vp[off..off + hd];
-            for (j, o) in out.chunks_mut(hd).enumerate() {
-                let w = scores[j * n + p];
-                if w != 0.0 {
-                    for (o, v) in o.iter_mut().zip(v) {
-                        *o += w * v;
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorize without reassociating a single sum.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for i in 0..8 {
-            acc[i] += a[c * 8 + i] * b[c * 8 + i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 impl CustomOp3 for PagedAttention {
@@ -202,7 +127,7 @@ impl CustomOp3 for PagedAttention {
         check_meta(&self.meta, kp.len() / (nkv * hd))?;
         let work: Vec<((usize, usize), usize)> =
             self.tiles().into_iter().flat_map(|t| (0..nkv).map(move |h| (t, h))).collect();
-        let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.work(q, kp, vp, t, h)).collect();
+        let results: Vec<Vec<f32>> = work.par_iter().map(|&(t, h)| self.run(q, kp, vp, t, h)).collect();
         let mut out = vec![0f32; q.len()];
         for (((start, _), kvh), r) in work.iter().zip(&results) {
             for (j, o) in r.chunks(hd).enumerate() {
@@ -391,5 +316,55 @@ mod tests {
             reference_windowed(&q, &k, &v, nh / nkv, window.unwrap_or(usize::MAX)).reshape((t, nh * hd)).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "t={t} window={window:?}: max diff {diff}");
+    }
+}
+
+#[cfg(test)]
+mod invariance {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// The attention of positions `from..to` of one sequence whose keys and values are already in the pools.
+    fn attend(q: &Tensor, kp: &Tensor, vp: &Tensor, table: &[u32], (from, to): (usize, usize)) -> Vec<f32> {
+        let bs = 4;
+        let meta = Arc::new(AttnMeta {
+            token_seq: vec![0; to - from],
+            token_pos: (from as u32..to as u32).collect(),
+            slot_mapping: (from..to).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
+            block_tables: vec![table.to_vec()],
+            block_size: bs,
+            ..Default::default()
+        });
+        let q = q.narrow(0, from, to - from).unwrap().unsqueeze(2).unwrap();
+        paged_attention(&q, kp, vp, &meta, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn a_tokens_attention_does_not_depend_on_how_its_prompt_was_split_into_steps() {
+        // Chunked prefill and batch composition must not change a token's numbers (scores of a prompt read whole
+        // and read 7 tokens a step are compared bit for bit by the engine's tests).
+        let (dev, t, nh, nkv, hd, bs) = (Device::Cpu, 150, 6, 2, 64, 4);
+        let q = Tensor::randn(0f32, 1.0, (t, nh, hd), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
+        let table: Vec<u32> = (0..t.div_ceil(bs) as u32).rev().collect();
+        let all = Arc::new(AttnMeta {
+            token_seq: vec![0; t],
+            token_pos: (0..t as u32).collect(),
+            slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
+            block_tables: vec![table.clone()],
+            block_size: bs,
+            ..Default::default()
+        });
+        let kp = Tensor::zeros((table.len() * bs, nkv, hd), DType::F32, &dev).unwrap();
+        let vp = Tensor::zeros((table.len() * bs, nkv, hd), DType::F32, &dev).unwrap();
+        write_kv(&kp, &k, &all).unwrap();
+        write_kv(&vp, &v, &all).unwrap();
+        let whole = attend(&q, &kp, &vp, &table, (0, t));
+        let steps: Vec<f32> =
+            (0..t).step_by(7).flat_map(|s| attend(&q, &kp, &vp, &table, (s, (s + 7).min(t)))).collect();
+        let one_by_one: Vec<f32> = (0..t).flat_map(|s| attend(&q, &kp, &vp, &table, (s, s + 1))).collect();
+        let differ = |a: &[f32]| a.iter().zip(&whole).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!((differ(&steps), differ(&one_by_one)), (0, 0), "values that changed with the split");
     }
 }

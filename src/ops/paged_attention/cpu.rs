@@ -1,50 +1,72 @@
-//! CPU attention for a run of many new tokens of one sequence (a prefill chunk): the run's queries (every query
-//! head sharing one kv head) against the sequence's positions in chunks of `CHUNK`, each chunk two matrix products
-//! (the `gemm` crate, on the calling thread) and flash attention's running max and sum. A key or value row read
-//! from the pool serves every query of the run, where the decode tile (mod.rs) serves a few; with Gemma's 256-wide
-//! heads the decode tile was a third of a prefill. Positions before the earliest query's window are never read.
+//! CPU attention for a run of new tokens of one sequence (one token in decode, up to `RUN` in a prefill chunk):
+//! the run's queries (every query head sharing one kv head) against the sequence's positions in chunks of
+//! `CHUNK`, each chunk copied out of the pool, scored and summed with flash attention's running max and sum. A
+//! key or value row read from the pool serves every query of the run; positions before the earliest query's
+//! window are never read. Every value is summed in an order fixed by its own query and position alone, so a
+//! token's numbers do not depend on how its prompt was split into steps or what shared its batch (a blocked GEMM
+//! was 10% faster but its order follows the shapes: scoring a greedy answer then disagreed with generating it).
+//! Against the per-position dot products this replaced (2-core AMD EPYC, docs/benchmarks.md): a third of a Gemma
+//! 3 prefill became a tenth.
 
 use super::PagedAttention;
 use crate::ops::activation::exp;
-use gemm::Parallelism;
 
 /// Positions per chunk: the chunk's keys, values and scores stay in L2.
 const CHUNK: usize = 128;
 
-/// `C[m, n] (+)= A[m, k] B[k, n]`, row-major slices, B read through `(row stride, column stride)`.
-fn matmul(c: &mut [f32], a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), b_strides: (usize, usize), acc: bool) {
-    assert!(c.len() >= m * n && a.len() >= m * k);
-    assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
-    // SAFETY: the asserts bound every index gemm reads or writes: C's m x n row-major, A's m x k row-major,
-    // B's (k - 1) * rs + (n - 1) * cs; the three slices do not overlap (one is &mut).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            b_strides.1 as isize,
-            b_strides.0 as isize,
-            if acc { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
+/// `s[j][i] = q_j . k_i` for the `m` query rows and `c` chunk rows. Each dot product is summed in one fixed order
+/// (16 lanes, then the lanes), so a query's numbers do not depend on which other queries or how many positions
+/// share the call: a prompt read whole, in chunks or token by token gets the same bits (a blocked GEMM's order
+/// depends on the shapes).
+fn scores(s: &mut [f32], qs: &[f32], kc: &[f32], (c, hd): (usize, usize)) {
+    for (q, row) in qs.chunks_exact(hd).zip(s.chunks_exact_mut(c)) {
+        for (sv, k) in row.iter_mut().zip(kc.chunks_exact(hd)) {
+            *sv = dot(q, k);
+        }
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `out[j] += sum_i p[j][i] v_i`, four query rows at a time (each value row read once for the four), every
+/// element summed over `i` in order.
+fn accumulate(out: &mut [f32], p: &[f32], vc: &[f32], (c, hd): (usize, usize)) {
+    let mut rows = out.chunks_exact_mut(4 * hd);
+    let mut weights = p.chunks_exact(4 * c);
+    for (o, w) in (&mut rows).zip(&mut weights) {
+        let (o01, o23) = o.split_at_mut(2 * hd);
+        let ((o0, o1), (o2, o3)) = (o01.split_at_mut(hd), o23.split_at_mut(hd));
+        for (i, v) in vc.chunks_exact(hd).take(c).enumerate() {
+            let (w0, w1, w2, w3) = (w[i], w[c + i], w[2 * c + i], w[3 * c + i]);
+            for d in 0..hd {
+                o0[d] += w0 * v[d];
+                o1[d] += w1 * v[d];
+                o2[d] += w2 * v[d];
+                o3[d] += w3 * v[d];
+            }
+        }
+    }
+    for (o, w) in rows.into_remainder().chunks_exact_mut(hd).zip(weights.remainder().chunks_exact(c)) {
+        for (&wi, v) in w.iter().zip(vc.chunks_exact(hd)) {
+            o.iter_mut().zip(v).for_each(|(o, v)| *o += wi * v);
+        }
     }
 }
 
 impl PagedAttention {
-    /// Attention of the run's `len` tokens starting at `start` for every query head of kv head `kvh`, like
-    /// `tile`. Returns `[token][group head][hd]`.
+    /// Attention of the run's `len` tokens starting at `start` for every query head of kv head `kvh`.
+    /// Returns `[token][group head][hd]`.
     pub(super) fn run(&self, q: &[f32], kp: &[f32], vp: &[f32], (start, len): (usize, usize), kvh: usize) -> Vec<f32> {
         let (hd, nh, nkv, bs) = (self.head_dim, self.num_heads, self.num_kv_heads, self.meta.block_size);
         let group = nh / nkv;
@@ -71,13 +93,12 @@ impl PagedAttention {
                 kc[i * hd..][..hd].copy_from_slice(&kp[off..off + hd]);
                 vc[i * hd..][..hd].copy_from_slice(&vp[off..off + hd]);
             }
-            // Scores: S = Q K^T, K read as its transpose (row stride 1, column stride hd).
-            matmul(&mut s, &qs, &kc, (m, c, hd), (1, hd), false);
+            scores(&mut s[..m * c], &qs, &kc[..c * hd], (c, hd));
             for (j, row) in s[..m * c].chunks_mut(c).enumerate() {
                 let at = first + j / group;
                 self.softmax_step(row, (c0, at, window), (&mut max[j], &mut sum[j]), &mut out[j * hd..][..hd]);
             }
-            matmul(&mut out, &s[..m * c], &vc, (m, hd, c), (hd, 1), true);
+            accumulate(&mut out, &s[..m * c], &vc[..c * hd], (c, hd));
         }
         for (row, total) in out.chunks_mut(hd).zip(&sum) {
             row.iter_mut().for_each(|o| *o /= total);
