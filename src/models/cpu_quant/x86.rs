@@ -100,7 +100,7 @@ pub(super) unsafe fn dot_tile_q4_vnni<const N: usize, const WIDE: bool>(w: &[u8]
     out
 }
 
-const fn q8_format<const S16: bool>() -> Format {
+pub(super) const fn q8_format<const S16: bool>() -> Format {
     if S16 {
         Format::Q8S
     } else {
@@ -151,18 +151,13 @@ pub(super) unsafe fn dot_tile_q8_avx2<const N: usize, const S16: bool>(w: &[u8],
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn dot_tile_q8_vnni<const N: usize, const S16: bool>(w: &[u8], xs: [&[Q8_1]; N]) -> [f32; N] {
     let format = q8_format::<S16>();
-    let (bytes, header) = (format.block_bytes(), format.header_bytes());
+    let bytes = format.block_bytes();
     let mut acc = [_mm512_setzero_ps(); N];
     let pairs = w.len() / (2 * bytes);
     for p in 0..pairs {
         // SAFETY: blocks 2p and 2p + 1 exist (header, 32 quants each); unaligned loads.
         let (w0, w1) = (w.as_ptr().add(2 * bytes * p), w.as_ptr().add(2 * bytes * p + bytes));
-        let (s0, s1) = (_mm256_castps_pd(q8_scales::<S16>(w0)), _mm256_castps_pd(q8_scales::<S16>(w1)));
-        let ws = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(s0), s1));
-        let q = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(header) as *const __m256i)),
-            _mm256_loadu_si256(w1.add(header) as *const __m256i),
-        );
+        let (ws, q) = q8_pair::<S16>(w0, w1);
         let negative = _mm512_movepi8_mask(q);
         let aq = _mm512_abs_epi8(q);
         for t in 0..N {
@@ -181,6 +176,22 @@ pub(super) unsafe fn dot_tile_q8_vnni<const N: usize, const S16: bool>(w: &[u8],
         out[t] = _mm512_reduce_add_ps(acc[t]) + rest[t];
     }
     out
+}
+
+/// Two adjacent 8-bit blocks at `w0` and `w1`: their weight scale for each of the 16 lanes a 64-byte product sums
+/// into, and their 64 quants.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub(super) unsafe fn q8_pair<const S16: bool>(w0: *const u8, w1: *const u8) -> (__m512, __m512i) {
+    // SAFETY: the caller's blocks each have a header and 32 quants at `w0` and `w1`; unaligned loads.
+    let header = q8_format::<S16>().header_bytes();
+    let (s0, s1) = (_mm256_castps_pd(q8_scales::<S16>(w0)), _mm256_castps_pd(q8_scales::<S16>(w1)));
+    let ws = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(s0), s1));
+    let q = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(header) as *const __m256i)),
+        _mm256_loadu_si256(w1.add(header) as *const __m256i),
+    );
+    (ws, q)
 }
 
 /// Two activation blocks' 64 quants in one register.

@@ -9,7 +9,7 @@
 
 use super::layout::Format;
 use super::scalar::Q8_1;
-use super::x86::{q4_dm, q8_scales, unpack_q4};
+use super::x86::{q4_dm, q8_format, q8_pair, unpack_q4};
 use std::arch::x86_64::*;
 
 /// One token's activations as block pairs.
@@ -85,19 +85,13 @@ pub(super) unsafe fn dot_pairs_q4<const N: usize, const WIDE: bool>(w: &[u8], xs
 /// 8-bit signed blocks (`Q8_0`, `Q8S`) against `N` tokens whose activations are stored `q + 128`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn dot_pairs_q8<const N: usize, const S16: bool>(w: &[u8], xs: [&Pairs; N]) -> [f32; N] {
-    let format = if S16 { Format::Q8S } else { Format::Q8_0 };
-    let (bytes, header) = (format.block_bytes(), format.header_bytes());
+    let bytes = q8_format::<S16>().block_bytes();
     let mut acc = [_mm512_setzero_ps(); N];
     let offset = _mm512_set1_epi8(0x80u8 as i8);
     for p in 0..w.len() / (2 * bytes) {
         // SAFETY: blocks 2p and 2p + 1 exist (header, 32 quants each); every token has pair p; unaligned loads.
         let (w0, w1) = (w.as_ptr().add(2 * bytes * p), w.as_ptr().add(2 * bytes * p + bytes));
-        let (s0, s1) = (_mm256_castps_pd(q8_scales::<S16>(w0)), _mm256_castps_pd(q8_scales::<S16>(w1)));
-        let ws = _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(s0), s1));
-        let q = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(header) as *const __m256i)),
-            _mm256_loadu_si256(w1.add(header) as *const __m256i),
-        );
+        let (ws, q) = q8_pair::<S16>(w0, w1);
         // sum((y + 128) q) - 128 sum(q) = sum(y q), per lane.
         let start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, q));
         for t in 0..N {
