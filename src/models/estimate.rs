@@ -106,8 +106,18 @@ pub fn estimate(path: &Path, dtype: Option<DType>, cpu: bool) -> Result<WeightEs
             total = total.saturating_add(dense(tn)?);
         }
     }
-    total = total.saturating_add(dense(Tn::Embed)?).saturating_add(dense(Tn::FinalNorm)?);
-    let head = if tensors.contains_key(&name(Tn::LmHead)) { linear(Tn::LmHead)? } else { linear(Tn::Embed)? };
+    total = total.saturating_add(dense(Tn::FinalNorm)?);
+    let tied = !tensors.contains_key(&name(Tn::LmHead));
+    let head = if tied { linear(Tn::Embed)? } else { linear(Tn::LmHead)? };
+    // A tied head in teal's CPU layout is also the embedding table (rows looked up from it, llama.rs); otherwise
+    // the table is dense.
+    let embed_in_head = tied
+        && cpu
+        && dtype.is_none()
+        && matches!(get(Tn::Embed)?, Stored::Ggml { dtype: d, elems } if repacked_bytes(*d, *elems).is_some());
+    if !embed_in_head {
+        total = total.saturating_add(dense(Tn::Embed)?);
+    }
     total = total.saturating_add(head);
     // Rotary tables: cos and sin, [max_positions, head_dim / 2] f32 each.
     total = total.saturating_add(2 * (config.max_position_embeddings as u64 * config.head_dim as u64 / 2 * 4));

@@ -53,6 +53,14 @@ impl Linear {
         Ok(Linear { w, b })
     }
 
+    /// The weight where it is teal's CPU matrix (a tied head then also serves as the embedding table).
+    pub fn cpu_matrix(&self) -> Option<Arc<QuantMatrix>> {
+        match &self.w {
+            Weight::Cpu(m) => Some(m.clone()),
+            Weight::Candle(_) => None,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.w {
             Weight::Candle(w) => w.forward(x)?,

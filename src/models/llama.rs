@@ -5,6 +5,7 @@
 //! sample from.
 
 use super::config::{Family, LlamaConfig, RopeStyle};
+use super::cpu_quant::QuantMatrix;
 use super::linear::{tensor_bytes, Linear, LinearGroup};
 use super::shared::{Holdings, TensorRegistry};
 use super::weights::{Loader, Tn, WeightSource};
@@ -41,9 +42,16 @@ impl NormPair {
 /// Rotary tables `[max_positions, head_dim/2]`: cos and sin.
 type Rope = (Tensor, Tensor);
 
+/// The token embedding table: dense, or (a tied GGUF head in teal's CPU layout) rows looked up from the head
+/// itself, so the table is held once and quantized (671 MB of f32 for Gemma 3's 262k x 640).
+enum Embedding {
+    Dense(Tensor),
+    Head(Arc<QuantMatrix>),
+}
+
 pub struct Llama {
     cfg: LlamaConfig,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -116,16 +124,21 @@ impl Llama {
                     .transpose()?,
             });
         }
-        let embed = ld.dense(Tn::Embed)?;
-        if embed.dims() != [cfg.vocab_size, h] {
-            return Err(crate::error::TealError::InvalidModel(format!(
-                "embedding has shape {:?}, expected [{}, {h}]",
-                embed.dims(),
-                cfg.vocab_size
-            )));
-        }
         let head_tn = if ld.src.has(Tn::LmHead) { Tn::LmHead } else { Tn::Embed };
         let lm_head = ld.linear(head_tn, None, (cfg.vocab_size, h))?;
+        let embed = if let Some(m) = lm_head.cpu_matrix().filter(|_| matches!(head_tn, Tn::Embed)) {
+            Embedding::Head(m)
+        } else {
+            let embed = ld.dense(Tn::Embed)?;
+            if embed.dims() != [cfg.vocab_size, h] {
+                return Err(crate::error::TealError::InvalidModel(format!(
+                    "embedding has shape {:?}, expected [{}, {h}]",
+                    embed.dims(),
+                    cfg.vocab_size
+                )));
+            }
+            Embedding::Dense(embed)
+        };
         let norm = norm(&mut ld, &cfg, Tn::FinalNorm, h)?;
         let (cos, sin) = rope_tables(&cfg, &cfg.rope_inv_freq(), device)?;
         let local_rope = cfg.local_rope_inv_freq().map(|f| rope_tables(&cfg, &f, device)).transpose()?;
@@ -160,7 +173,11 @@ impl Llama {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Llama {
             cfg: self.cfg.clone(),
-            embed: self.embed.to_device(device)?,
+            embed: match &self.embed {
+                Embedding::Dense(t) => Embedding::Dense(t.to_device(device)?),
+                Embedding::Head(m) if device.is_cpu() => Embedding::Head(m.clone()),
+                Embedding::Head(m) => Embedding::Dense(m.to_qtensor(device)?.dequantize(device)?.to_dtype(self.dtype)?),
+            },
             layers,
             norm: self.norm.to_device(device)?,
             lm_head: self.lm_head.to_device(device)?,
@@ -204,7 +221,10 @@ impl Llama {
         };
         let global = at(&(self.cos.clone(), self.sin.clone()))?;
         let local = self.local_rope.as_ref().map(at).transpose()?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = match &self.embed {
+            Embedding::Dense(t) => t.index_select(&ids, 0)?,
+            Embedding::Head(m) => m.rows_f32(&input.tokens)?.to_dtype(self.dtype)?,
+        };
         if let Family::Gemma3 { .. } = self.cfg.family {
             x = (x * (self.cfg.hidden_size as f64).sqrt())?;
         }

@@ -89,7 +89,8 @@ async fn estimates_match_what_loads_and_the_same_model_twice_is_held_once() {
     let (blue, green) = (slot_mem(&m, "blue"), slot_mem(&m, "green"));
     let weights = u(&blue["weights_bytes"]);
     let est = u(&blue["estimate"]["weights"]);
-    assert!(weights > 150 << 20, "SmolLM2 Q4_1 with f32 embeddings: {weights}");
+    // The tied embedding table is looked up from the quantized head (no f32 copy of its 113 MB).
+    assert!(weights > 90 << 20 && weights < 120 << 20, "SmolLM2 Q4_1: {weights}");
     assert_eq!(est, weights, "the estimate from the GGUF header is exact for the weights");
     assert_eq!(u(&blue["estimate"]["kv"]), u(&blue["kv_cache_bytes"]));
     // Both slots use the same objects; only the rotary tables (computed, 2 MiB) are per model.
@@ -175,7 +176,7 @@ async fn park_wake_and_rollback_to_a_parked_slot_keep_outputs_identical() {
     let m = memory(s).await;
     let g = slot_mem(&m, "green");
     assert_eq!((u(&g["kv_cache_bytes"]), u(&g["workspace_bytes"])), (0, 0), "parking freed the KV pool: {m}");
-    assert!(u(&g["host_bytes"]) > 150 << 20);
+    assert!(u(&g["host_bytes"]) > 90 << 20);
     let r = flip("green").await;
     assert_eq!(r.status(), 409);
     let err: Value = r.json().await.unwrap();
@@ -292,7 +293,7 @@ async fn resident_memory_agrees_with_the_report() {
     let (rss1, held1) = (rss_of(child.id()), held(&m));
     let (grew, reported) = ((rss1 - rss0) as f64, (held1 - held0) as f64);
     drop(child);
-    assert!(reported > 900.0 * (1 << 20) as f64, "{m}");
+    assert!(reported > 800.0 * (1 << 20) as f64, "{m}");
     assert!((grew - reported).abs() <= 0.10 * reported, "RSS grew {grew} bytes; the report says {reported}");
     let own = u(&m["process_resident_bytes"]) as f64;
     assert!((own - rss1 as f64).abs() < 0.05 * rss1 as f64, "the report's own RSS figure {own} vs {rss1}");

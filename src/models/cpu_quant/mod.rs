@@ -1,20 +1,25 @@
 //! CPU matrix multiply for quantized GGUF weights. candle's CPU path runs some formats as scalar loops (Q4_1,
 //! Q5_0), and none reuses a weight block across the tokens of a batch, so batched decode and prefill would cost
-//! as much per token as single-stream decode. Here each weight block is unpacked once per tile of 4 tokens.
+//! as much per token as single-stream decode. Here each weight block is unpacked once per tile of up to 8 tokens.
 //! GGUF's Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K are rewritten at load into four layouts (repack.rs) that two
 //! kernel families run; the weights stay the numbers the file encodes. Same arithmetic as ggml (activations
 //! quantized to 8 bits per 32-value block, integer dot products, `+ m_w * s_x` for blocks with a minimum), so
-//! results track llama.cpp. The kernel is chosen at run time by what the CPU has (`Isa`): AVX-512 VNNI (two
-//! blocks per 512-bit `vpdpbusd`), AVX2+FMA+F16C, or a scalar version of the same formula (scalar.rs, also the
-//! reference in the tests); `TEAL_CPU_KERNEL` forces a lower one.
+//! results track llama.cpp. The kernel is chosen at run time by what the CPU has (`Isa`):
+//! - AVX-512 VNNI: matrices of a multiple of 16 rows are kept in groups of 16 rows interleaved (groups.rs), and
+//!   one `vpdpbusd` advances 16 rows' dot products (x86_groups.rs); other matrices take x86.rs's VNNI kernels;
+//! - AVX2+FMA+F16C: x86.rs, one row at a time;
+//! - a scalar version of the same formula (scalar.rs, also the reference in the tests).
+//!
+//! `TEAL_CPU_KERNEL` forces a lower one.
 
+mod groups;
 mod layout;
 mod repack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
-mod x86_pairs;
+mod x86_groups;
 
 pub use layout::Format;
 use layout::QK;
@@ -25,22 +30,32 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// A quantized weight matrix `[rows, cols]` as blocks of one layout, rows contiguous.
+/// A quantized weight matrix `[rows, cols]` as blocks of one layout: rows contiguous, or (`grouped`) in groups
+/// of 16 rows interleaved for the AVX-512 VNNI kernels (groups.rs).
 pub struct QuantMatrix {
     format: Format,
     data: Vec<u8>,
     rows: usize,
     cols: usize,
+    grouped: bool,
 }
 
 impl QuantMatrix {
+    /// Row-major blocks, kept in the layout the CPU's kernel reads best (`Isa::active`).
     pub fn new(format: Format, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
+        Self::for_isa(format, data, rows, cols, Isa::active())
+    }
+
+    /// Row-major blocks, kept in the layout `isa`'s kernel reads.
+    fn for_isa(format: Format, data: Vec<u8>, rows: usize, cols: usize, isa: Isa) -> Result<Self> {
         let bytes =
             (rows as u64).checked_mul(cols as u64 / QK as u64).and_then(|b| b.checked_mul(format.block_bytes() as u64));
         if !cols.is_multiple_of(QK) || bytes != Some(data.len() as u64) {
             candle_core::bail!("{format:?} matrix [{rows}, {cols}] with {} bytes is malformed", data.len());
         }
-        Ok(QuantMatrix { format, data, rows, cols })
+        let grouped = cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni && groups::fits(rows, cols);
+        let data = if grouped { groups::interleave(format, &data, cols / QK) } else { data };
+        Ok(QuantMatrix { format, data, rows, cols, grouped })
     }
 
     /// Stacks matrices with the same format and width into one (rows concatenated), so projections that read
@@ -50,9 +65,17 @@ impl QuantMatrix {
         if parts.iter().any(|p| p.format != first.format || p.cols != first.cols) {
             return None;
         }
-        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        let data = parts.iter().flat_map(|p| p.row_major()).collect();
         let rows = parts.iter().map(|p| p.rows).sum();
-        Some(QuantMatrix { format: first.format, data, rows, cols: first.cols })
+        QuantMatrix::new(first.format, data, rows, first.cols).ok()
+    }
+
+    /// Every row's blocks, row-major.
+    fn row_major(&self) -> Vec<u8> {
+        if !self.grouped {
+            return self.data.clone();
+        }
+        (0..self.rows).flat_map(|r| groups::row_blocks(self.format, &self.data, self.cols / QK, r)).collect()
     }
 
     /// GGUF blocks of `dtype` for a `[rows, cols]` matrix in teal's layout (repack.rs); None where candle's
@@ -72,23 +95,54 @@ impl QuantMatrix {
     /// blocks where the layout is GGUF's own, f32 otherwise.
     pub fn to_qtensor(&self, device: &candle_core::Device) -> Result<candle_core::quantized::QTensor> {
         use candle_core::quantized::{QStorage, QTensor};
+        let data = self.row_major();
         let dtype = match self.format {
             Format::Q4_1 => GgmlDType::Q4_1,
             Format::Q8_0 => GgmlDType::Q8_0,
             Format::Q4F | Format::Q8S => {
-                let w: Vec<f32> =
-                    (0..self.rows).flat_map(|r| scalar::dequantize_row(self.format, self.row(r))).collect();
+                let row = self.cols / QK * self.format.block_bytes();
+                let w: Vec<f32> = data.chunks_exact(row).flat_map(|r| scalar::dequantize_row(self.format, r)).collect();
                 let t = Tensor::from_vec(w, (self.rows, self.cols), device)?;
                 return QTensor::quantize(&t, GgmlDType::F32);
             }
         };
-        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(&self.data), device, dtype)?;
+        let storage = QStorage::from_data(std::borrow::Cow::Owned(data), device, dtype)?;
         QTensor::new(storage, (self.rows, self.cols))
     }
 
+    /// Rows `ids` as f32 `[ids.len(), cols]` (an embedding lookup); an id past the rows is an error.
+    pub fn rows_f32(&self, ids: &[u32]) -> Result<Tensor> {
+        let blocks = self.cols / QK;
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.rows {
+                candle_core::bail!("row {r} of a matrix of {} rows", self.rows);
+            }
+            if self.grouped {
+                out.extend(scalar::dequantize_row(
+                    self.format,
+                    &groups::row_blocks(self.format, &self.data, blocks, r),
+                ));
+            } else {
+                out.extend(scalar::dequantize_row(self.format, self.row(r)));
+            }
+        }
+        Tensor::from_vec(out, (ids.len(), self.cols), &candle_core::Device::Cpu)
+    }
+
+    /// Row `r`'s blocks (row-major matrices only).
     fn row(&self, r: usize) -> &[u8] {
+        debug_assert!(!self.grouped);
         let n = self.cols / QK * self.format.block_bytes();
         &self.data[r * n..(r + 1) * n]
+    }
+
+    /// The group of 16 rows starting at row `first` (grouped matrices only).
+    fn group(&self, first: usize) -> &[u8] {
+        debug_assert!(self.grouped && first.is_multiple_of(groups::GROUP));
+        let n = groups::GROUP * self.cols / QK * self.format.block_bytes();
+        &self.data[first / groups::GROUP * n..][..n]
     }
 
     /// `x [tokens, cols] -> [tokens, rows]` (i.e. `x W^T`).
@@ -179,33 +233,55 @@ fn row_dots(isa: Isa, format: Format, w: &[u8], xq: &[Vec<Q8_1>], out: &mut [f32
     }
 }
 
-/// The quantized activations in the layout the kernel reads: blocks, or block pairs for the AVX-512 VNNI kernels
-/// of x86_pairs.rs (rows of an even number of blocks).
-enum Acts {
-    Blocks(Vec<Vec<Q8_1>>),
-    #[cfg(target_arch = "x86_64")]
-    Pairs(Vec<x86_pairs::Pairs>),
+/// The matmul's output `[tokens, rows]`, written by the tasks in place: each task owns a range of columns of
+/// every token row, so no two write the same element, and together they write all of them.
+struct Output {
+    ptr: *mut f32,
+    rows: usize,
 }
 
-impl Acts {
-    fn new(isa: Isa, format: Format, xq: Vec<Vec<Q8_1>>) -> Acts {
+// SAFETY: tasks write disjoint elements (`Output`), and the vector outlives the parallel loop.
+unsafe impl Sync for Output {}
+unsafe impl Send for Output {}
+
+impl QuantMatrix {
+    /// The activations quantized as the kernels read them (8 bits per 32 values, scale and sums per block).
+    fn quantize(x: &[f32], cols: usize, isa: Isa) -> Vec<Vec<Q8_1>> {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni && xq.first().is_some_and(|r| r.len() % 2 == 0) {
-            let unsigned = x86_pairs::Pairs::for_format(format);
-            return Acts::Pairs(xq.par_iter().map(|r| x86_pairs::Pairs::new(r, unsigned)).collect());
+        if isa == Isa::Avx512Vnni {
+            // SAFETY: Isa::active() found AVX-512 F/BW (Avx512Vnni implies them), AVX2 and F16C.
+            return x.par_chunks_exact(cols).map(|r| unsafe { x86::quantize_row_avx512(r) }).collect();
         }
-        let _ = (isa, format);
-        Acts::Blocks(xq)
+        let _ = isa;
+        x.par_chunks_exact(cols).map(quantize_row).collect()
     }
 
-    /// One weight row against the tokens `t`.
-    fn row_dots(&self, isa: Isa, format: Format, w: &[u8], t: std::ops::Range<usize>, out: &mut [f32]) {
-        match self {
-            Acts::Blocks(xq) => row_dots(isa, format, w, &xq[t], out),
-            // SAFETY: pairs are made only on an AVX-512 VNNI CPU (`Acts::new`), for `format`, from rows of as many
-            // blocks as the weight rows (cpu_fwd checks the width).
+    /// Rows `first..first + count` against every token, written to `out` (`[tokens, rows]`), the tokens taken
+    /// TOKENS at a time: every row against the same few tokens, so the activations read stay in L1.
+    fn task(&self, isa: Isa, xq: &[Vec<Q8_1>], (first, count): (usize, usize), out: &Output) {
+        const TOKENS: usize = 8;
+        let mut dots = [0f32; TOKENS];
+        for t in (0..xq.len()).step_by(TOKENS) {
+            let xs = &xq[t..(t + TOKENS).min(xq.len())];
             #[cfg(target_arch = "x86_64")]
-            Acts::Pairs(xp) => unsafe { x86_pairs::row_dots_pairs(format, w, &xp[t], out) },
+            if self.grouped {
+                for g in (first..first + count).step_by(groups::GROUP) {
+                    // SAFETY: grouped matrices are made only on an AVX-512 VNNI CPU (`QuantMatrix::for_isa`); the
+                    // tokens are rows of this width (cpu_fwd checks it); this task owns columns first..first+count
+                    // of every token row of `out` (`Output`), and g + 16 <= first + count (whole groups).
+                    unsafe {
+                        x86_groups::group_dots(self.format, self.group(g), xs, out.ptr.add(t * out.rows + g), out.rows)
+                    };
+                }
+                continue;
+            }
+            for i in first..first + count {
+                row_dots(isa, self.format, self.row(i), xs, &mut dots[..xs.len()]);
+                for (k, d) in dots[..xs.len()].iter().enumerate() {
+                    // SAFETY: element (t + k, i) is in this task's columns (`Output`).
+                    unsafe { *out.ptr.add((t + k) * out.rows + i) = *d };
+                }
+            }
         }
     }
 }
@@ -229,43 +305,24 @@ impl CustomOp1 for QuantMatrix {
         }
         let tokens = x.len() / self.cols;
         let isa = Isa::active();
-        let xq = Acts::new(isa, self.format, x.par_chunks_exact(self.cols).map(quantize_row).collect());
+        let xq = Self::quantize(x, self.cols, isa);
         // A task takes `rows` weight rows (a few tasks per thread: fewer, larger tasks cost less to hand out than
-        // the matmul of a decode step takes) and walks the tokens TOKENS at a time, every row against the same
-        // few tokens, so the activations it reads stay in L1 across the rows.
-        const TOKENS: usize = 8;
-        let rows = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 256);
-        // Each task's results token-major, then copied into place a token row at a time (contiguous runs; a
-        // strided transpose of the whole output cost 5% of a prefill).
-        let parts: Vec<Vec<f32>> = (0..self.rows.div_ceil(rows))
+        // the matmul of a decode step takes; whole groups of 16 for grouped matrices) and writes their columns of
+        // the output in place (a copy of per-task parts into place, or a strided transpose, cost 5-10% of a
+        // prefill; so did zeroing the output first).
+        let rows = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 256) / groups::GROUP * groups::GROUP;
+        let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(tokens * self.rows);
+        // SAFETY: MaybeUninit needs no initialization; every element is written below before `out` is read.
+        unsafe { out.set_len(tokens * self.rows) };
+        let target = Output { ptr: out.as_mut_ptr() as *mut f32, rows: self.rows };
+        (0..self.rows.div_ceil(rows))
             .into_par_iter()
-            .map(|c| {
-                let (first, count) = (c * rows, rows.min(self.rows - c * rows));
-                let mut part = vec![0f32; count * tokens];
-                let mut dots = [0f32; TOKENS];
-                for t in (0..tokens).step_by(TOKENS) {
-                    let n = TOKENS.min(tokens - t);
-                    for i in 0..count {
-                        xq.row_dots(isa, self.format, self.row(first + i), t..t + n, &mut dots[..n]);
-                        for (k, d) in dots[..n].iter().enumerate() {
-                            part[(t + k) * count + i] = *d;
-                        }
-                    }
-                }
-                part
-            })
-            .collect();
-        let out = if tokens == 1 {
-            parts.concat()
-        } else {
-            let mut out = vec![0f32; tokens * self.rows];
-            out.par_chunks_mut(self.rows).enumerate().for_each(|(t, row)| {
-                for (c, part) in parts.iter().enumerate() {
-                    let count = part.len() / tokens;
-                    row[c * rows..c * rows + count].copy_from_slice(&part[t * count..(t + 1) * count]);
-                }
-            });
-            out
+            .for_each(|c| self.task(isa, &xq, (c * rows, rows.min(self.rows - c * rows)), &target));
+        // SAFETY: the tasks cover every row (c * rows over 0..rows) for every token, so every element is written;
+        // MaybeUninit<f32> and f32 have the same layout.
+        let out = unsafe {
+            let mut out = std::mem::ManuallyDrop::new(out);
+            Vec::from_raw_parts(out.as_mut_ptr() as *mut f32, out.len(), out.capacity())
         };
         let mut shape = dims.to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.rows;

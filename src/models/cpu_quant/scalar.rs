@@ -12,6 +12,16 @@ pub(super) struct Q8_1 {
     pub(super) d: f32,
     pub(super) s: f32,
     pub(super) qs: [i8; QK],
+    /// `sum(q)` over the first and the second 16 quants (exact; the row-group kernels' offset for signed weights).
+    pub(super) sums: [i32; 2],
+}
+
+impl Q8_1 {
+    /// A block from its scale (before rounding) and quants.
+    pub(super) fn new(d: f32, qs: [i8; QK], sums: [i32; 2]) -> Q8_1 {
+        let sum = (sums[0] + sums[1]) as f32;
+        Q8_1 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(d * sum).to_f32(), qs, sums }
+    }
 }
 
 /// Activations for blocks of 32 weights, as ggml's Q8_0/Q8_1: per 32 values the scale `max|x| / 127` and the
@@ -30,12 +40,11 @@ pub(super) fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
             let d = amax / 127.0;
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut qs = [0i8; QK];
-            let mut sum = 0i32;
             for (q, v) in qs.iter_mut().zip(b) {
                 *q = (v * id).round_ties_even() as i8;
-                sum += *q as i32;
             }
-            Q8_1 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(d * sum as f32).to_f32(), qs }
+            let half = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
+            Q8_1::new(d, qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])])
         })
         .collect()
 }

@@ -59,24 +59,31 @@ fn every_kernel_this_cpu_has_matches_the_scalar_reference() {
     }
 }
 
+/// Each row's blocks, row-major, whatever layout `m` keeps.
+fn rows_of(m: &QuantMatrix) -> Vec<Vec<u8>> {
+    m.row_major().chunks_exact(m.cols / QK * m.format.block_bytes()).map(<[u8]>::to_vec).collect()
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn the_paired_vnni_kernels_match_the_scalar_reference() {
+fn the_row_group_kernels_match_the_scalar_reference() {
     if Isa::detected() < Isa::Avx512Vnni {
-        eprintln!("no AVX-512 VNNI on this CPU: the paired kernels cannot run here");
+        eprintln!("no AVX-512 VNNI on this CPU: the row-group kernels cannot run here");
         return;
     }
     for format in FORMATS {
-        // 10 blocks (5 pairs); 13 tokens: a tile of 8, one of 4, and one token alone.
-        let m = random_layout(format, 5, 320, 11);
-        let xq: Vec<Vec<Q8_1>> = activations(13, 320).iter().map(|r| quantize_row(r)).collect();
-        let Acts::Pairs(xp) = Acts::new(Isa::Avx512Vnni, format, xq.clone()) else { panic!("pairs expected") };
-        for r in 0..5 {
-            let mut got = vec![0f32; 13];
-            // SAFETY: the CPU has AVX-512 VNNI (checked above); the pairs were made for this format and width.
-            unsafe { x86_pairs::row_dots_pairs(format, m.row(r), &xp, &mut got) };
-            for (t, g) in got.iter().enumerate() {
-                let want = dot_scalar(format, m.row(r), &xq[t]);
+        // 32 rows (two groups), 9 blocks; 13 tokens: a tile of 8, one of 4, and one token alone.
+        let plain = random_layout(format, 32, 288, 5);
+        let rows = rows_of(&plain);
+        let m = QuantMatrix::for_isa(format, plain.row_major(), 32, 288, Isa::Avx512Vnni).unwrap();
+        assert!(m.grouped);
+        assert_eq!(rows_of(&m), rows, "the group layout turns back into the same blocks");
+        let x = activations(13, 288);
+        let got = m.forward(&Tensor::new(x.clone(), &Device::Cpu).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        for (t, row) in x.iter().enumerate() {
+            let xq = quantize_row(row);
+            for (r, w) in rows.iter().enumerate() {
+                let (g, want) = (got[t][r], dot_scalar(format, w, &xq));
                 assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{format:?} row {r} token {t}: {g} vs {want}");
             }
         }
@@ -111,14 +118,16 @@ fn repacked_weights_are_the_numbers_the_gguf_blocks_encode() {
 #[test]
 fn matmuls_of_every_gguf_type_are_as_close_to_the_exact_product_as_candles() {
     for dtype in GGUF_TYPES {
-        let q = gguf(dtype, 40, 256);
-        let m = QuantMatrix::from_gguf(dtype, q.data().unwrap().as_ref(), 40, 256).unwrap().unwrap();
+        // 48 rows: three groups of 16 where the CPU takes the group layout.
+        let q = gguf(dtype, 48, 256);
+        let m = QuantMatrix::from_gguf(dtype, q.data().unwrap().as_ref(), 48, 256).unwrap().unwrap();
+        let rows = rows_of(&m);
         let x = Tensor::randn(0f32, 1.0, (7, 256), &Device::Cpu).unwrap();
         let ours = m.forward(&x).unwrap();
         for (t, row) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
             let xq = quantize_row(row);
             for (r, g) in ours.get(t).unwrap().to_vec1::<f32>().unwrap().iter().enumerate() {
-                let want = dot_scalar(m.format, m.row(r), &xq);
+                let want = dot_scalar(m.format, &rows[r], &xq);
                 assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype:?} row {r}: {g} vs {want}");
             }
         }
@@ -166,4 +175,30 @@ fn malformed_sizes_are_rejected() {
     assert!(QuantMatrix::from_gguf(GgmlDType::Q5_0, &[], 0, 0).is_err());
     assert!(QuantMatrix::from_gguf(GgmlDType::Q5_0, &[0; 22], usize::MAX, 32).is_err(), "an overflowing shape");
     assert!(QuantMatrix::from_gguf(GgmlDType::Q5K, &[0; 176], 1, 256).unwrap().is_none(), "Q5_K stays with candle");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_vector_quantizer_gives_the_scalar_ones_bits() {
+    if Isa::detected() < Isa::Avx512Vnni {
+        eprintln!("no AVX-512 on this CPU: the vector quantizer cannot run here");
+        return;
+    }
+    // Random rows, a zero block, ties at .5 after scaling (127 / 127 * 0.5 steps), and one huge value.
+    let mut x = activations(3, 256).concat();
+    x[32..64].fill(0.0);
+    for (i, v) in x[64..96].iter_mut().enumerate() {
+        *v = (i as f32 - 16.0) * 0.5;
+    }
+    x[96] = 1e30;
+    let scalar = quantize_row(&x);
+    // SAFETY: checked above that the CPU has AVX-512 (VNNI implies F and BW).
+    let vector = unsafe { x86::quantize_row_avx512(&x) };
+    for (b, (s, v)) in scalar.iter().zip(&vector).enumerate() {
+        assert_eq!(
+            (s.d.to_bits(), s.s.to_bits(), s.qs, s.sums),
+            (v.d.to_bits(), v.s.to_bits(), v.qs, v.sums),
+            "block {b}"
+        );
+    }
 }

@@ -204,6 +204,26 @@ unsafe fn pair_of(x0: &Q8_1, x1: &Q8_1) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y0), y1)
 }
 
+/// `scalar::quantize_row` with AVX-512: the same numbers (the same max, scale and products; `vcvtps2dq` rounds
+/// to nearest even as `round_ties_even` does), without the scalar loop that was a tenth of a prefill.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row_avx512(x: &[f32]) -> Vec<Q8_1> {
+    let mut out = Vec::with_capacity(x.len() / 32);
+    for b in x.chunks_exact(32) {
+        // SAFETY: 32 values in `b`; unaligned loads and stores into a 32-byte array.
+        let (v0, v1) = (_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16)));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+        let mut qs = [0i8; 32];
+        _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(qs.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+        out.push(Q8_1::new(d, qs, [_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1)]));
+    }
+    out
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn hsum(v: __m256) -> f32 {

@@ -11,6 +11,9 @@
 use super::PagedAttention;
 use crate::ops::activation::exp;
 
+#[cfg(target_arch = "x86_64")]
+use super::cpu_x86;
+
 /// Positions per chunk: the chunk's keys, values and scores stay in L2.
 const CHUNK: usize = 128;
 
@@ -64,6 +67,37 @@ fn accumulate(out: &mut [f32], p: &[f32], vc: &[f32], (c, hd): (usize, usize)) {
     }
 }
 
+/// Whether cpu_x86.rs's loops run for heads of `hd` values on this CPU.
+fn vector_loops(hd: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return cpu_x86::available(hd);
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// `scores`, with cpu_x86.rs's loop where `fast` (`vector_loops`) says it runs (`kc` then holds the keys
+/// transposed, CHUNK apart).
+fn scores_on(fast: bool, s: &mut [f32], qs: &[f32], kc: &[f32], dims: (usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `vector_loops(hd)`: AVX-512 F; `run` stores the keys transposed, CHUNK per value.
+        return unsafe { cpu_x86::scores_t(s, qs, kc, (dims.0, dims.1, CHUNK)) };
+    }
+    let _ = fast;
+    scores(s, qs, &kc[..dims.0 * dims.1], dims)
+}
+
+/// `accumulate`, with cpu_x86.rs's loop where `fast` (`vector_loops`) says it runs.
+fn accumulate_on(fast: bool, out: &mut [f32], p: &[f32], vc: &[f32], dims: (usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: as in `scores_on`.
+        return unsafe { cpu_x86::accumulate(out, p, vc, dims) };
+    }
+    let _ = fast;
+    accumulate(out, p, vc, dims)
+}
+
 impl PagedAttention {
     /// Attention of the run's `len` tokens starting at `start` for every query head of kv head `kvh`.
     /// Returns `[token][group head][hd]`.
@@ -74,6 +108,7 @@ impl PagedAttention {
         let table = &self.meta.block_tables[self.meta.token_seq[start] as usize];
         let first = self.meta.token_pos[start] as usize;
         let window = self.window.unwrap_or(usize::MAX);
+        let fast = vector_loops(hd);
         // Scaled queries, token-major then head: row j is token first + j / group.
         let mut qs = vec![0f32; m * hd];
         for (j, row) in qs.chunks_mut(hd).enumerate() {
@@ -84,21 +119,30 @@ impl PagedAttention {
         let mut out = vec![0f32; m * hd];
         let (mut max, mut sum) = (vec![f32::NEG_INFINITY; m], vec![0f32; m]);
         let (mut kc, mut vc, mut s) = (vec![0f32; CHUNK * hd], vec![0f32; CHUNK * hd], vec![0f32; m * CHUNK]);
-        for c0 in (lo..hi).step_by(CHUNK) {
+        // Chunks start at multiples of CHUNK (positions before `lo` are masked for every query of the run), so a
+        // query meets the same chunks and lanes whichever run it is in.
+        for c0 in (lo / CHUNK * CHUNK..hi).step_by(CHUNK) {
             let c = CHUNK.min(hi - c0);
             for i in 0..c {
                 // check_meta: every position up to the run's last has a block in the table.
                 let p = c0 + i;
                 let off = ((table[p / bs] as usize * bs + p % bs) * nkv + kvh) * hd;
-                kc[i * hd..][..hd].copy_from_slice(&kp[off..off + hd]);
+                if fast {
+                    // Transposed for cpu_x86::scores_t: head value d of every position in one row of CHUNK.
+                    for (d, &v) in kp[off..off + hd].iter().enumerate() {
+                        kc[d * CHUNK + i] = v;
+                    }
+                } else {
+                    kc[i * hd..][..hd].copy_from_slice(&kp[off..off + hd]);
+                }
                 vc[i * hd..][..hd].copy_from_slice(&vp[off..off + hd]);
             }
-            scores(&mut s[..m * c], &qs, &kc[..c * hd], (c, hd));
+            scores_on(fast, &mut s[..m * c], &qs, &kc, (c, hd));
             for (j, row) in s[..m * c].chunks_mut(c).enumerate() {
                 let at = first + j / group;
                 self.softmax_step(row, (c0, at, window), (&mut max[j], &mut sum[j]), &mut out[j * hd..][..hd]);
             }
-            accumulate(&mut out, &s[..m * c], &vc[..c * hd], (c, hd));
+            accumulate_on(fast, &mut out, &s[..m * c], &vc[..c * hd], (c, hd));
         }
         for (row, total) in out.chunks_mut(hd).zip(&sum) {
             row.iter_mut().for_each(|o| *o /= total);
@@ -130,11 +174,18 @@ impl PagedAttention {
         let new_max = max.max(chunk_max);
         // exp clamps far-negative inputs to a tiny positive value: masked positions are set to exactly 0.
         let correction = if *max == f32::NEG_INFINITY { 0.0 } else { exp(*max - new_max) };
-        let mut chunk_sum = 0f32;
+        // Branch-free loops that vectorize (the exp of a masked -inf is clamped, then replaced by 0). The sum goes
+        // in 16 lanes by position (a chunk's tail too), so how far the chunk reaches (the run's last query) only
+        // adds zeros: the order is fixed by the query.
         for v in row.iter_mut() {
-            *v = if *v == f32::NEG_INFINITY { 0.0 } else { exp(*v - new_max) };
-            chunk_sum += *v;
+            let e = exp(*v - new_max);
+            *v = if *v == f32::NEG_INFINITY { 0.0 } else { e };
         }
+        let mut lanes = [0f32; 16];
+        for c in row.chunks(16) {
+            lanes.iter_mut().zip(c).for_each(|(l, v)| *l += v);
+        }
+        let chunk_sum = lanes.iter().sum::<f32>();
         if correction != 1.0 {
             out.iter_mut().for_each(|o| *o *= correction);
         }

@@ -11,6 +11,8 @@
 //! offset.
 
 mod cpu;
+#[cfg(target_arch = "x86_64")]
+mod cpu_x86;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod meta;
@@ -325,7 +327,13 @@ mod invariance {
     use candle_core::{DType, Device};
 
     /// The attention of positions `from..to` of one sequence whose keys and values are already in the pools.
-    fn attend(q: &Tensor, kp: &Tensor, vp: &Tensor, table: &[u32], (from, to): (usize, usize)) -> Vec<f32> {
+    fn attend(
+        q: &Tensor,
+        kv: (&Tensor, &Tensor),
+        table: &[u32],
+        (from, to): (usize, usize),
+        window: Option<usize>,
+    ) -> Vec<f32> {
         let bs = 4;
         let meta = Arc::new(AttnMeta {
             token_seq: vec![0; to - from],
@@ -336,7 +344,7 @@ mod invariance {
             ..Default::default()
         });
         let q = q.narrow(0, from, to - from).unwrap().unsqueeze(2).unwrap();
-        paged_attention(&q, kp, vp, &meta, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        paged_attention_windowed(&q, kv.0, kv.1, &meta, 2, window).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
 
     #[test]
@@ -360,11 +368,15 @@ mod invariance {
         let vp = Tensor::zeros((table.len() * bs, nkv, hd), DType::F32, &dev).unwrap();
         write_kv(&kp, &k, &all).unwrap();
         write_kv(&vp, &v, &all).unwrap();
-        let whole = attend(&q, &kp, &vp, &table, (0, t));
-        let steps: Vec<f32> =
-            (0..t).step_by(7).flat_map(|s| attend(&q, &kp, &vp, &table, (s, (s + 7).min(t)))).collect();
-        let one_by_one: Vec<f32> = (0..t).flat_map(|s| attend(&q, &kp, &vp, &table, (s, s + 1))).collect();
-        let differ = |a: &[f32]| a.iter().zip(&whole).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-        assert_eq!((differ(&steps), differ(&one_by_one)), (0, 0), "values that changed with the split");
+        // Windows too: a window that starts inside a chunk moves with the query.
+        for window in [None, Some(50)] {
+            let whole = attend(&q, (&kp, &vp), &table, (0, t), window);
+            let steps: Vec<f32> =
+                (0..t).step_by(7).flat_map(|s| attend(&q, (&kp, &vp), &table, (s, (s + 7).min(t)), window)).collect();
+            let one_by_one: Vec<f32> =
+                (0..t).flat_map(|s| attend(&q, (&kp, &vp), &table, (s, s + 1), window)).collect();
+            let differ = |a: &[f32]| a.iter().zip(&whole).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!((differ(&steps), differ(&one_by_one)), (0, 0), "values that changed with the split, {window:?}");
+        }
     }
 }
