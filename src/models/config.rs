@@ -49,6 +49,9 @@ pub struct LlamaConfig {
     /// Gemma from an HF directory: norm weights are stored as `w` for a scale of `1 + w` (GGUF files store
     /// `1 + w` already).
     pub norm_plus_one: bool,
+    /// GGUF files: Gemma's GELU as ggml computes it (f16 table, ops/ggml_gelu.rs), so results track llama.cpp
+    /// on the same file; HF directories keep transformers' formula.
+    pub ggml_gelu: bool,
     /// What differs between the families this struct describes (norms, activation, local attention).
     pub family: Family,
 }
@@ -257,6 +260,7 @@ impl LlamaConfig {
             fused_projections: model_type == "phi3",
             sliding_window,
             norm_plus_one: gemma,
+            ggml_gelu: false,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -101,6 +101,7 @@ pub fn llama_config(c: &Content) -> Result<LlamaConfig> {
             _ => None,
         },
         norm_plus_one: false,
+        ggml_gelu: true,
     };
     cfg.validate()?;
     Ok(cfg)

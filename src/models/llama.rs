@@ -291,6 +291,7 @@ impl Llama {
         let [gate, up]: [Tensor; 2] =
             layer.gate_up.forward(&h)?.try_into().map_err(|_| candle_core::Error::Msg("gate_up".into()))?;
         let act = match cfg.family {
+            Family::Gemma3 { .. } if cfg.ggml_gelu => Act::GeluF16,
             Family::Gemma3 { .. } => Act::GeluTanh,
             Family::Llama => Act::Silu,
         };

@@ -14,6 +14,9 @@ pub enum Act {
     Silu,
     /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` (PyTorch's `gelu(approximate="tanh")`).
     GeluTanh,
+    /// tanh-GELU as ggml computes it (ggml_gelu.rs), for GGUF models: the same formula with the gate and the
+    /// result rounded to f16.
+    GeluF16,
 }
 
 /// `e^x` for f32, vectorizable: `2^n * p(r)` with `x = n ln2 + r`, |r| <= ln2/2, p a degree-6 polynomial.
@@ -44,7 +47,7 @@ pub fn exp(x: f32) -> f32 {
 fn act(kind: Act, x: f32) -> f32 {
     match kind {
         Act::Silu => x / (1.0 + exp(-x)),
-        Act::GeluTanh => {
+        Act::GeluTanh | Act::GeluF16 => {
             // 0.5 (1 + tanh(u)) = sigmoid(2u).
             let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
             x / (1.0 + exp(-2.0 * u))
@@ -54,6 +57,9 @@ fn act(kind: Act, x: f32) -> f32 {
 
 /// `act(gate) * up` elementwise into `out`.
 pub fn gated(kind: Act, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    if kind == Act::GeluF16 {
+        return super::ggml_gelu::gated(gate, up, out);
+    }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = act(kind, g) * u;
     }
@@ -93,7 +99,7 @@ pub fn gated_mlp(kind: Act, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
     let a = match kind {
         Act::Silu => candle_nn::ops::silu(gate)?,
-        Act::GeluTanh => gate.gelu()?,
+        Act::GeluTanh | Act::GeluF16 => gate.gelu()?,
     };
     a * up
 }

@@ -1,11 +1,13 @@
 //! teal's own tensor ops, each owned whole by its module: its metadata and their validation, the CPU reference
 //! implementation, and the CUDA kernel launch (kernels/*.cu, compiled to PTX by build.rs under `--features
 //! cuda`). paged_attention/ holds the KV write and the attention over the paged pool; its cuda.rs is, with
-//! device.rs, the only code that knows the `cuda` feature; activation.rs is the gated MLP activation (CPU only).
+//! device.rs, the only code that knows the `cuda` feature; activation.rs is the gated MLP activation (CPU only),
+//! with ggml_gelu.rs the GELU as ggml computes it, for GGUF models.
 //! This module loads the kernels onto a device at warm-up (once per candle CUDA device, so the driver's JIT
 //! compile and module load are paid before a flip).
 
 pub mod activation;
+mod ggml_gelu;
 pub mod paged_attention;
 
 use candle_core::{Device, Result};

@@ -23,18 +23,22 @@ def post(path, body):
 
 def greedy(ids):
     # One token per call: llama-server's ignore_eos masks the eos logit, which would change greedy decoding.
-    out = []
+    # Each step also keeps llama.cpp's five most likely tokens with their log-probabilities.
+    out, tops = [], []
     for _ in range(STEPS):
         body = {"prompt": ids + out, "n_predict": 1, "temperature": 0, "top_k": 1, "return_tokens": True,
-                "cache_prompt": False}
-        out += post("/completion", body)["tokens"][:1]
-    return out
+                "cache_prompt": False, "n_probs": 5}
+        r = post("/completion", body)
+        out += r["tokens"][:1]
+        tops.append([[t["id"], round(t["logprob"], 5)] for t in r["completion_probabilities"][0]["top_logprobs"]])
+    return out, tops
 
 
 cases = []
 for p in PROMPTS:
     ids = post("/tokenize", {"content": p, "add_special": True})["tokens"]
-    cases.append({"prompt": p, "input_ids": ids, "greedy_ids": greedy(ids)})
+    out, tops = greedy(ids)
+    cases.append({"prompt": p, "input_ids": ids, "greedy_ids": out, "top_logprobs": tops})
 props = json.load(urllib.request.urlopen(URL + "/props"))
 out = {"llama_cpp": props.get("build_info", ""), "cases": cases}
 path = ROOT / "tests/fixtures/llamacpp_gemma3_q4_k_m.json"

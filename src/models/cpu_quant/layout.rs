@@ -21,6 +21,11 @@ impl Format {
         self.header_bytes() + if matches!(self, Format::Q4_1 | Format::Q4F) { QK / 2 } else { QK }
     }
 
+    /// Layouts of GGUF's K-quants, whose activations are quantized per 256 values as ggml's Q8_K.
+    pub(super) const fn k_quant(self) -> bool {
+        matches!(self, Format::Q4F | Format::Q8S)
+    }
+
     pub(super) const fn header_bytes(self) -> usize {
         match self {
             Format::Q4_1 => 4,

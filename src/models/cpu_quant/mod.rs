@@ -3,8 +3,8 @@
 //! as much per token as single-stream decode. Here each weight block is unpacked once per tile of up to 8 tokens.
 //! GGUF's Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K are rewritten at load into four layouts (repack.rs) that two
 //! kernel families run; the weights stay the numbers the file encodes. Same arithmetic as ggml (activations
-//! quantized to 8 bits per 32-value block, integer dot products, `+ m_w * s_x` for blocks with a minimum), so
-//! results track llama.cpp. The kernel is chosen at run time by what the CPU has (`Isa`):
+//! quantized to 8 bits with a scale per 32 values, or per 256 for K-quants as ggml's Q8_K does; integer dot
+//! products, `+ m_w * s_x` for blocks with a minimum), so results track llama.cpp. The kernel is chosen at run time by what the CPU has (`Isa`):
 //! - AVX-512 VNNI: matrices of a multiple of 16 rows are kept in groups of 16 rows interleaved (groups.rs), and
 //!   one `vpdpbusd` advances 16 rows' dot products (x86_groups.rs); other matrices take x86.rs's VNNI kernels;
 //! - AVX2+FMA+F16C: x86.rs, one row at a time;
@@ -24,7 +24,7 @@ mod x86_groups;
 pub use layout::Format;
 use layout::QK;
 pub use repack::{layout_of, repacked_bytes};
-use scalar::{dot_scalar, quantize_row, Q8_1};
+use scalar::{dot_scalar, Q8_1};
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -246,14 +246,25 @@ unsafe impl Send for Output {}
 
 impl QuantMatrix {
     /// The activations quantized as the kernels read them (8 bits per 32 values, scale and sums per block).
-    fn quantize(x: &[f32], cols: usize, isa: Isa) -> Vec<Vec<Q8_1>> {
+    /// K-quant layouts read activations with one scale per 256 values (ggml's Q8_K), the others one per 32.
+    fn quantize(x: &[f32], cols: usize, format: Format, isa: Isa) -> Vec<Vec<Q8_1>> {
+        let k = format.k_quant();
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512Vnni {
             // SAFETY: Isa::active() found AVX-512 F/BW (Avx512Vnni implies them), AVX2 and F16C.
-            return x.par_chunks_exact(cols).map(|r| unsafe { x86::quantize_row_avx512(r) }).collect();
+            return x
+                .par_chunks_exact(cols)
+                .map(|r| unsafe {
+                    if k {
+                        x86::quantize_row_k_avx512(r)
+                    } else {
+                        x86::quantize_row_avx512(r)
+                    }
+                })
+                .collect();
         }
         let _ = isa;
-        x.par_chunks_exact(cols).map(quantize_row).collect()
+        x.par_chunks_exact(cols).map(|r| scalar::quantize_row_for(format, r)).collect()
     }
 
     /// Rows `first..first + count` against every token, written to `out` (`[tokens, rows]`), the tokens taken
@@ -305,7 +316,7 @@ impl CustomOp1 for QuantMatrix {
         }
         let tokens = x.len() / self.cols;
         let isa = Isa::active();
-        let xq = Self::quantize(x, self.cols, isa);
+        let xq = Self::quantize(x, self.cols, self.format, isa);
         // A task takes `rows` weight rows (a few tasks per thread: fewer, larger tasks cost less to hand out than
         // the matmul of a decode step takes; whole groups of 16 for grouped matrices) and writes their columns of
         // the output in place (a copy of per-task parts into place, or a strided transpose, cost 5-10% of a

@@ -22,6 +22,11 @@ impl Q8_1 {
         let sum = (sums[0] + sums[1]) as f32;
         Q8_1 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(d * sum).to_f32(), qs, sums }
     }
+
+    /// A block whose scale and sum stay f32, as ggml's Q8_K keeps them.
+    pub(super) fn unrounded(d: f32, qs: [i8; QK], sums: [i32; 2]) -> Q8_1 {
+        Q8_1 { d, s: d * (sums[0] + sums[1]) as f32, qs, sums }
+    }
 }
 
 /// Activations for blocks of 32 weights, as ggml's Q8_0/Q8_1: per 32 values the scale `max|x| / 127` and the
@@ -47,6 +52,46 @@ pub(super) fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
             Q8_1::new(d, qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])])
         })
         .collect()
+}
+
+/// The activations as `format`'s kernels read them: `quantize_row_k` for K-quants, `quantize_row` otherwise.
+pub(super) fn quantize_row_for(format: Format, x: &[f32]) -> Vec<Q8_1> {
+    if format.k_quant() {
+        quantize_row_k(x)
+    } else {
+        quantize_row(x)
+    }
+}
+
+/// Values in one scale of ggml's Q8_K, the activations its K-quant kernels (Q4_K, Q6_K) read.
+pub(super) const QK_K: usize = 256;
+
+/// Activations for K-quant weights, as ggml's Q8_K: one scale `max|x| / 127` per 256 values, kept in f32, each
+/// 32 of them a block of their own for the kernels here. The same numbers llama.cpp multiplies, so a K-quant
+/// model's results track it (a scale per 32 values would be finer but part from llama.cpp at near ties).
+pub(super) fn quantize_row_k(x: &[f32]) -> Vec<Q8_1> {
+    let mut out = Vec::with_capacity(x.len() / QK);
+    // A row whose width is not a multiple of 256 (never from a GGUF file) ends in a shorter group.
+    for s in x.chunks(QK_K) {
+        let mut lanes = [0f32; 8];
+        for c in s.chunks_exact(8) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let d = if amax != 0.0 { 1.0 / id } else { 0.0 };
+        for b in s.chunks_exact(QK) {
+            let mut qs = [0i8; QK];
+            for (q, v) in qs.iter_mut().zip(b) {
+                *q = (v * id).round_ties_even() as i8;
+            }
+            let half = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
+            out.push(Q8_1::unrounded(d, qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])]));
+        }
+    }
+    out
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {

@@ -44,7 +44,7 @@ fn every_kernel_this_cpu_has_matches_the_scalar_reference() {
         // 288 columns: 9 blocks, so the two-block kernels have an odd block left over; 6 tokens: a tile of 4
         // and two single tokens.
         let m = random_layout(format, 9, 288, 7);
-        let xq: Vec<Vec<Q8_1>> = activations(6, 288).iter().map(|r| quantize_row(r)).collect();
+        let xq: Vec<Vec<Q8_1>> = activations(6, 288).iter().map(|r| scalar::quantize_row_for(format, r)).collect();
         for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i <= detected) {
             for r in 0..9 {
                 let mut got = vec![0f32; 6];
@@ -81,7 +81,7 @@ fn the_row_group_kernels_match_the_scalar_reference() {
         let x = activations(13, 288);
         let got = m.forward(&Tensor::new(x.clone(), &Device::Cpu).unwrap()).unwrap().to_vec2::<f32>().unwrap();
         for (t, row) in x.iter().enumerate() {
-            let xq = quantize_row(row);
+            let xq = scalar::quantize_row_for(format, row);
             for (r, w) in rows.iter().enumerate() {
                 let (g, want) = (got[t][r], dot_scalar(format, w, &xq));
                 assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{format:?} row {r} token {t}: {g} vs {want}");
@@ -125,7 +125,7 @@ fn matmuls_of_every_gguf_type_are_as_close_to_the_exact_product_as_candles() {
         let x = Tensor::randn(0f32, 1.0, (7, 256), &Device::Cpu).unwrap();
         let ours = m.forward(&x).unwrap();
         for (t, row) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
-            let xq = quantize_row(row);
+            let xq = scalar::quantize_row_for(m.format, row);
             for (r, g) in ours.get(t).unwrap().to_vec1::<f32>().unwrap().iter().enumerate() {
                 let want = dot_scalar(m.format, &rows[r], &xq);
                 assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype:?} row {r}: {g} vs {want}");
@@ -191,14 +191,44 @@ fn the_vector_quantizer_gives_the_scalar_ones_bits() {
         *v = (i as f32 - 16.0) * 0.5;
     }
     x[96] = 1e30;
-    let scalar = quantize_row(&x);
-    // SAFETY: checked above that the CPU has AVX-512 (VNNI implies F and BW).
-    let vector = unsafe { x86::quantize_row_avx512(&x) };
-    for (b, (s, v)) in scalar.iter().zip(&vector).enumerate() {
-        assert_eq!(
-            (s.d.to_bits(), s.s.to_bits(), s.qs, s.sums),
-            (v.d.to_bits(), v.s.to_bits(), v.qs, v.sums),
-            "block {b}"
-        );
+    // Both quantizers: 32 values per scale, and 256 per scale (K-quants), the last group of 64 shorter.
+    x.extend(activations(1, 64).concat());
+    type Quantizer = fn(&[f32]) -> Vec<Q8_1>;
+    type VectorQuantizer = unsafe fn(&[f32]) -> Vec<Q8_1>;
+    let pairs: [(Quantizer, VectorQuantizer); 2] =
+        [(quantize_row, x86::quantize_row_avx512), (scalar::quantize_row_k, x86::quantize_row_k_avx512)];
+    for (scalar, vector) in pairs {
+        let scalar = scalar(&x);
+        // SAFETY: checked above that the CPU has AVX-512 (VNNI implies F and BW).
+        let vector = unsafe { vector(&x) };
+        assert_eq!(scalar.len(), x.len() / 32);
+        for (b, (s, v)) in scalar.iter().zip(&vector).enumerate() {
+            assert_eq!(
+                (s.d.to_bits(), s.s.to_bits(), s.qs, s.sums),
+                (v.d.to_bits(), v.s.to_bits(), v.qs, v.sums),
+                "block {b}"
+            );
+        }
     }
+}
+
+/// K-quant activations as ggml's Q8_K: one f32 scale `max|x| / 127` for each 256 values, the largest value at
+/// +-127, and each value within half a step of its quant.
+#[test]
+fn k_quant_activations_share_one_scale_per_256_values() {
+    let mut x = activations(1, 512).concat();
+    x[300] = 9.0;
+    let q = scalar::quantize_row_k(&x);
+    assert_eq!(q.len(), 16);
+    for (g, group) in q.chunks(8).enumerate() {
+        let amax = x[g * 256..][..256].iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (b, block) in group.iter().enumerate() {
+            assert_eq!(block.d.to_bits(), (1.0 / (127.0 / amax)).to_bits(), "group {g} block {b}");
+            for (i, &qv) in block.qs.iter().enumerate() {
+                let v = x[g * 256 + b * 32 + i];
+                assert!((v - qv as f32 * block.d).abs() <= block.d * 0.5 + 1e-6, "value {v} as {qv}");
+            }
+        }
+    }
+    assert_eq!(q[9].qs[300 - 256 - 32], 127);
 }

@@ -224,6 +224,33 @@ pub(super) unsafe fn quantize_row_avx512(x: &[f32]) -> Vec<Q8_1> {
     out
 }
 
+/// `scalar::quantize_row_k` with AVX-512: the same numbers (one scale per 256 values, ggml's Q8_K).
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row_k_avx512(x: &[f32]) -> Vec<Q8_1> {
+    let mut out = Vec::with_capacity(x.len() / 32);
+    for s in x.chunks(super::scalar::QK_K) {
+        let mut m = _mm512_setzero_ps();
+        for v in s.chunks_exact(16) {
+            // SAFETY: 16 values in `v`; unaligned load.
+            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(v.as_ptr())));
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let d = if amax != 0.0 { 1.0 / id } else { 0.0 };
+        let vid = _mm512_set1_ps(id);
+        for b in s.chunks_exact(32) {
+            // SAFETY: 32 values in `b`; unaligned loads and stores into a 32-byte array.
+            let (v0, v1) = (_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16)));
+            let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid)));
+            let mut qs = [0i8; 32];
+            _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(qs.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+            out.push(Q8_1::unrounded(d, qs, [_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1)]));
+        }
+    }
+    out
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn hsum(v: __m256) -> f32 {
