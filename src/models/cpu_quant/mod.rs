@@ -4,7 +4,8 @@
 //! GGUF's Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K are rewritten at load into four layouts (repack.rs) that two
 //! kernel families run; the weights stay the numbers the file encodes. Same arithmetic as ggml (activations
 //! quantized to 8 bits with a scale per 32 values, or per 256 for K-quants as ggml's Q8_K does; integer dot
-//! products, `+ m_w * s_x` for blocks with a minimum), so results track llama.cpp. The kernel is chosen at run time by what the CPU has (`Isa`):
+//! products, `+ m_w * s_x` for blocks with a minimum), so results track llama.cpp. The kernel is chosen at run
+//! time by what the CPU has (`Isa`):
 //! - AVX-512 VNNI: matrices of a multiple of 16 rows are kept in groups of 16 rows interleaved (groups.rs), and
 //!   one `vpdpbusd` advances 16 rows' dot products (x86_groups.rs); other matrices take x86.rs's VNNI kernels;
 //! - AVX2+FMA+F16C: x86.rs, one row at a time;
