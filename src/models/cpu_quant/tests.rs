@@ -132,13 +132,15 @@ fn matmuls_of_every_gguf_type_are_as_close_to_the_exact_product_as_candles() {
             }
         }
         // Against the exact product with dequantized weights: both quantize activations to 8 bits and differ
-        // only in rounding (candle's K-quants use 256-value activation blocks).
+        // only in rounding (K-quants: 256-value activation blocks in both).
         let exact = x.matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap()).unwrap();
         let theirs = candle_core::quantized::QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
         let err = |t: &Tensor| (t - &exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let (e_ours, e_theirs) = (err(&ours), err(&theirs));
-        assert!(e_ours / scale < 1e-2, "{dtype:?}: relative error {}", e_ours / scale);
+        // A scale per 256 activations (K-quants, as ggml) rounds more coarsely than one per 32.
+        let bound = if m.format.k_quant() { 2e-2 } else { 1e-2 };
+        assert!(e_ours / scale < bound, "{dtype:?}: relative error {}", e_ours / scale);
         assert!(e_ours <= 2.0 * e_theirs + 1e-3, "{dtype:?}: ours {e_ours} vs candle {e_theirs}");
     }
 }
