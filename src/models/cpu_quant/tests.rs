@@ -234,3 +234,24 @@ fn k_quant_activations_share_one_scale_per_256_values() {
     }
     assert_eq!(q[9].qs[300 - 256 - 32], 127);
 }
+
+/// The embedding lookup from a quantized head: each row dequantized as stored, in the grouped layout too, and an
+/// id past the rows (the largest id a request could carry included) an error, not a read past the matrix.
+#[test]
+fn rows_f32_looks_up_rows_and_refuses_ids_past_the_matrix() {
+    let plain = random_layout(Format::Q8_0, 32, 64, 11);
+    let rows = rows_of(&plain);
+    let mut matrices = vec![plain];
+    #[cfg(target_arch = "x86_64")]
+    matrices.push(QuantMatrix::for_isa(Format::Q8_0, rows.concat(), 32, 64, Isa::Avx512Vnni).unwrap());
+    for m in &matrices {
+        let got = m.rows_f32(&[31, 0, 7]).unwrap().to_vec2::<f32>().unwrap();
+        for (g, r) in got.iter().zip([31, 0, 7]) {
+            assert_eq!(g, &dequantize_row(Format::Q8_0, &rows[r]), "row {r} (grouped: {})", m.grouped);
+        }
+        for bad in [32, u32::MAX] {
+            assert!(m.rows_f32(&[0, bad]).is_err(), "id {bad} of 32 rows");
+        }
+        assert_eq!(m.rows_f32(&[]).unwrap().dims(), &[0, 64]);
+    }
+}
