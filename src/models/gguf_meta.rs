@@ -140,7 +140,7 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             PreTokenizerWrapper::Digits(Digits::new(true)),
             byte_level(true),
         ])),
-        "llama-bpe" | "llama3" | "qwen2" | "smaug-bpe" => {
+        "llama-bpe" | "llama3" | "llama-v3" | "qwen2" | "smaug-bpe" => {
             // Qwen2's pattern is Llama 3's with digits one at a time.
             let regex = if pre == "qwen2" { LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}") } else { LLAMA3.to_string() };
             let split = Split::new(
@@ -174,12 +174,15 @@ pub fn tokenizer(c: &Content) -> Result<TextTokenizer> {
         .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
         .collect();
     let vocab: ahash::AHashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let pre = c.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
+    // Llama 3's tokenizer takes a pre-token that is in the vocabulary whole, whether or not merges reach it
+    // (`ignore_merges`, as llama.cpp sets for these names).
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .ignore_merges(matches!(pre.as_str(), "llama-bpe" | "llama3" | "llama-v3"))
         .build()
         .map_err(|e| TealError::Tokenizer(format!("GGUF BPE: {e}")))?;
     let mut tok = Tokenizer::new(bpe);
-    let pre = c.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
     tok.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
     tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     // Control tokens (type 3) are special: matched whole in text, skipped when decoding output.

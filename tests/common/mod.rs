@@ -34,6 +34,14 @@ pub fn gemma_path() -> PathBuf {
     p
 }
 
+/// A GGUF vocab file of another model family (`name`: qwen2, phi-3, ...), with its `.inp` texts and `.out` ids
+/// beside it, as scripts/fetch-models.sh puts them.
+pub fn vocab_path(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("models/vocab/ggml-vocab-{name}.gguf"));
+    assert!(p.is_file(), "{} not found: run scripts/fetch-models.sh", p.display());
+    p
+}
+
 use teal::config::{Config, ServeArgs};
 use tokio::sync::oneshot;
 

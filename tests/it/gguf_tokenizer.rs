@@ -2,6 +2,9 @@
 //! (whitespace runs, digits, emoji, CJK, code) are llama.cpp's, and decoding them gives the text back. Gemma 3's
 //! GGUF carries a SentencePiece vocabulary (262,144 pieces, byte fallback, user-defined whitespace pieces);
 //! SmolLM2's a byte-level BPE one. The fixtures come from tests/reference/make_gguf_tokenizer_reference.py.
+//! Other families' real vocabularies (Qwen2, Phi-3, Llama 2 and 3, GPT-2, StarCoder, Refact) come as GGUF vocab
+//! files with texts and the ids their Hugging Face tokenizers give (llama.cpp's tokenizer tests, fetched by
+//! scripts/fetch-models.sh).
 
 use crate::common;
 
@@ -44,4 +47,30 @@ fn gemma3_sentencepiece_from_gguf_tokenizes_like_llama_cpp() {
 #[test]
 fn smollm2_bpe_from_gguf_tokenizes_like_llama_cpp() {
     check("smollm2", &common::smollm_path());
+}
+
+/// Each family's texts (`.inp`, separated by `__ggml_vocab_test__` lines) tokenize to the ids its Hugging Face
+/// tokenizer gave without special tokens (`.out`, a line per text).
+#[test]
+fn vocabularies_of_other_families_tokenize_as_their_hugging_face_tokenizers() {
+    let mut wrong = vec![];
+    for name in ["qwen2", "phi-3", "llama-spm", "llama-bpe", "gpt-2", "starcoder", "refact"] {
+        let gguf = common::vocab_path(name);
+        let tok = teal::models::gguf_tokenizer(&gguf).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let inp = std::fs::read_to_string(gguf.with_extension("gguf.inp")).unwrap();
+        let out = std::fs::read_to_string(gguf.with_extension("gguf.out")).unwrap();
+        const SEP: &str = "\n__ggml_vocab_test__\n";
+        let texts: Vec<&str> = inp.strip_suffix(SEP).unwrap_or(&inp).split(SEP).collect();
+        let ids: Vec<Vec<u32>> =
+            out.lines().map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect()).collect();
+        assert_eq!(texts.len(), ids.len(), "{name}: texts and id lines");
+        assert!(texts.len() >= 40, "{name}: {} texts", texts.len());
+        for (text, want) in texts.iter().zip(&ids) {
+            let got = tok.encode(text, false).unwrap();
+            if &got != want {
+                wrong.push(format!("{name} {text:?}\n  hf   {want:?}\n  teal {got:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} texts differ:\n{}", wrong.len(), wrong.join("\n"));
 }
