@@ -185,7 +185,12 @@ impl WeightSource {
             }
         };
         let b = match bias {
-            Some(b) => Some(self.dense(b, device)?),
+            Some(b) => {
+                // One value per output: a bias of another length would fail only when a batch runs.
+                let t = self.dense(b, device)?;
+                check_shape(b, t.dims(), (shape.0, 0))?;
+                Some(t)
+            }
             None => None,
         };
         Ok(Linear { w, b })

@@ -176,3 +176,47 @@ async fn hostile_load_requests_are_refused_or_bounded() {
     b.check("cancel a load").await;
     b.report("load requests");
 }
+
+/// A copy of a tiny GGUF fixture (tests/fixtures/tiny/) whose tensor `name` claims `dims` instead of its own (the
+/// same number of dimensions; the data stays where it was).
+fn gguf_with_dims(fixture: &str, name: &str, dims: &[u64]) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(fixture);
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut info = (name.len() as u64).to_le_bytes().to_vec();
+    info.extend(name.as_bytes());
+    let at = bytes.windows(info.len()).position(|w| w == info).unwrap() + info.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize, dims.len(), "{name}");
+    for (i, d) in dims.iter().enumerate() {
+        bytes[at + 4 + 8 * i..][..8].copy_from_slice(&d.to_le_bytes());
+    }
+    bytes
+}
+
+/// The families with their own tensors (Qwen2's q/k/v biases, Phi-3's fused projections): a tensor of the wrong
+/// shape is refused by name, the live slot serving on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_qwen2_and_phi3_ggufs_fail_the_standby_with_their_reason() {
+    let mut b = Battery::start(fast_args()).await;
+    files::write_gguf(&b.dir("qbias"), &gguf_with_dims("qwen2.gguf", "blk.0.attn_q.bias", &[32]));
+    b.load_fails(
+        "qwen2 gguf with a q bias of half its length",
+        "qbias",
+        "tensor QBias(0) has shape [32], expected (64, 0)",
+    )
+    .await;
+    files::write_gguf(&b.dir("fusedqkv"), &gguf_with_dims("phi3.gguf", "blk.0.attn_qkv.weight", &[64, 96]));
+    b.load_fails(
+        "phi3 gguf with a fused qkv of the wrong width",
+        "fusedqkv",
+        "tensor Qkv(0) has shape [96, 64], expected (128, 64)",
+    )
+    .await;
+    files::write_gguf(&b.dir("fusedup"), &gguf_with_dims("phi3.gguf", "blk.0.ffn_up.weight", &[64, 191]));
+    b.load_fails(
+        "phi3 gguf with a fused gate/up of an odd width",
+        "fusedup",
+        "tensor GateUp(0) has shape [191, 64], expected (192, 64)",
+    )
+    .await;
+    b.report("gguf families");
+}
