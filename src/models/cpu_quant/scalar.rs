@@ -34,24 +34,32 @@ impl Q8_1 {
 pub(super) fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
     x.chunks_exact(QK)
         .map(|b| {
-            // Eight running maxima (one vector) rather than one chain of 32.
-            let mut lanes = [0f32; 8];
-            for c in b.chunks_exact(8) {
-                for (m, v) in lanes.iter_mut().zip(c) {
-                    *m = m.max(v.abs());
-                }
-            }
-            let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let mut qs = [0i8; QK];
-            for (q, v) in qs.iter_mut().zip(b) {
-                *q = (v * id).round_ties_even() as i8;
-            }
-            let half = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
-            Q8_1::new(d, qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])])
+            let amax = abs_max(b);
+            let (qs, sums) = quants(b, if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            Q8_1::new(amax / 127.0, qs, sums)
         })
         .collect()
+}
+
+/// `max |x|`, kept in eight running maxima (one vector) rather than one long chain.
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    lanes.iter().fold(0f32, |m, &v| m.max(v))
+}
+
+/// One block's quants `round(x * id)` and their sums over each half.
+fn quants(b: &[f32], id: f32) -> ([i8; QK], [i32; 2]) {
+    let mut qs = [0i8; QK];
+    for (q, v) in qs.iter_mut().zip(b) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    let half = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
+    (qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])])
 }
 
 /// The activations as `format`'s kernels read them: `quantize_row_k` for K-quants, `quantize_row` otherwise.
@@ -73,22 +81,12 @@ pub(super) fn quantize_row_k(x: &[f32]) -> Vec<Q8_1> {
     let mut out = Vec::with_capacity(x.len() / QK);
     // A row whose width is not a multiple of 256 (never from a GGUF file) ends in a shorter group.
     for s in x.chunks(QK_K) {
-        let mut lanes = [0f32; 8];
-        for c in s.chunks_exact(8) {
-            for (m, v) in lanes.iter_mut().zip(c) {
-                *m = m.max(v.abs());
-            }
-        }
-        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        let amax = abs_max(s);
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let d = if amax != 0.0 { 1.0 / id } else { 0.0 };
         for b in s.chunks_exact(QK) {
-            let mut qs = [0i8; QK];
-            for (q, v) in qs.iter_mut().zip(b) {
-                *q = (v * id).round_ties_even() as i8;
-            }
-            let half = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
-            out.push(Q8_1::unrounded(d, qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])]));
+            let (qs, sums) = quants(b, id);
+            out.push(Q8_1::unrounded(d, qs, sums));
         }
     }
     out

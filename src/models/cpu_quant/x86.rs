@@ -210,16 +210,9 @@ unsafe fn pair_of(x0: &Q8_1, x1: &Q8_1) -> __m512i {
 pub(super) unsafe fn quantize_row_avx512(x: &[f32]) -> Vec<Q8_1> {
     let mut out = Vec::with_capacity(x.len() / 32);
     for b in x.chunks_exact(32) {
-        // SAFETY: 32 values in `b`; unaligned loads and stores into a 32-byte array.
-        let (v0, v1) = (_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16)));
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        let d = amax / 127.0;
-        let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-        let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
-        let mut qs = [0i8; 32];
-        _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128(qs.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
-        out.push(Q8_1::new(d, qs, [_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1)]));
+        let amax = abs_max_avx512(b);
+        let (qs, sums) = quants_avx512(b, if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        out.push(Q8_1::new(amax / 127.0, qs, sums));
     }
     out
 }
@@ -229,26 +222,41 @@ pub(super) unsafe fn quantize_row_avx512(x: &[f32]) -> Vec<Q8_1> {
 pub(super) unsafe fn quantize_row_k_avx512(x: &[f32]) -> Vec<Q8_1> {
     let mut out = Vec::with_capacity(x.len() / 32);
     for s in x.chunks(super::scalar::QK_K) {
-        let mut m = _mm512_setzero_ps();
-        for v in s.chunks_exact(16) {
-            // SAFETY: 16 values in `v`; unaligned load.
-            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(v.as_ptr())));
-        }
-        let amax = _mm512_reduce_max_ps(m);
+        let amax = abs_max_avx512(s);
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let d = if amax != 0.0 { 1.0 / id } else { 0.0 };
-        let vid = _mm512_set1_ps(id);
         for b in s.chunks_exact(32) {
-            // SAFETY: 32 values in `b`; unaligned loads and stores into a 32-byte array.
-            let (v0, v1) = (_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16)));
-            let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid)));
-            let mut qs = [0i8; 32];
-            _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128(qs.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
-            out.push(Q8_1::unrounded(d, qs, [_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1)]));
+            let (qs, sums) = quants_avx512(b, id);
+            out.push(Q8_1::unrounded(d, qs, sums));
         }
     }
     out
+}
+
+/// `max |x|` over whole vectors of 16 (every caller's length is a multiple of 32).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn abs_max_avx512(x: &[f32]) -> f32 {
+    let mut m = _mm512_setzero_ps();
+    for v in x.chunks_exact(16) {
+        // SAFETY: 16 values in `v`; unaligned load.
+        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(v.as_ptr())));
+    }
+    _mm512_reduce_max_ps(m)
+}
+
+/// One block of 32 values' quants `round(x * id)` and their sums over each half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quants_avx512(b: &[f32], id: f32) -> ([i8; 32], [i32; 2]) {
+    let id = _mm512_set1_ps(id);
+    // SAFETY: 32 values in `b` (chunks_exact(32) at every caller); unaligned loads and stores into 32 bytes.
+    let (v0, v1) = (_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16)));
+    let (q0, q1) = (_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+    let mut qs = [0i8; 32];
+    _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(qs.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+    (qs, [_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1)])
 }
 
 #[inline]
