@@ -60,9 +60,26 @@ pub fn gated(kind: Act, gate: &[f32], up: &[f32], out: &mut [f32]) {
     if kind == Act::GeluF16 {
         return super::ggml_gelu::gated(gate, up, out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { gated_avx2(kind, gate, up, out) };
+    }
+    gated_portable(kind, gate, up, out)
+}
+
+#[inline(always)]
+fn gated_portable(kind: Act, gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = act(kind, g) * u;
     }
+}
+
+/// `gated_portable` compiled for AVX2+FMA (eight lanes, and `floor` one instruction rather than a libm call).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gated_avx2(kind: Act, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    gated_portable(kind, gate, up, out)
 }
 
 struct Gated(Act);

@@ -12,6 +12,15 @@ pub mod paged_attention;
 
 use candle_core::{Device, Result};
 
+/// Whether this x86-64 CPU has AVX2 and FMA (checked once). The binary's baseline is plain x86-64, so that one
+/// binary runs on any x86-64 CPU; the CPU ops' portable loops also run compiled for AVX2+FMA where this says so
+/// (the same arithmetic: Rust never fuses a multiply and an add on its own, so the results are the same bits).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+}
+
 /// Every kernel teal launches, all in one module (kernels/paged_attention.cu).
 pub const KERNELS: &[&str] = &["teal_write_kv", "teal_paged_attention"];
 

@@ -8,13 +8,19 @@
 //! time by what the CPU has (`Isa`):
 //! - AVX-512 VNNI: matrices of a multiple of 16 rows are kept in groups of 16 rows interleaved (groups.rs), and
 //!   one `vpdpbusd` advances 16 rows' dot products (x86_groups.rs); other matrices take x86.rs's VNNI kernels;
-//! - AVX2+FMA+F16C: x86.rs, one row at a time;
+//! - AVX2+FMA+F16C: the same row groups, two halves of 8 rows (avx2_groups.rs); x86.rs, one row at a time, for
+//!   the other matrices;
+//! - aarch64 NEON: neon.rs, one row at a time;
 //! - a scalar version of the same formula (scalar.rs, also the reference in the tests).
 //!
 //! `TEAL_CPU_KERNEL` forces a lower one.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2_groups;
 mod groups;
 mod layout;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod repack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -32,7 +38,7 @@ use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result
 use rayon::prelude::*;
 
 /// A quantized weight matrix `[rows, cols]` as blocks of one layout: rows contiguous, or (`grouped`) in groups
-/// of 16 rows interleaved for the AVX-512 VNNI kernels (groups.rs).
+/// of 16 rows interleaved for the row-group kernels (groups.rs).
 pub struct QuantMatrix {
     format: Format,
     data: Vec<u8>,
@@ -54,7 +60,7 @@ impl QuantMatrix {
         if !cols.is_multiple_of(QK) || bytes != Some(data.len() as u64) {
             candle_core::bail!("{format:?} matrix [{rows}, {cols}] with {} bytes is malformed", data.len());
         }
-        let grouped = cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni && groups::fits(rows, cols);
+        let grouped = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2 && groups::fits(rows, cols);
         let data = if grouped { groups::interleave(format, &data, cols / QK) } else { data };
         Ok(QuantMatrix { format, data, rows, cols, grouped })
     }
@@ -140,6 +146,7 @@ impl QuantMatrix {
     }
 
     /// The group of 16 rows starting at row `first` (grouped matrices only).
+    #[cfg(target_arch = "x86_64")]
     fn group(&self, first: usize) -> &[u8] {
         debug_assert!(self.grouped && first.is_multiple_of(groups::GROUP));
         let n = groups::GROUP * self.cols / QK * self.format.block_bytes();
@@ -152,10 +159,12 @@ impl QuantMatrix {
     }
 }
 
-/// The CPU kernels, best first.
+/// The CPU kernels, ordered by what they need (an x86 CPU with AVX-512 VNNI has AVX2 too; `Neon` is aarch64's
+/// only one and never compared with the x86 ones on one CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Scalar,
+    Neon,
     Avx2,
     Avx512Vnni,
 }
@@ -173,7 +182,22 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Isa::Neon;
+        }
         Isa::Scalar
+    }
+
+    /// Every kernel this CPU can run, the scalar one first.
+    pub fn runnable() -> Vec<Isa> {
+        let detected = Isa::detected();
+        let family: &[Isa] = if cfg!(target_arch = "aarch64") {
+            &[Isa::Scalar, Isa::Neon]
+        } else {
+            &[Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+        };
+        family.iter().copied().filter(|&i| i <= detected).collect()
     }
 
     /// The kernel teal uses: the detected one, or a lower one `TEAL_CPU_KERNEL` (scalar, avx2) asks for.
@@ -213,24 +237,48 @@ unsafe fn dot_tile<const N: usize>(isa: Isa, format: Format, w: &[u8], xs: [&[Q8
 /// One weight row against every token: tiles of 4 tokens, then the remainder.
 #[inline(never)]
 fn row_dots(isa: Isa, format: Format, w: &[u8], xq: &[Vec<Q8_1>], out: &mut [f32]) {
+    // SAFETY (all calls): `isa` is at most what the CPU has (Isa::active), and every x row has as many blocks as
+    // the weight row.
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
-        let mut t = 0;
-        // SAFETY (all calls): `isa` is at most what the CPU has (Isa::active), and every x row has as many blocks
-        // as the weight row.
-        while t + 4 <= xq.len() {
-            let r = unsafe { dot_tile::<4>(isa, format, w, [&xq[t], &xq[t + 1], &xq[t + 2], &xq[t + 3]]) };
-            out[t..t + 4].copy_from_slice(&r);
-            t += 4;
-        }
-        for (o, x) in out[t..].iter_mut().zip(&xq[t..]) {
-            *o = unsafe { dot_tile::<1>(isa, format, w, [x]) }[0];
-        }
-        return;
+        return tiles(
+            xq,
+            out,
+            |xs| unsafe { dot_tile::<4>(isa, format, w, xs) },
+            |xs| unsafe { dot_tile::<1>(isa, format, w, xs) },
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        return tiles(
+            xq,
+            out,
+            |xs| unsafe { neon::dot_tile::<4>(format, w, xs) },
+            |xs| unsafe { neon::dot_tile::<1>(format, w, xs) },
+        );
     }
     let _ = isa;
     for (o, x) in out.iter_mut().zip(xq) {
         *o = dot_scalar(format, w, x);
+    }
+}
+
+/// `out[t]` for every token row: `four` on tiles of 4 rows, `one` on the rows left.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn tiles(
+    xq: &[Vec<Q8_1>],
+    out: &mut [f32],
+    four: impl Fn([&[Q8_1]; 4]) -> [f32; 4],
+    one: impl Fn([&[Q8_1]; 1]) -> [f32; 1],
+) {
+    let mut t = 0;
+    while t + 4 <= xq.len() {
+        out[t..t + 4].copy_from_slice(&four([&xq[t], &xq[t + 1], &xq[t + 2], &xq[t + 3]]));
+        t += 4;
+    }
+    for (o, x) in out[t..].iter_mut().zip(&xq[t..]) {
+        *o = one([x])[0];
     }
 }
 
@@ -249,9 +297,9 @@ impl QuantMatrix {
     /// The activations quantized as the kernels read them (8 bits per 32 values, scale and sums per block).
     /// K-quant layouts read activations with one scale per 256 values (ggml's Q8_K), the others one per 32.
     fn quantize(x: &[f32], cols: usize, format: Format, isa: Isa) -> Vec<Vec<Q8_1>> {
-        let k = format.k_quant();
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512Vnni {
+            let k = format.k_quant();
             // SAFETY: Isa::active() found AVX-512 F/BW (Avx512Vnni implies them), AVX2 and F16C.
             return x
                 .par_chunks_exact(cols)
@@ -263,6 +311,11 @@ impl QuantMatrix {
                     }
                 })
                 .collect();
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            // SAFETY: Isa::active() found AVX2, FMA and F16C.
+            return x.par_chunks_exact(cols).map(|r| unsafe { x86::quantize_row_for_avx2(format, r) }).collect();
         }
         let _ = isa;
         x.par_chunks_exact(cols).map(|r| scalar::quantize_row_for(format, r)).collect()
@@ -276,13 +329,19 @@ impl QuantMatrix {
         for t in (0..xq.len()).step_by(TOKENS) {
             let xs = &xq[t..(t + TOKENS).min(xq.len())];
             #[cfg(target_arch = "x86_64")]
-            if self.grouped {
+            if self.grouped && isa >= Isa::Avx2 {
                 for g in (first..first + count).step_by(groups::GROUP) {
-                    // SAFETY: grouped matrices are made only on an AVX-512 VNNI CPU (`QuantMatrix::for_isa`); the
-                    // tokens are rows of this width (cpu_fwd checks it); this task owns columns first..first+count
-                    // of every token row of `out` (`Output`), and g + 16 <= first + count (whole groups).
+                    // SAFETY: grouped matrices are made only on a CPU with AVX2, FMA and F16C (`QuantMatrix::for_isa`),
+                    // and `isa` (at most what the CPU has) picks the VNNI kernel; the tokens are rows of this width
+                    // (cpu_fwd checks it); this task owns columns first..first+count of every token row of `out`
+                    // (`Output`), and g + 16 <= first + count (whole groups).
                     unsafe {
-                        x86_groups::group_dots(self.format, self.group(g), xs, out.ptr.add(t * out.rows + g), out.rows)
+                        let at = out.ptr.add(t * out.rows + g);
+                        if isa == Isa::Avx512Vnni {
+                            x86_groups::group_dots(self.format, self.group(g), xs, at, out.rows)
+                        } else {
+                            avx2_groups::group_dots(self.format, self.group(g), xs, at, out.rows)
+                        }
                     };
                 }
                 continue;
@@ -294,6 +353,34 @@ impl QuantMatrix {
                     unsafe { *out.ptr.add((t + k) * out.rows + i) = *d };
                 }
             }
+        }
+    }
+}
+
+impl QuantMatrix {
+    /// `x [tokens, cols] -> [tokens, rows]` with the kernels of `isa` (at most what the CPU has; a grouped
+    /// matrix's only where `isa` is the one it was laid out for, or another row-group kernel).
+    fn matmul(&self, x: &[f32], isa: Isa) -> Vec<f32> {
+        debug_assert!(isa <= Isa::detected() && (!self.grouped || isa >= Isa::Avx2));
+        let tokens = x.len() / self.cols;
+        let xq = Self::quantize(x, self.cols, self.format, isa);
+        // A task takes `rows` weight rows (a few tasks per thread: fewer, larger tasks cost less to hand out than
+        // the matmul of a decode step takes; whole groups of 16 for grouped matrices) and writes their columns of
+        // the output in place (a copy of per-task parts into place, or a strided transpose, cost 5-10% of a
+        // prefill; so did zeroing the output first).
+        let rows = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 256) / groups::GROUP * groups::GROUP;
+        let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(tokens * self.rows);
+        // SAFETY: MaybeUninit needs no initialization; every element is written below before `out` is read.
+        unsafe { out.set_len(tokens * self.rows) };
+        let target = Output { ptr: out.as_mut_ptr() as *mut f32, rows: self.rows };
+        (0..self.rows.div_ceil(rows))
+            .into_par_iter()
+            .for_each(|c| self.task(isa, &xq, (c * rows, rows.min(self.rows - c * rows)), &target));
+        // SAFETY: the tasks cover every row (c * rows over 0..rows) for every token, so every element is written;
+        // MaybeUninit<f32> and f32 have the same layout.
+        unsafe {
+            let mut out = std::mem::ManuallyDrop::new(out);
+            Vec::from_raw_parts(out.as_mut_ptr() as *mut f32, out.len(), out.capacity())
         }
     }
 }
@@ -315,27 +402,7 @@ impl CustomOp1 for QuantMatrix {
         if dims.last() != Some(&self.cols) {
             candle_core::bail!("quantized matmul: input {dims:?} does not end in {}", self.cols);
         }
-        let tokens = x.len() / self.cols;
-        let isa = Isa::active();
-        let xq = Self::quantize(x, self.cols, self.format, isa);
-        // A task takes `rows` weight rows (a few tasks per thread: fewer, larger tasks cost less to hand out than
-        // the matmul of a decode step takes; whole groups of 16 for grouped matrices) and writes their columns of
-        // the output in place (a copy of per-task parts into place, or a strided transpose, cost 5-10% of a
-        // prefill; so did zeroing the output first).
-        let rows = (self.rows / (4 * rayon::current_num_threads())).clamp(16, 256) / groups::GROUP * groups::GROUP;
-        let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(tokens * self.rows);
-        // SAFETY: MaybeUninit needs no initialization; every element is written below before `out` is read.
-        unsafe { out.set_len(tokens * self.rows) };
-        let target = Output { ptr: out.as_mut_ptr() as *mut f32, rows: self.rows };
-        (0..self.rows.div_ceil(rows))
-            .into_par_iter()
-            .for_each(|c| self.task(isa, &xq, (c * rows, rows.min(self.rows - c * rows)), &target));
-        // SAFETY: the tasks cover every row (c * rows over 0..rows) for every token, so every element is written;
-        // MaybeUninit<f32> and f32 have the same layout.
-        let out = unsafe {
-            let mut out = std::mem::ManuallyDrop::new(out);
-            Vec::from_raw_parts(out.as_mut_ptr() as *mut f32, out.len(), out.capacity())
-        };
+        let out = self.matmul(x, Isa::active());
         let mut shape = dims.to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.rows;
         Ok((CpuStorage::F32(out), Shape::from(shape)))

@@ -13,6 +13,7 @@ pub(super) struct Q8_1 {
     pub(super) s: f32,
     pub(super) qs: [i8; QK],
     /// `sum(q)` over the first and the second 16 quants (exact; the row-group kernels' offset for signed weights).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) sums: [i32; 2],
 }
 
@@ -31,38 +32,48 @@ impl Q8_1 {
 
 /// Activations for blocks of 32 weights, as ggml's Q8_0/Q8_1: per 32 values the scale `max|x| / 127` and the
 /// sum `s = d * sum(q)`, both rounded through f16.
+#[inline(always)]
 pub(super) fn quantize_row(x: &[f32]) -> Vec<Q8_1> {
-    x.chunks_exact(QK)
-        .map(|b| {
-            let amax = abs_max(b);
-            let (qs, sums) = quants(b, if amax != 0.0 { 127.0 / amax } else { 0.0 });
-            Q8_1::new(amax / 127.0, qs, sums)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(x.len() / QK);
+    for b in x.chunks_exact(QK) {
+        let amax = abs_max(b);
+        let (qs, sums) = quants(b, if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        out.push(Q8_1::new(amax / 127.0, qs, sums));
+    }
+    out
 }
 
 /// `max |x|`, kept in eight running maxima (one vector) rather than one long chain.
+#[inline(always)]
 fn abs_max(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     for c in x.chunks_exact(8) {
-        for (m, v) in lanes.iter_mut().zip(c) {
-            *m = m.max(v.abs());
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l].abs());
         }
     }
-    lanes.iter().fold(0f32, |m, &v| m.max(v))
+    let mut m = 0f32;
+    for v in lanes {
+        m = m.max(v);
+    }
+    m
 }
 
-/// One block's quants `round(x * id)` and their sums over each half.
+/// One block's quants `round(x * id)` and their sums over each half. Plain index loops with no closures: the
+/// AVX2 copy of the quantizer (`x86::quantize_row_for_avx2`) inlines all of it, rounding included.
+#[inline(always)]
 fn quants(b: &[f32], id: f32) -> ([i8; QK], [i32; 2]) {
     let mut qs = [0i8; QK];
-    for (q, v) in qs.iter_mut().zip(b) {
-        *q = (v * id).round_ties_even() as i8;
+    let mut sums = [0i32; 2];
+    for i in 0..QK {
+        qs[i] = (b[i] * id).round_ties_even() as i8;
+        sums[i / (QK / 2)] += qs[i] as i32;
     }
-    let half = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
-    (qs, [half(&qs[..QK / 2]), half(&qs[QK / 2..])])
+    (qs, sums)
 }
 
 /// The activations as `format`'s kernels read them: `quantize_row_k` for K-quants, `quantize_row` otherwise.
+#[inline(always)]
 pub(super) fn quantize_row_for(format: Format, x: &[f32]) -> Vec<Q8_1> {
     if format.k_quant() {
         quantize_row_k(x)
@@ -77,6 +88,7 @@ pub(super) const QK_K: usize = 256;
 /// Activations for K-quant weights, as ggml's Q8_K: one scale `max|x| / 127` per 256 values, kept in f32, each
 /// 32 of them a block of their own for the kernels here. The same numbers llama.cpp multiplies, so a K-quant
 /// model's results track it (a scale per 32 values would be finer but part from llama.cpp at near ties).
+#[inline(always)]
 pub(super) fn quantize_row_k(x: &[f32]) -> Vec<Q8_1> {
     let mut out = Vec::with_capacity(x.len() / QK);
     // A row whose width is not a multiple of 256 (never from a GGUF file) ends in a shorter group.

@@ -204,6 +204,13 @@ unsafe fn pair_of(x0: &Q8_1, x1: &Q8_1) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y0), y1)
 }
 
+/// `scalar::quantize_row_for` compiled for AVX2 (the same code and bits; the rounding one instruction rather
+/// than a libm call in a plain x86-64 build).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_for_avx2(format: Format, x: &[f32]) -> Vec<Q8_1> {
+    super::scalar::quantize_row_for(format, x)
+}
+
 /// `scalar::quantize_row` with AVX-512: the same numbers (the same max, scale and products; `vcvtps2dq` rounds
 /// to nearest even as `round_ties_even` does), without the scalar loop that was a tenth of a prefill.
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bw")]

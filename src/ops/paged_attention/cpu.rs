@@ -21,6 +21,7 @@ const CHUNK: usize = 128;
 /// (16 lanes, then the lanes), so a query's numbers do not depend on which other queries or how many positions
 /// share the call: a prompt read whole, in chunks or token by token gets the same bits (a blocked GEMM's order
 /// depends on the shapes).
+#[inline(always)]
 fn scores(s: &mut [f32], qs: &[f32], kc: &[f32], (c, hd): (usize, usize)) {
     for (q, row) in qs.chunks_exact(hd).zip(s.chunks_exact_mut(c)) {
         for (sv, k) in row.iter_mut().zip(kc.chunks_exact(hd)) {
@@ -29,7 +30,7 @@ fn scores(s: &mut [f32], qs: &[f32], kc: &[f32], (c, hd): (usize, usize)) {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -44,6 +45,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out[j] += sum_i p[j][i] v_i`, four query rows at a time (each value row read once for the four), every
 /// element summed over `i` in order.
+#[inline(always)]
 fn accumulate(out: &mut [f32], p: &[f32], vc: &[f32], (c, hd): (usize, usize)) {
     let mut rows = out.chunks_exact_mut(4 * hd);
     let mut weights = p.chunks_exact(4 * c);
@@ -72,11 +74,15 @@ fn vector_loops(hd: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return cpu_x86::available(hd);
     #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    {
+        let _ = hd;
+        false
+    }
 }
 
 /// `scores`, with cpu_x86.rs's loop where `fast` (`vector_loops`) says it runs (`kc` then holds the keys
 /// transposed, CHUNK apart).
+#[inline(always)]
 fn scores_on(fast: bool, s: &mut [f32], qs: &[f32], kc: &[f32], dims: (usize, usize)) {
     #[cfg(target_arch = "x86_64")]
     if fast {
@@ -88,6 +94,7 @@ fn scores_on(fast: bool, s: &mut [f32], qs: &[f32], kc: &[f32], dims: (usize, us
 }
 
 /// `accumulate`, with cpu_x86.rs's loop where `fast` (`vector_loops`) says it runs.
+#[inline(always)]
 fn accumulate_on(fast: bool, out: &mut [f32], p: &[f32], vc: &[f32], dims: (usize, usize)) {
     #[cfg(target_arch = "x86_64")]
     if fast {
@@ -101,7 +108,24 @@ fn accumulate_on(fast: bool, out: &mut [f32], p: &[f32], vc: &[f32], dims: (usiz
 impl PagedAttention {
     /// Attention of the run's `len` tokens starting at `start` for every query head of kv head `kvh`.
     /// Returns `[token][group head][hd]`.
-    pub(super) fn run(&self, q: &[f32], kp: &[f32], vp: &[f32], (start, len): (usize, usize), kvh: usize) -> Vec<f32> {
+    pub(super) fn run(&self, q: &[f32], kp: &[f32], vp: &[f32], run: (usize, usize), kvh: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::ops::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { self.run_avx2(q, kp, vp, run, kvh) };
+        }
+        self.run_portable(q, kp, vp, run, kvh)
+    }
+
+    /// `run_portable` compiled for AVX2+FMA: the portable loops (inlined) in eight lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, q: &[f32], kp: &[f32], vp: &[f32], run: (usize, usize), kvh: usize) -> Vec<f32> {
+        self.run_portable(q, kp, vp, run, kvh)
+    }
+
+    #[inline(always)]
+    fn run_portable(&self, q: &[f32], kp: &[f32], vp: &[f32], (start, len): (usize, usize), kvh: usize) -> Vec<f32> {
         let (hd, nh, nkv, bs) = (self.head_dim, self.num_heads, self.num_kv_heads, self.meta.block_size);
         let group = nh / nkv;
         let m = len * group;
@@ -152,6 +176,7 @@ impl PagedAttention {
 
     /// One chunk of one query's scores (positions `c0..`, query at position `at`) into probabilities relative to
     /// the running max, rescaling the query's running sum and output when the max grows.
+    #[inline(always)]
     fn softmax_step(
         &self,
         row: &mut [f32],
