@@ -189,8 +189,9 @@ impl Isa {
         Isa::Scalar
     }
 
-    /// Every kernel this CPU can run, the scalar one first.
-    pub fn runnable() -> Vec<Isa> {
+    /// Every kernel this CPU can run, the scalar one first (the tests run each).
+    #[cfg(test)]
+    pub(crate) fn runnable() -> Vec<Isa> {
         let detected = Isa::detected();
         let family: &[Isa] = if cfg!(target_arch = "aarch64") {
             &[Isa::Scalar, Isa::Neon]
@@ -331,8 +332,8 @@ impl QuantMatrix {
             #[cfg(target_arch = "x86_64")]
             if self.grouped && isa >= Isa::Avx2 {
                 for g in (first..first + count).step_by(groups::GROUP) {
-                    // SAFETY: grouped matrices are made only on a CPU with AVX2, FMA and F16C (`QuantMatrix::for_isa`),
-                    // and `isa` (at most what the CPU has) picks the VNNI kernel; the tokens are rows of this width
+                    // SAFETY: `isa` is at most what the CPU has and at least AVX2 (with FMA and F16C, `Isa::detected`),
+                    // and the VNNI kernel runs only where it is Avx512Vnni; the tokens are rows of this width
                     // (cpu_fwd checks it); this task owns columns first..first+count of every token row of `out`
                     // (`Output`), and g + 16 <= first + count (whole groups).
                     unsafe {

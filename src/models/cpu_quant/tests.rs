@@ -185,9 +185,10 @@ fn malformed_sizes_are_rejected() {
 
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn the_vector_quantizer_gives_the_scalar_ones_bits() {
-    if Isa::detected() < Isa::Avx512Vnni {
-        eprintln!("no AVX-512 on this CPU: the vector quantizer cannot run here");
+fn the_vector_quantizers_give_the_scalar_ones_bits() {
+    let detected = Isa::detected();
+    if detected < Isa::Avx2 {
+        eprintln!("no AVX2 on this CPU: the vector quantizers cannot run here");
         return;
     }
     // Random rows, a zero block, ties at .5 after scaling (127 / 127 * 0.5 steps), and one huge value.
@@ -200,13 +201,20 @@ fn the_vector_quantizer_gives_the_scalar_ones_bits() {
     // Both quantizers: 32 values per scale, and 256 per scale (K-quants), the last group of 64 shorter.
     x.extend(activations(1, 64).concat());
     type Quantizer = fn(&[f32]) -> Vec<Q8_1>;
-    type VectorQuantizer = unsafe fn(&[f32]) -> Vec<Q8_1>;
-    let pairs: [(Quantizer, VectorQuantizer); 2] =
-        [(scalar::quantize_row, x86::quantize_row_avx512), (scalar::quantize_row_k, x86::quantize_row_k_avx512)];
+    type VectorQuantizer = Box<dyn Fn(&[f32]) -> Vec<Q8_1>>;
+    // SAFETY (every closure): pushed only where the CPU has what it runs (AVX2, FMA and F16C for the AVX2 copy of
+    // the scalar code; AVX-512 F and BW, which VNNI implies, for the AVX-512 ones).
+    let mut pairs: Vec<(Quantizer, VectorQuantizer)> = vec![
+        (scalar::quantize_row, Box::new(|x| unsafe { x86::quantize_row_for_avx2(Format::Q4_1, x) })),
+        (scalar::quantize_row_k, Box::new(|x| unsafe { x86::quantize_row_for_avx2(Format::Q4F, x) })),
+    ];
+    if detected >= Isa::Avx512Vnni {
+        pairs.push((scalar::quantize_row, Box::new(|x| unsafe { x86::quantize_row_avx512(x) })));
+        pairs.push((scalar::quantize_row_k, Box::new(|x| unsafe { x86::quantize_row_k_avx512(x) })));
+    }
     for (scalar, vector) in pairs {
         let scalar = scalar(&x);
-        // SAFETY: checked above that the CPU has AVX-512 (VNNI implies F and BW).
-        let vector = unsafe { vector(&x) };
+        let vector = vector(&x);
         assert_eq!(scalar.len(), x.len() / 32);
         for (b, (s, v)) in scalar.iter().zip(&vector).enumerate() {
             assert_eq!(
