@@ -156,6 +156,25 @@ mod tests {
         assert_eq!(act(Act::Silu, 200.0), 200.0);
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_copy_gives_the_portable_loops_bits() {
+        if !crate::ops::avx2_fma() {
+            return;
+        }
+        let dev = candle_core::Device::Cpu;
+        let g: Vec<f32> = Tensor::randn(0f32, 4.0, 4099, &dev).unwrap().to_vec1().unwrap();
+        let u: Vec<f32> = Tensor::randn(0f32, 1.0, 4099, &dev).unwrap().to_vec1().unwrap();
+        for kind in [Act::Silu, Act::GeluTanh] {
+            let (mut fast, mut plain) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+            // SAFETY: avx2_fma() said the CPU has AVX2 and FMA.
+            unsafe { gated_avx2(kind, &g, &u, &mut fast) };
+            gated_portable(kind, &g, &u, &mut plain);
+            let differ = fast.iter().zip(&plain).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{kind:?}: values that differ between the AVX2 copy and the portable loop");
+        }
+    }
+
     #[test]
     fn the_op_matches_candles_ops_on_a_batch() {
         let dev = candle_core::Device::Cpu;

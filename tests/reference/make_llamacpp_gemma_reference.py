@@ -2,8 +2,13 @@
 """Greedy continuations of Gemma 3 270M Q4_K_M from llama.cpp (the reference for teal's gemma3 path on the same
 GGUF). Needs a running llama-server on the file, e.g.
   llama-server -m models/gemma3/gemma-3-270m-q4_k_m.gguf -t 2 --port 18090
-Usage: python tests/reference/make_llamacpp_gemma_reference.py [http://127.0.0.1:18090]
-writes tests/fixtures/llamacpp_gemma3_q4_k_m.json"""
+Usage: python tests/reference/make_llamacpp_gemma_reference.py [URL] [OUT] [ISA]
+  URL  the server (default http://127.0.0.1:18090)
+  OUT  the fixture to write (default tests/fixtures/llamacpp_gemma3_q4_k_m.json)
+  ISA  what ggml was compiled for, recorded in the fixture: llama.cpp's greedy tokens depend on it (ggml picks
+       its kernels, and so its summation orders, at compile time), so each fixture says which teal kernel it
+       is compared with: "avx512_vnni" (GGML_NATIVE on an AVX-512 VNNI CPU, AMX off) or "avx2" (GGML_NATIVE=OFF
+       with GGML_AVX2, GGML_FMA, GGML_F16C)."""
 import json
 import pathlib
 import sys
@@ -11,6 +16,8 @@ import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:18090"
+OUT = pathlib.Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "tests/fixtures/llamacpp_gemma3_q4_k_m.json"
+ISA = sys.argv[3] if len(sys.argv) > 3 else ""
 STEPS = 16
 PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):",
            "The three primary colors are"]
@@ -40,7 +47,6 @@ for p in PROMPTS:
     out, tops = greedy(ids)
     cases.append({"prompt": p, "input_ids": ids, "greedy_ids": out, "top_logprobs": tops})
 props = json.load(urllib.request.urlopen(URL + "/props"))
-out = {"llama_cpp": props.get("build_info", ""), "cases": cases}
-path = ROOT / "tests/fixtures/llamacpp_gemma3_q4_k_m.json"
-path.write_text(json.dumps(out) + "\n")
-print(f"wrote {path}")
+out = {"llama_cpp": props.get("build_info", ""), "ggml_isa": ISA, "cases": cases}
+OUT.write_text(json.dumps(out) + "\n")
+print(f"wrote {OUT}")

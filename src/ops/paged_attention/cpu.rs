@@ -218,3 +218,56 @@ impl PagedAttention {
         *max = new_max;
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::super::{AttnMeta, PagedAttention};
+    use std::sync::Arc;
+
+    /// The AVX2+FMA copy of the run computes the portable loops' exact bits: head sizes on cpu_x86.rs's
+    /// vector path (64) and off it (24), with and without a window, a run that starts mid-sequence.
+    #[test]
+    fn the_avx2_copy_gives_the_portable_loops_bits() {
+        if !crate::ops::avx2_fma() {
+            return;
+        }
+        let (t, nh, nkv, bs) = (300usize, 4usize, 2usize, 8usize);
+        let mut seed = 7u64;
+        let mut rand = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        };
+        for hd in [64usize, 24] {
+            let q: Vec<f32> = (0..t * nh * hd).map(|_| rand()).collect();
+            let slots = t.div_ceil(bs) * bs;
+            let kp: Vec<f32> = (0..slots * nkv * hd).map(|_| rand()).collect();
+            let vp: Vec<f32> = (0..slots * nkv * hd).map(|_| rand()).collect();
+            let table: Vec<u32> = (0..t.div_ceil(bs) as u32).rev().collect();
+            let meta = Arc::new(AttnMeta {
+                token_seq: vec![0; t],
+                token_pos: (0..t as u32).collect(),
+                slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
+                block_tables: vec![table],
+                block_size: bs,
+                ..Default::default()
+            });
+            for window in [None, Some(100)] {
+                let op = PagedAttention {
+                    meta: meta.clone(),
+                    num_heads: nh,
+                    num_kv_heads: nkv,
+                    head_dim: hd,
+                    scale: 0.125,
+                    window,
+                };
+                for (run, kvh) in [((0, 32), 0), ((250, 32), 1), ((299, 1), 0)] {
+                    // SAFETY: avx2_fma() said the CPU has AVX2 and FMA.
+                    let fast = unsafe { op.run_avx2(&q, &kp, &vp, run, kvh) };
+                    let plain = op.run_portable(&q, &kp, &vp, run, kvh);
+                    let differ = fast.iter().zip(&plain).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    assert_eq!(differ, 0, "hd {hd}, window {window:?}, run {run:?}: values that differ");
+                }
+            }
+        }
+    }
+}
