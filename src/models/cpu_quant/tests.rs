@@ -89,6 +89,10 @@ fn the_row_group_kernels_match_the_scalar_reference() {
                     let close = (g - want).abs() <= 1e-4 * want.abs().max(1.0);
                     assert!(close, "{isa:?} {format:?} row {r} token {t}: {g} vs {want}");
                 }
+                // A token alone (decode) gets the bits it gets in a tile (prefill, batched decode).
+                let alone = m.matmul(row, isa);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&alone), bits(&got[t * 32..][..32]), "{isa:?} {format:?} token {t} alone");
             }
         }
     }
