@@ -2,13 +2,14 @@
 """Greedy continuations of Gemma 3 270M Q4_K_M from llama.cpp (the reference for teal's gemma3 path on the same
 GGUF). Needs a running llama-server on the file, e.g.
   llama-server -m models/gemma3/gemma-3-270m-q4_k_m.gguf -t 2 --port 18090
-Usage: python tests/reference/make_llamacpp_gemma_reference.py [URL] [OUT] [ISA]
-  URL  the server (default http://127.0.0.1:18090)
-  OUT  the fixture to write (default tests/fixtures/llamacpp_gemma3_q4_k_m.json)
-  ISA  what ggml was compiled for, recorded in the fixture: llama.cpp's greedy tokens depend on it (ggml picks
-       its kernels, and so its summation orders, at compile time), so each fixture says which teal kernel it
-       is compared with: "avx512_vnni" (GGML_NATIVE on an AVX-512 VNNI CPU, AMX off) or "avx2" (GGML_NATIVE=OFF
-       with GGML_AVX2, GGML_FMA, GGML_F16C)."""
+Usage: python tests/reference/make_llamacpp_gemma_reference.py [URL] [OUT] [BUILD] [TEAL_KERNEL]
+  URL          the server (default http://127.0.0.1:18090)
+  OUT          the fixture to write (default tests/fixtures/llamacpp_gemma3_q4_k_m.json)
+  BUILD        what ggml was compiled for, recorded as `ggml_isa`: llama.cpp's greedy tokens depend on it (ggml
+               picks its kernels, and so its summation orders, when it is compiled), e.g. "native, Intel Xeon
+               (AVX-512 VNNI, AMX off)" or "AVX2, FMA, F16C (GGML_NATIVE=OFF)"
+  TEAL_KERNEL  the teal kernel (`Isa` as Debug prints it: Avx512Vnni, Avx2) whose greedy run tests/it/gemma3.rs
+               holds to this reference, recorded as `teal_kernel`; none if omitted"""
 import json
 import pathlib
 import sys
@@ -17,7 +18,8 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 URL = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:18090"
 OUT = pathlib.Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "tests/fixtures/llamacpp_gemma3_q4_k_m.json"
-ISA = sys.argv[3] if len(sys.argv) > 3 else ""
+BUILD = sys.argv[3] if len(sys.argv) > 3 else ""
+TEAL_KERNEL = sys.argv[4] if len(sys.argv) > 4 else None
 STEPS = 16
 PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):",
            "The three primary colors are"]
@@ -47,6 +49,6 @@ for p in PROMPTS:
     out, tops = greedy(ids)
     cases.append({"prompt": p, "input_ids": ids, "greedy_ids": out, "top_logprobs": tops})
 props = json.load(urllib.request.urlopen(URL + "/props"))
-out = {"llama_cpp": props.get("build_info", ""), "ggml_isa": ISA, "cases": cases}
+out = {"llama_cpp": props.get("build_info", ""), "ggml_isa": BUILD, "teal_kernel": TEAL_KERNEL, "cases": cases}
 OUT.write_text(json.dumps(out) + "\n")
 print(f"wrote {OUT}")
