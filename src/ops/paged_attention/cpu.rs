@@ -221,8 +221,7 @@ impl PagedAttention {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use super::super::{AttnMeta, PagedAttention};
-    use std::sync::Arc;
+    use super::super::PagedAttention;
 
     /// The AVX2+FMA copy of the run computes the portable loops' exact bits: head sizes on cpu_x86.rs's
     /// vector path (64) and off it (24), with and without a window, a run that starts mid-sequence.
@@ -243,14 +242,7 @@ mod tests {
             let kp: Vec<f32> = (0..slots * nkv * hd).map(|_| rand()).collect();
             let vp: Vec<f32> = (0..slots * nkv * hd).map(|_| rand()).collect();
             let table: Vec<u32> = (0..t.div_ceil(bs) as u32).rev().collect();
-            let meta = Arc::new(AttnMeta {
-                token_seq: vec![0; t],
-                token_pos: (0..t as u32).collect(),
-                slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
-                block_tables: vec![table],
-                block_size: bs,
-                ..Default::default()
-            });
+            let meta = super::super::one_sequence(&table, bs, (0, t));
             for window in [None, Some(100)] {
                 let op = PagedAttention {
                     meta: meta.clone(),

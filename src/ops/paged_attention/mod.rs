@@ -188,6 +188,19 @@ pub fn paged_attention_windowed(
     q.contiguous()?.apply_op3_no_bwd(k_pool, v_pool, &op)
 }
 
+/// One sequence's positions `from..to`, block `b` of it in pool block `table[b]` of `bs` slots (for the tests).
+#[cfg(test)]
+fn one_sequence(table: &[u32], bs: usize, (from, to): (usize, usize)) -> Arc<AttnMeta> {
+    Arc::new(AttnMeta {
+        token_seq: vec![0; to - from],
+        token_pos: (from as u32..to as u32).collect(),
+        slot_mapping: (from..to).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
+        block_tables: vec![table.to_vec()],
+        block_size: bs,
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,14 +314,7 @@ mod tests {
         // Blocks deliberately out of order (reversed, rotated, some unused) to exercise the block table.
         let blocks = t.div_ceil(bs) as u32 + 3;
         let table: Vec<u32> = (0..blocks).map(|b| (2 * blocks - b - 3) % blocks).take(t.div_ceil(bs)).collect();
-        let meta = Arc::new(AttnMeta {
-            token_seq: vec![0; t],
-            token_pos: (0..t as u32).collect(),
-            slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
-            block_tables: vec![table],
-            block_size: bs,
-            ..Default::default()
-        });
+        let meta = one_sequence(&table, bs, (0, t));
         let kp = Tensor::zeros((blocks as usize * bs, nkv, hd), DType::F32, &dev).unwrap();
         let vp = Tensor::zeros((blocks as usize * bs, nkv, hd), DType::F32, &dev).unwrap();
         write_kv(&kp, &k, &meta).unwrap();
@@ -335,14 +341,7 @@ mod invariance {
         window: Option<usize>,
     ) -> Vec<f32> {
         let bs = 4;
-        let meta = Arc::new(AttnMeta {
-            token_seq: vec![0; to - from],
-            token_pos: (from as u32..to as u32).collect(),
-            slot_mapping: (from..to).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
-            block_tables: vec![table.to_vec()],
-            block_size: bs,
-            ..Default::default()
-        });
+        let meta = one_sequence(table, bs, (from, to));
         let q = q.narrow(0, from, to - from).unwrap().unsqueeze(2).unwrap();
         paged_attention_windowed(&q, kv.0, kv.1, &meta, 2, window).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
@@ -356,14 +355,7 @@ mod invariance {
         let k = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (t, nkv, hd), &dev).unwrap();
         let table: Vec<u32> = (0..t.div_ceil(bs) as u32).rev().collect();
-        let all = Arc::new(AttnMeta {
-            token_seq: vec![0; t],
-            token_pos: (0..t as u32).collect(),
-            slot_mapping: (0..t).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
-            block_tables: vec![table.clone()],
-            block_size: bs,
-            ..Default::default()
-        });
+        let all = one_sequence(&table, bs, (0, t));
         let kp = Tensor::zeros((table.len() * bs, nkv, hd), DType::F32, &dev).unwrap();
         let vp = Tensor::zeros((table.len() * bs, nkv, hd), DType::F32, &dev).unwrap();
         write_kv(&kp, &k, &all).unwrap();
